@@ -1,0 +1,425 @@
+// mcdist: the client side (see mcdist/receiver.hpp). One thread owns the sockets: it validates
+// and delivers pages, sends demand requests, repairs after the end of the push, reports loss
+// and watches the server's liveness.
+#include "mcdist/receiver.hpp"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "net.hpp"
+
+namespace mcdist {
+namespace {
+using Clock = std::chrono::steady_clock;
+constexpr std::size_t kRecvBatch = 32;
+constexpr std::size_t kBufSize = kHeaderSize + kMaxPayload;
+constexpr auto kStatusEvery = std::chrono::milliseconds(100);
+constexpr auto kRepairEvery = std::chrono::milliseconds(20);
+
+std::uint64_t random64() {
+  std::uint64_t v = 0;
+  while (v == 0)
+    if (getrandom(&v, sizeof v, 0) != sizeof v)
+      v = static_cast<std::uint64_t>(Clock::now().time_since_epoch().count());
+  return v;
+}
+}  // namespace
+
+struct MulticastReceiver::Impl {
+  ReceiverConfig cfg;
+  PageCallback on_page;
+  FailureCallback on_failure;
+  net::InterfaceInfo iface;
+  in_addr group{};
+  int gfd = -1, ufd = -1, evfd = -1;
+  std::unique_ptr<PacketAuthenticator> auth;
+  std::uint64_t origin = random64();
+  std::uint64_t req_seq = 0;
+
+  // Server state, owned by the thread.
+  bool session_known = false;
+  std::uint64_t session = 0;
+  ReplayWindow window;
+  bool server_known = false;
+  sockaddr_in server{};
+  std::atomic<std::uint64_t> page_count{0};
+  std::atomic<std::uint32_t> page_size{0};
+  std::atomic<std::uint32_t> tail{0};
+  bool push_done = false;
+  std::vector<std::uint8_t> have;
+  std::vector<std::int64_t> requested_ms;  // when a page was last requested (0 = never)
+  std::uint64_t held = 0;
+  std::vector<std::uint64_t> demand_outstanding;
+  Clock::time_point start_time, last_server_packet, last_status, last_repair;
+  std::uint64_t interval_lost = 0, interval_received = 0;
+
+  std::mutex incoming_mu;
+  std::vector<std::uint64_t> incoming;  // request() calls, handed to the thread
+
+  ReceiverStats local;
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  ReceiverStats published;
+  std::optional<Error> failure;
+  std::atomic<bool> running{true};
+  std::thread thread;
+
+  static std::int64_t ms(Clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::time_point{}).count();
+  }
+
+  void publish() {
+    std::lock_guard lock(mu);
+    published = local;
+    cv.notify_all();
+  }
+
+  void fail(std::string message) {
+    if (local.failed || local.complete) return;
+    local.failed = true;
+    Error e{std::move(message)};
+    {
+      std::lock_guard lock(mu);
+      failure = e;
+    }
+    publish();
+    if (on_failure) on_failure(e);
+  }
+
+  void send_client(PacketType type, std::uint16_t fl, std::span<const std::uint8_t> payload,
+                   std::uint64_t page_index) {
+    if (!server_known) return;
+    Header h;
+    h.type = type;
+    h.flags = fl;
+    h.cluster_id = cfg.cluster_id;
+    h.session_id = session_known ? session : 0;
+    h.origin = origin;
+    h.sequence = ++req_seq;
+    h.page_index = page_index;
+    h.page_count = held;
+    h.aux = cfg.receiver_id;
+    std::array<std::uint8_t, kHeaderSize> head{};
+    encode_header(h, payload, *auth, head);
+    iovec iov[2] = {{head.data(), head.size()},
+                    {const_cast<std::uint8_t*>(payload.data()), payload.size()}};
+    msghdr m{};
+    m.msg_name = &server;
+    m.msg_namelen = sizeof server;
+    m.msg_iov = iov;
+    m.msg_iovlen = payload.empty() ? 1 : 2;
+    sendmsg(ufd, &m, 0);  // loss of a request is handled by re-requesting
+  }
+
+  void send_request(std::vector<std::uint64_t> pages, bool demand) {
+    auto ranges = to_ranges(std::move(pages));
+    for (std::size_t i = 0; i < ranges.size(); i += kMaxRanges) {
+      std::size_t n = std::min(kMaxRanges, ranges.size() - i);
+      auto payload = encode_ranges({ranges.data() + i, n});
+      send_client(PacketType::kRequest, demand ? flags::kDemand : 0, payload, 0);
+      ++local.requests_sent;
+    }
+  }
+
+  void send_status() {
+    auto payload = encode_status({interval_lost, interval_received});
+    send_client(PacketType::kStatus, local.complete ? flags::kComplete : 0, payload,
+                window.highest());
+    interval_lost = interval_received = 0;
+    ++local.status_sent;
+  }
+
+  void set_geometry(const Header& h) {
+    page_count = h.page_count;
+    page_size = h.page_size;
+    tail = h.aux;
+    local.page_count = h.page_count;
+    have.assign(h.page_count, 0);
+    requested_ms.assign(h.page_count, 0);
+  }
+
+  void become_complete() {
+    local.complete = true;
+    for (int i = 0; i < 3; ++i) send_status();
+    publish();
+  }
+
+  void handle(std::span<const std::uint8_t> d, const sockaddr_in& from) {
+    Header h;
+    switch (validate(d, cfg.cluster_id, *auth, &h)) {
+      case Verdict::kMalformed: ++local.malformed; return;
+      case Verdict::kForeign: ++local.foreign; return;
+      case Verdict::kCorrupt: ++local.corrupt; return;
+      case Verdict::kUnauthenticated: ++local.unauthenticated; return;
+      case Verdict::kAccepted: break;
+    }
+    if (h.origin != 0 || (h.type != PacketType::kData && h.type != PacketType::kHeartbeat)) {
+      ++local.malformed;  // client packets never go to the group
+      return;
+    }
+    if (!session_known) {
+      session_known = true;
+      session = h.session_id;
+      set_geometry(h);
+      if (!server_known) {
+        server = from;
+        server_known = true;
+      }
+    } else if (h.session_id != session) {
+      ++local.replayed;  // a recorded stream of an earlier session
+      return;
+    } else if (h.page_count != page_count || h.page_size != page_size) {
+      ++local.malformed;
+      return;
+    }
+    std::uint64_t before = window.highest();
+    if (!window.accept(h.sequence)) {
+      ++local.replayed;
+      return;
+    }
+    if (h.sequence > before + 1 && before != 0) {
+      local.sequence_gaps += h.sequence - before - 1;
+      interval_lost += h.sequence - before - 1;
+    } else if (h.sequence < before) {
+      // A late packet fills a gap counted as lost.
+      if (interval_lost) --interval_lost;
+      if (local.sequence_gaps) --local.sequence_gaps;
+    }
+    ++interval_received;
+    ++local.packets;
+    last_server_packet = Clock::now();
+    if ((h.flags & flags::kPushDone) || !(h.flags & flags::kPushActive)) push_done = true;
+    if (h.type == PacketType::kHeartbeat) {
+      ++local.heartbeats;
+      if (h.flags & flags::kClosing) {
+        bool wanting = cfg.fetch_all ? !local.complete : !demand_outstanding.empty();
+        if (wanting)
+          fail("mcdist receiver: the server closed the stream (group " + cfg.group + " on " +
+               cfg.interface + ") while " + std::to_string(page_count - held) +
+               " pages were still missing");
+        else if (!cfg.fetch_all)
+          fail("mcdist receiver: the server closed the stream (group " + cfg.group + " on " +
+               cfg.interface + "); no further pages can be fetched");
+      }
+      return;
+    }
+    std::uint64_t p = h.page_index;
+    if (have[p]) {
+      ++local.duplicate_pages;
+      return;
+    }
+    have[p] = 1;
+    ++held;
+    ++local.pages_received;
+    if (on_page) on_page(p, d.subspan(kHeaderSize, h.page_size));
+    if (cfg.fetch_all && held == page_count) become_complete();
+  }
+
+  void receive_all() {
+    static thread_local std::vector<std::uint8_t> storage(kRecvBatch * kBufSize);
+    std::array<iovec, kRecvBatch> iov;
+    std::array<sockaddr_in, kRecvBatch> from;
+    std::array<mmsghdr, kRecvBatch> msgs{};
+    for (int rounds = 0; rounds < 64; ++rounds) {
+      for (std::size_t i = 0; i < kRecvBatch; ++i) {
+        iov[i] = {storage.data() + i * kBufSize, kBufSize};
+        msgs[i] = {};
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &from[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof from[i];
+      }
+      int n = recvmmsg(gfd, msgs.data(), kRecvBatch, MSG_DONTWAIT, nullptr);
+      if (n <= 0) return;
+      for (int i = 0; i < n; ++i) {
+        if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+          ++local.malformed;
+          continue;
+        }
+        handle({storage.data() + i * kBufSize, msgs[i].msg_len}, from[i]);
+      }
+      if (n < static_cast<int>(kRecvBatch)) return;
+    }
+  }
+
+  void serve_demand(Clock::time_point now) {
+    {
+      std::lock_guard lock(incoming_mu);
+      demand_outstanding.insert(demand_outstanding.end(), incoming.begin(), incoming.end());
+      incoming.clear();
+    }
+    std::uint64_t count = page_count;
+    if (demand_outstanding.empty() || !server_known || count == 0) return;
+    auto now_ms = ms(now);
+    std::vector<std::uint64_t> to_send;
+    std::erase_if(demand_outstanding, [&](std::uint64_t p) { return p >= count || have[p]; });
+    for (auto p : demand_outstanding) {
+      if (requested_ms[p] == 0 || now_ms - requested_ms[p] >= cfg.demand_retry.count()) {
+        requested_ms[p] = now_ms;
+        to_send.push_back(p);
+      }
+    }
+    if (!to_send.empty()) {
+      local.pages_requested += to_send.size();
+      send_request(std::move(to_send), true);
+    }
+  }
+
+  void repair(Clock::time_point now) {
+    if (!cfg.fetch_all || local.complete || !push_done || !server_known || page_count == 0) return;
+    auto now_ms = ms(now);
+    std::size_t outstanding = 0;
+    std::vector<std::uint64_t> to_send;
+    for (std::uint64_t p = 0; p < page_count; ++p) {
+      if (have[p]) continue;
+      if (requested_ms[p] != 0 && now_ms - requested_ms[p] < cfg.repair_retry.count()) {
+        ++outstanding;
+        continue;
+      }
+      if (outstanding + to_send.size() >= cfg.repair_window) continue;
+      to_send.push_back(p);
+      requested_ms[p] = now_ms;
+    }
+    if (!to_send.empty()) {
+      local.pages_requested += to_send.size();
+      send_request(std::move(to_send), false);
+    }
+  }
+
+  void run() {
+    start_time = last_server_packet = last_status = last_repair = Clock::now();
+    while (running.load(std::memory_order_relaxed)) {
+      pollfd pfd[2] = {{gfd, POLLIN, 0}, {evfd, POLLIN, 0}};
+      poll(pfd, 2, 10);
+      if (pfd[1].revents & POLLIN) {
+        std::uint64_t v;
+        [[maybe_unused]] auto r = read(evfd, &v, sizeof v);
+      }
+      receive_all();
+      auto now = Clock::now();
+      if (!local.failed) {
+        serve_demand(now);
+        if (now - last_repair >= kRepairEvery) {
+          repair(now);
+          last_repair = now;
+        }
+        if (now - last_status >= kStatusEvery && server_known) {
+          send_status();
+          last_status = now;
+        }
+        bool done = cfg.fetch_all && local.complete;
+        if (!done && session_known && now - last_server_packet > cfg.server_timeout)
+          fail("mcdist receiver: no packet from the server for " +
+               std::to_string(cfg.server_timeout.count()) + " ms (group " + cfg.group + ":" +
+               std::to_string(cfg.port) + " on " + cfg.interface + ", " +
+               std::to_string(page_count - held) +
+               " pages missing): the server died or the link is down");
+        if (!session_known && now - start_time > cfg.join_timeout)
+          fail("mcdist receiver: heard no server on group " + cfg.group + ":" +
+               std::to_string(cfg.port) + " on " + cfg.interface + " within " +
+               std::to_string(cfg.join_timeout.count()) +
+               " ms: is the sender running on this link with the same cluster id and key?");
+      }
+      publish();
+    }
+  }
+};
+
+Result<std::unique_ptr<MulticastReceiver>> MulticastReceiver::start(ReceiverConfig cfg,
+                                                                    PageCallback on_page,
+                                                                    FailureCallback on_failure) {
+  auto impl = std::make_unique<Impl>();
+  auto iface = net::resolve_interface(cfg.interface);
+  if (!iface) return iface.error();
+  auto group = net::parse_multicast_group(cfg.group);
+  if (!group) return group.error();
+  if (cfg.port == 0) return Error{"mcdist receiver: no group port given"};
+  if (!cfg.server.empty()) {
+    auto ep = net::parse_endpoint(cfg.server);
+    if (!ep) return ep.error();
+    impl->server = ep.value();
+    impl->server_known = true;
+  }
+  auto gfd = net::open_group_socket(iface.value(), group.value(), cfg.port);
+  if (!gfd) return gfd.error();
+  impl->gfd = gfd.value();
+  auto ufd = net::open_unicast_socket(iface.value());
+  if (!ufd) {
+    ::close(impl->gfd);
+    return ufd.error();
+  }
+  impl->ufd = ufd.value();
+  impl->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  impl->iface = iface.value();
+  impl->group = group.value();
+  impl->auth = std::make_unique<PacketAuthenticator>(cfg.key);
+  impl->cfg = std::move(cfg);
+  impl->on_page = std::move(on_page);
+  impl->on_failure = std::move(on_failure);
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw] { raw->run(); });
+  return std::unique_ptr<MulticastReceiver>(new MulticastReceiver(std::move(impl)));
+}
+
+MulticastReceiver::MulticastReceiver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+MulticastReceiver::~MulticastReceiver() { stop(); }
+
+void MulticastReceiver::stop() {
+  if (!impl_ || impl_->gfd < 0) return;
+  impl_->running = false;
+  if (impl_->thread.joinable()) impl_->thread.join();
+  ::close(impl_->gfd);
+  ::close(impl_->ufd);
+  ::close(impl_->evfd);
+  impl_->gfd = -1;
+}
+
+void MulticastReceiver::request(std::span<const std::uint64_t> pages) {
+  {
+    std::lock_guard lock(impl_->incoming_mu);
+    impl_->incoming.insert(impl_->incoming.end(), pages.begin(), pages.end());
+  }
+  std::uint64_t one = 1;
+  [[maybe_unused]] auto r = write(impl_->evfd, &one, sizeof one);
+}
+
+Status MulticastReceiver::wait_complete(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(impl_->mu);
+  bool finished = impl_->cv.wait_for(lock, timeout, [&] {
+    return impl_->published.complete || impl_->published.failed;
+  });
+  if (impl_->published.complete) return Ok{};
+  if (impl_->failure) return *impl_->failure;
+  if (!finished)
+    return Error{"mcdist receiver: image not complete after " + std::to_string(timeout.count()) +
+                 " ms (" + std::to_string(impl_->published.pages_received) + " of " +
+                 std::to_string(impl_->published.page_count) + " pages)"};
+  return Error{"mcdist receiver: stopped"};
+}
+
+std::optional<std::uint64_t> MulticastReceiver::page_count() const {
+  auto n = impl_->page_count.load();
+  if (n == 0) return std::nullopt;
+  return n;
+}
+std::uint32_t MulticastReceiver::page_size() const { return impl_->page_size.load(); }
+std::uint64_t MulticastReceiver::image_bytes() const {
+  auto n = impl_->page_count.load();
+  return n == 0 ? 0 : (n - 1) * impl_->page_size.load() + impl_->tail.load();
+}
+ReceiverStats MulticastReceiver::stats() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->published;
+}
+
+}  // namespace mcdist
