@@ -1,0 +1,46 @@
+// sfd: `sfd run`: boot a master VM, run one command in it with the caller's working directory
+// and environment, stream its stdout and stderr back apart, and return its exit status.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "sfd/result.hpp"
+
+namespace sfd {
+
+// sfd's own failures (cannot build the image, QEMU failed, the guest died) exit with this,
+// like `docker run`; the command's own status is passed through otherwise.
+inline constexpr int kSfdFailureExit = 125;
+
+struct RunOptions {
+  std::uint64_t mem_mib = 256;
+  int cpus = 1;
+  bool verbose = false;
+  std::vector<std::string> argv;             // the command
+  std::filesystem::path cwd;                 // run there in the guest; shared read-write
+  std::vector<std::string> env;              // NAME=value, already filtered
+  std::filesystem::path agent;               // the sfd binary the guest runs as its agent
+};
+
+// The caller's environment minus what only makes sense on the host (agent sockets, display,
+// terminal multiplexers, the host's runtime dir).
+std::vector<std::string> guest_environment(char** environ_);
+
+// Parses "256", "256M", "1G" into MiB.
+Result<std::uint64_t> parse_mem_mib(const std::string& text);
+
+// The spec frame's JSON (docs/sfd.md).
+nlohmann::json command_spec(const RunOptions& options);
+
+// Exit status as a shell reports it: the code, or 128 + signal number.
+int shell_status(int code, int signal);
+
+// Runs the whole thing; returns the exit status for sfd to exit with.
+int run_in_vm(const RunOptions& options);
+
+}  // namespace sfd

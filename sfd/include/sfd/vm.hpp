@@ -1,0 +1,94 @@
+// sfd: one QEMU process running a SnowFlock guest. Owns everything the VM needs on the host
+// (the QEMU process, its RAM file under ram_dir(), its runtime directory, the QMP and guest
+// I/O sockets) and removes all of it when destroyed, whatever state the VM is in.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sfd/guest_image.hpp"
+#include "sfd/qmp_client.hpp"
+#include "sfd/result.hpp"
+
+namespace sfd {
+
+enum class Accel { kvm, tcg };
+std::string to_string(Accel a);
+
+struct VmConfig {
+  GuestImage image;
+  Accel accel = Accel::tcg;
+  std::uint64_t mem_mib = 256;
+  int cpus = 1;
+  std::string mode = "run";                     // sf.mode= for the guest init: run | probe
+  std::filesystem::path agent;                  // host path of the sfd binary (the guest agent)
+  std::optional<std::filesystem::path> work_dir;  // shared read-write as 9p tag "sfwork"
+  bool console_to_socket = false;               // console on console_fd() instead of a log file
+};
+
+// The paths one VM uses; all named after the owning sfd's pid (kVmPrefix) for the sweep.
+struct VmPaths {
+  std::filesystem::path run_dir;      // runtime_dir()/sf-vm-<pid>-<n>
+  std::filesystem::path ram_file;     // ram_dir()/sf-vm-<pid>-<n>.ram
+  std::filesystem::path console_log;  // run_dir/console.log
+  std::filesystem::path qemu_log;     // run_dir/qemu.log (QEMU's own stderr)
+};
+
+// QEMU's command line for `config`, with the QMP socket on fd `qmp_fd`, the guest I/O port
+// on `io_fd` and (if console_to_socket) the console on `console_fd`. No network device:
+// guests get no network at all here.
+std::vector<std::string> qemu_command_line(const VmConfig& config, const VmPaths& paths,
+                                           int qmp_fd, int io_fd, int console_fd);
+
+// $SF_QEMU or qemu-system-x86_64.
+std::string qemu_binary();
+
+class QemuVm {
+ public:
+  // Starts QEMU and completes the QMP handshake. QEMU gets its own process group (so a
+  // terminal's Ctrl-C reaches sfd, which then shuts the VM down) and dies with sfd
+  // (PR_SET_PDEATHSIG), so no QEMU outlives a killed sfd.
+  static Result<std::unique_ptr<QemuVm>> launch(const VmConfig& config);
+  ~QemuVm();  // kills QEMU if still running, reaps it, removes the RAM file and run dir
+  QemuVm(const QemuVm&) = delete;
+  QemuVm& operator=(const QemuVm&) = delete;
+
+  pid_t pid() const { return pid_; }
+  const VmPaths& paths() const { return paths_; }
+  QmpClient& qmp() { return *qmp_; }
+  // The host ends of the guest I/O socket and (if configured) console socket; the caller
+  // takes ownership and must close them.
+  int take_io_fd();
+  int take_console_fd();
+
+  // Non-blocking: the wait status if QEMU has exited (and was reaped), else nullopt.
+  std::optional<int> try_reap();
+  // Waits up to `timeout` for QEMU to exit on its own.
+  std::optional<int> wait_exit(std::chrono::milliseconds timeout);
+  // SIGTERM, a grace period, then SIGKILL; always reaps.
+  void terminate(std::chrono::milliseconds grace = std::chrono::milliseconds(2000));
+  std::optional<int> exit_status() const { return exit_status_; }
+
+  // The last `bytes` of the console log and of QEMU's stderr, for error messages.
+  std::string diagnostics(std::size_t bytes = 2000) const;
+
+ private:
+  QemuVm() = default;
+  void cleanup_files();
+
+  pid_t pid_ = -1;
+  std::optional<int> exit_status_;
+  VmPaths paths_;
+  std::unique_ptr<QmpClient> qmp_;
+  int io_fd_ = -1;
+  int console_fd_ = -1;
+};
+
+}  // namespace sfd

@@ -1,0 +1,229 @@
+// sfd: the guest agent (see guest_agent.hpp). Runs inside the VM as PID 1, so it reaps every
+// orphan and never returns (PID 1 exiting panics the kernel).
+#include "sfd/guest_agent.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sfd/guest_io.hpp"
+
+extern char** environ;
+
+namespace sfd {
+namespace fs = std::filesystem;
+namespace gio = guest_io;
+
+namespace {
+
+void say(const std::string& msg) { std::fprintf(stderr, "sfd guest-agent: %s\n", msg.c_str()); }
+
+[[noreturn]] void power_off() {
+  sync();
+  reboot(RB_POWER_OFF);
+  for (;;) pause();
+}
+
+// The device node of the virtio-serial port named `name` (no udev in the guest, so look in
+// sysfs rather than /dev/virtio-ports/).
+std::string find_port(const std::string& name) {
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/sys/class/virtio-ports", ec)) {
+      std::ifstream in(e.path() / "name");
+      std::string n;
+      std::getline(in, n);
+      if (n == name) return "/dev/" + e.path().filename().string();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return {};
+}
+
+bool write_all(int fd, const std::vector<std::uint8_t>& bytes) {
+  std::size_t off = 0;
+  while (off < bytes.size()) {
+    const ssize_t n = write(fd, bytes.data() + off, bytes.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    off += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+void send(int port, gio::FrameType type, const std::string& payload) {
+  if (!write_all(port, gio::encode(type, payload))) say(std::string("write to the host failed: ") + std::strerror(errno));
+}
+
+void send_error_and_exit_status(int port, const std::string& msg, int code) {
+  say(msg);
+  send(port, gio::FrameType::error, nlohmann::json{{"message", msg}}.dump());
+  send(port, gio::FrameType::exit, nlohmann::json{{"code", code}, {"signal", 0}}.dump());
+}
+
+void mkdir_p(const fs::path& p) {
+  std::error_code ec;
+  fs::create_directories(p, ec);
+}
+
+}  // namespace
+
+int guest_agent_main() {
+  const std::string port_path = find_port("sf.io");
+  if (port_path.empty()) {
+    say("no virtio-serial port named sf.io; powering off");
+    power_off();
+  }
+  const int port = open(port_path.c_str(), O_RDWR | O_CLOEXEC);
+  if (port < 0) {
+    say("cannot open " + port_path + ": " + std::strerror(errno));
+    power_off();
+  }
+
+  // 1. The spec.
+  gio::FrameDecoder decoder;
+  nlohmann::json spec;
+  while (spec.is_null()) {
+    std::uint8_t buf[65536];
+    const ssize_t n = read(port, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      say("the host closed the port before sending a command");
+      power_off();
+    }
+    decoder.feed({buf, static_cast<std::size_t>(n)});
+    auto f = decoder.next();
+    if (!f) {
+      say(f.error().message);
+      power_off();
+    }
+    if (*f && (*f)->type == gio::FrameType::spec) {
+      spec = nlohmann::json::parse((*f)->text(), nullptr, false);
+      if (spec.is_discarded() || !spec.is_object()) {
+        send_error_and_exit_status(port, "the command spec is not JSON", 125);
+        power_off();
+      }
+    }
+  }
+
+  std::vector<std::string> argv = spec.value("argv", std::vector<std::string>{});
+  std::vector<std::string> env = spec.value("env", std::vector<std::string>{});
+  const std::string cwd = spec.value("cwd", std::string("/"));
+  const std::string work = spec.value("work_dir", std::string());
+  const std::string hostname = spec.value("hostname", std::string("sf-vm"));
+  sethostname(hostname.data(), hostname.size());
+  if (argv.empty()) {
+    send_error_and_exit_status(port, "empty command", 125);
+    power_off();
+  }
+  // 2. The shared working directory, read-write, at the same path as on the host.
+  if (!work.empty()) {
+    mkdir_p(work);
+    if (mount("sfwork", work.c_str(), "9p", 0, "trans=virtio,version=9p2000.L,msize=262144") != 0) {
+      send_error_and_exit_status(port, "cannot mount the shared directory " + work + ": " + std::strerror(errno), 125);
+      power_off();
+    }
+  }
+
+  // 3. The command, with stdout and stderr on pipes we forward as frames.
+  int out_pipe[2], err_pipe[2];
+  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) {
+    send_error_and_exit_status(port, std::string("pipe: ") + std::strerror(errno), 125);
+    power_off();
+  }
+  std::vector<char*> cargv, cenv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  for (auto& e : env) cenv.push_back(e.data());
+  cenv.push_back(nullptr);
+  const pid_t child = fork();
+  if (child == 0) {
+    setsid();
+    const int null_fd = open("/dev/null", O_RDONLY);
+    dup2(null_fd, 0);
+    dup2(out_pipe[1], 1);
+    dup2(err_pipe[1], 2);
+    if (chdir(cwd.c_str()) != 0) {
+      dprintf(2, "sfd: cannot enter %s in the guest: %s\n", cwd.c_str(), std::strerror(errno));
+      _exit(126);
+    }
+    environ = cenv.data();  // so execvp searches the caller's PATH
+    execvp(cargv[0], cargv.data());
+    const int err = errno;
+    dprintf(2, "sfd: cannot run %s in the guest: %s\n", cargv[0], std::strerror(err));
+    _exit(err == ENOENT ? 127 : 126);
+  }
+  close(out_pipe[1]);
+  close(err_pipe[1]);
+  if (child < 0) {
+    send_error_and_exit_status(port, std::string("fork: ") + std::strerror(errno), 125);
+    power_off();
+  }
+
+  pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+  bool open_fds[2] = {true, true};
+  int status = 0;
+  bool child_done = false;
+  std::chrono::steady_clock::time_point child_done_at;
+  for (;;) {
+    for (int i = 0; i < 2; ++i) fds[i].fd = open_fds[i] ? (i == 0 ? out_pipe[0] : err_pipe[0]) : -1;
+    poll(fds, 2, 100);
+    for (int i = 0; i < 2; ++i) {
+      if (!open_fds[i] || fds[i].revents == 0) continue;
+      char buf[65536];
+      const ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        open_fds[i] = false;
+        close(fds[i].fd);
+        continue;
+      }
+      send(port, i == 0 ? gio::FrameType::stdout_data : gio::FrameType::stderr_data,
+           std::string(buf, static_cast<std::size_t>(n)));
+    }
+    // Reap everything (we are PID 1); remember the command's own status.
+    for (;;) {
+      int st = 0;
+      const pid_t r = waitpid(-1, &st, WNOHANG);
+      if (r <= 0) break;
+      if (r == child) {
+        status = st;
+        child_done = true;
+        child_done_at = std::chrono::steady_clock::now();
+      }
+    }
+    if (child_done && !open_fds[0] && !open_fds[1]) break;
+    // Background processes the command left behind may hold the pipes open forever; stop
+    // forwarding 2 s after the command itself ended.
+    if (child_done && std::chrono::steady_clock::now() - child_done_at > std::chrono::seconds(2)) break;
+  }
+
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
+  const int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  send(port, gio::FrameType::exit, nlohmann::json{{"code", code}, {"signal", sig}}.dump());
+  sync();
+  // The host stops QEMU when it has the status; power off ourselves if it does not.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < give_up) {
+    int st = 0;
+    if (waitpid(-1, &st, WNOHANG) <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  power_off();
+}
+
+}  // namespace sfd

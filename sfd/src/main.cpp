@@ -1,0 +1,207 @@
+// sfd: the SnowFlock host daemon's command line.
+//   sfd run [--mem M] [--cpus C] [-v] -- COMMAND...   run COMMAND in a fresh VM
+//   sfd build-guest [-v]                              build (or find) the cached guest image
+//   sfd accel [-v] [--reprobe]                        say whether VMs use KVM or TCG, and why
+//   sfd decode-frames < FILE                          print a guest I/O frame stream
+//   sfd guest-agent                                   (inside the guest only: PID 1)
+#include <unistd.h>
+
+#include <boost/program_options.hpp>
+#include <climits>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "sfd/accel.hpp"
+#include "sfd/guest_agent.hpp"
+#include "sfd/guest_image.hpp"
+#include "sfd/guest_io.hpp"
+#include "sfd/paths.hpp"
+#include "sfd/run.hpp"
+
+extern char** environ;
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: sfd run [--mem M] [--cpus C] [-v] -- COMMAND [ARG...]\n"
+    "       sfd build-guest [-v]\n"
+    "       sfd accel [-v] [--reprobe]\n"
+    "       sfd decode-frames < FILE\n";
+
+void setup_logging(bool verbose) {
+  auto logger = spdlog::stderr_color_mt("sfd");
+  logger->set_pattern("sfd: %^%l%$: %v");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(verbose ? spdlog::level::info : spdlog::level::warn);
+}
+
+fs::path self_path() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::path() : p;
+}
+
+int cmd_run(int argc, char** argv) {
+  po::options_description opts("sfd run");
+  std::string mem = "256M";
+  int cpus = 1;
+  opts.add_options()("mem,m", po::value(&mem), "guest RAM, e.g. 256M or 1G (default 256M)")(
+      "cpus,c", po::value(&cpus), "vCPUs (default 1)")("verbose,v", "say what sfd does")("help,h", "this help")(
+      "command", po::value<std::vector<std::string>>(), "the command");
+  po::positional_options_description pos;
+  pos.add("command", -1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(opts).positional(pos).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::fprintf(stderr, "sfd run: %s\n%s", e.what(), kUsage);
+    return 2;
+  }
+  if (vm.count("help") != 0) {
+    std::cout << kUsage << opts;
+    return 0;
+  }
+  setup_logging(vm.count("verbose") != 0);
+  if (vm.count("command") == 0) {
+    std::fprintf(stderr, "sfd run: no command\n%s", kUsage);
+    return 2;
+  }
+  auto mib = sfd::parse_mem_mib(mem);
+  if (!mib) {
+    std::fprintf(stderr, "sfd run: %s\n", mib.error().message.c_str());
+    return 2;
+  }
+  if (cpus < 1 || cpus > 64) {
+    std::fprintf(stderr, "sfd run: --cpus must be 1..64\n");
+    return 2;
+  }
+  sfd::RunOptions o;
+  o.mem_mib = *mib;
+  o.cpus = cpus;
+  o.verbose = vm.count("verbose") != 0;
+  o.argv = vm["command"].as<std::vector<std::string>>();
+  std::error_code ec;
+  o.cwd = fs::current_path(ec);
+  if (ec) {
+    std::fprintf(stderr, "sfd run: cannot tell the working directory: %s\n", ec.message().c_str());
+    return sfd::kSfdFailureExit;
+  }
+  o.env = sfd::guest_environment(environ);
+  o.agent = self_path();
+  return sfd::run_in_vm(o);
+}
+
+int cmd_build_guest(int argc, char** argv) {
+  const bool verbose = argc > 1 && std::string(argv[1]) == "-v";
+  setup_logging(verbose);
+  auto inputs = sfd::find_guest_inputs();
+  if (!inputs) {
+    spdlog::error("{}", inputs.error().message);
+    return 1;
+  }
+  auto image = sfd::ensure_guest_image(*inputs, sfd::cache_dir());
+  if (!image) {
+    spdlog::error("{}", image.error().message);
+    return 1;
+  }
+  std::printf("%s\n", image->dir.c_str());
+  spdlog::info("kernel {} ({}), {}", inputs->kernel.string(), inputs->kernel_version, image->built_now ? "built now" : "from the cache");
+  return 0;
+}
+
+int cmd_accel(int argc, char** argv) {
+  bool verbose = false, reprobe = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-v") verbose = true;
+    else if (a == "--reprobe") reprobe = true;
+    else {
+      std::fprintf(stderr, "sfd accel: unknown option %s\n%s", a.c_str(), kUsage);
+      return 2;
+    }
+  }
+  setup_logging(verbose);
+  auto inputs = sfd::find_guest_inputs();
+  if (!inputs) {
+    spdlog::error("{}", inputs.error().message);
+    return 1;
+  }
+  auto image = sfd::ensure_guest_image(*inputs, sfd::cache_dir());
+  if (!image) {
+    spdlog::error("{}", image.error().message);
+    return 1;
+  }
+  sfd::AccelProbeOptions o;
+  o.reprobe = reprobe;
+  auto choice = sfd::choose_accel(*image, o);
+  if (!choice) {
+    spdlog::error("{}", choice.error().message);
+    return 1;
+  }
+  std::printf("%s\n", sfd::to_string(choice->accel).c_str());
+  spdlog::info("{}", choice->reason);
+  return 0;
+}
+
+// Prints a guest I/O frame stream (e.g. captured from the port) one frame per line.
+int cmd_decode_frames() {
+  sfd::guest_io::FrameDecoder dec;
+  std::vector<std::uint8_t> buf(65536);
+  static const char* names[] = {"?", "spec", "stdout", "stderr", "exit", "error"};
+  for (;;) {
+    const ssize_t n = read(0, buf.data(), buf.size());
+    if (n <= 0) break;
+    dec.feed({buf.data(), static_cast<std::size_t>(n)});
+    for (;;) {
+      auto f = dec.next();
+      if (!f) {
+        std::fprintf(stderr, "sfd decode-frames: %s\n", f.error().message.c_str());
+        return 1;
+      }
+      if (!*f) break;
+      const auto t = static_cast<int>((*f)->type);
+      std::string text = (*f)->text();
+      if (text.size() > 200) text = text.substr(0, 200) + "...";
+      std::printf("%-6s %6zu %s\n", names[t], (*f)->payload.size(), nlohmann::json(text).dump().c_str());
+    }
+  }
+  if (dec.buffered() != 0) {
+    std::fprintf(stderr, "sfd decode-frames: %zu trailing bytes (a cut frame)\n", dec.buffered());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "run") return cmd_run(argc - 1, argv + 1);
+  if (cmd == "build-guest") return cmd_build_guest(argc - 1, argv + 1);
+  if (cmd == "accel") return cmd_accel(argc - 1, argv + 1);
+  if (cmd == "decode-frames") return cmd_decode_frames();
+  if (cmd == "guest-agent") {
+    if (getpid() != 1) {
+      std::fprintf(stderr, "sfd guest-agent runs only as PID 1 inside a SnowFlock guest\n");
+      return 2;
+    }
+    return sfd::guest_agent_main();
+  }
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  std::fprintf(stderr, "sfd: unknown command '%s'\n%s", cmd.c_str(), kUsage);
+  return 2;
+}
