@@ -19,8 +19,11 @@ def main() -> int:
     total = comm.allreduce(rank + 1, op=MPI.SUM)
     expected = size * (size + 1) // 2
     ok = total == expected
-    print(f"mpi4py: rank={rank} size={size} sum={total} expected={expected} "
-          f"{'OK' if ok else 'MISMATCH'}", flush=True)
+    # One write per line: with print() Open MPI's mpirun was seen putting another rank's
+    # line between this text and its newline (it forwards output in the chunks it reads).
+    sys.stdout.write(f"mpi4py: rank={rank} size={size} sum={total} expected={expected} "
+                     f"{'OK' if ok else 'MISMATCH'}\n")
+    sys.stdout.flush()
     return 0 if ok else 1
 
 
