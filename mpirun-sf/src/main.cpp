@@ -1,0 +1,46 @@
+// mpirun-sf: the command-line entry point.
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "mpirun-sf/job_spec.hpp"
+#include "mpirun-sf/launcher.hpp"
+
+#ifndef SF_VERSION
+#define SF_VERSION "0.0.0"
+#endif
+
+int main(int argc, char** argv) {
+  using namespace sf::mpirun;
+  // A synchronous logger: no thread may exist when the launcher clones this process.
+  auto logger = spdlog::stderr_logger_st("mpirun-sf");
+  logger->set_pattern("mpirun-sf: %l: %v");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::warn);
+
+  JobSpec spec;
+  try {
+    spec = parse_command_line(std::vector<std::string>(argv + 1, argv + argc), ::getenv);
+  } catch (const UsageError& e) {
+    fprintf(stderr, "mpirun-sf: %s\n", e.what());
+    return e.exit_code();
+  }
+  if (spec.verbose) spdlog::set_level(spdlog::level::debug);
+  switch (spec.action) {
+    case Action::Help:
+      fputs(help_text().c_str(), stdout);
+      return 0;
+    case Action::Version:
+      printf("mpirun-sf (SnowFlock MPI) %s\nA drop-in mpirun for Open MPI 4.1 on impromptu clusters.\n",
+             SF_VERSION);
+      return 0;
+    case Action::Cleanup:
+      fprintf(stderr, "mpirun-sf: --cleanup: nothing to clean: no clone driver is built in\n");
+      return 0;
+    case Action::Run:
+      break;
+  }
+  return run_job(spec);
+}

@@ -1,0 +1,490 @@
+// The node agent; see node_agent.hpp.
+#include "node_agent.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <pmix_common.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "mpirun-sf/exit_status.hpp"
+
+namespace asio = boost::asio;
+
+namespace sf::mpirun {
+namespace {
+
+// Replaces or appends KEY=VALUE in an environment list.
+void put_env(std::vector<std::string>& env, const std::string& entry) {
+  auto eq = entry.find('=');
+  std::string key = entry.substr(0, eq + 1);
+  for (auto& e : env)
+    if (e.compare(0, key.size(), key) == 0) {
+      e = entry;
+      return;
+    }
+  env.push_back(entry);
+}
+
+std::vector<char*> c_strings(std::vector<std::string>& v) {
+  std::vector<char*> out;
+  for (auto& s : v) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+// Written by a child that could not start, read by the agent (the pipe closes on exec).
+struct ExecFailure {
+  int step;  // 1: working directory, 2: exec
+  int error;
+};
+
+}  // namespace
+
+NodeAgent::NodeAgent(asio::io_context& io, const LaunchContext& ctx, int node, Link& uplink)
+    : io_(io), ctx_(ctx), node_(node), up_(uplink), sigchld_(io, SIGCHLD), kill_timer_(io) {}
+
+NodeAgent::~NodeAgent() {
+  kill_now();
+  // Reap what is left so no zombie outlives the agent.
+  for (auto& [rank, r] : ranks_)
+    if (!r.exited && r.pid > 0) waitpid(r.pid, nullptr, 0);
+  server_.reset();
+}
+
+void NodeAgent::start(const std::string& session_dir) {
+  const auto& here = ctx_.map.nodes.at(static_cast<size_t>(node_));
+  server_ = pmix::PmixServer::start(
+      pmix::ServerOptions{session_dir, here.hostname, static_cast<uint32_t>(node_)}, *this);
+  server_->register_job(ctx_.map, node_);
+  sigchld_.async_wait([this](const boost::system::error_code& ec, int) {
+    if (!ec) reap();
+  });
+  for (int rank : here.ranks) launch(rank);
+  check_finished();
+}
+
+void NodeAgent::launch(int rank) {
+  const auto& place = ctx_.map.ranks.at(static_cast<size_t>(rank));
+  const auto app = static_cast<size_t>(place.appnum);
+  const auto& here = ctx_.map.nodes.at(static_cast<size_t>(node_));
+  LocalRank& r = ranks_[rank];
+  r.rank = rank;
+
+  std::vector<std::string> env = ctx_.base_env;
+  for (const auto& e : server_->prepare_rank(static_cast<uint32_t>(rank), getuid(), getgid()))
+    put_env(env, e);
+  put_env(env, "OMPI_COMM_WORLD_SIZE=" + std::to_string(ctx_.map.size()));
+  put_env(env, "OMPI_COMM_WORLD_RANK=" + std::to_string(rank));
+  put_env(env, "OMPI_COMM_WORLD_LOCAL_RANK=" + std::to_string(place.local_rank));
+  put_env(env, "OMPI_COMM_WORLD_LOCAL_SIZE=" + std::to_string(here.ranks.size()));
+  put_env(env, "OMPI_COMM_WORLD_NODE_RANK=" + std::to_string(place.node_rank));
+  put_env(env, "OMPI_UNIVERSE_SIZE=" + std::to_string(ctx_.map.universe_size));
+  put_env(env, "OMPI_APP_CTX_NUM_PROCS=" + std::to_string(ctx_.map.apps[app].size));
+
+  std::vector<std::string> argv{ctx_.spec.apps[app].program};
+  for (const auto& a : ctx_.spec.apps[app].args) argv.push_back(a);
+  std::vector<char*> c_argv = c_strings(argv);
+  std::vector<char*> c_env = c_strings(env);
+  const char* path = ctx_.program_paths[app].c_str();
+  const char* wdir = ctx_.app_wdirs[app].c_str();
+
+  const auto& target = ctx_.spec.stdin_target;
+  bool wants_stdin = target.kind == StdinTarget::Kind::All ||
+                     (target.kind == StdinTarget::Kind::Rank && target.rank == rank);
+  int out[2], err[2] = {-1, -1}, in[2] = {-1, -1}, status_pipe[2];
+  if (pipe2(out, O_CLOEXEC) || (!ctx_.spec.merge_stderr_to_stdout && pipe2(err, O_CLOEXEC)) ||
+      pipe2(status_pipe, O_CLOEXEC) || (wants_stdin && pipe2(in, O_CLOEXEC)))
+    throw std::runtime_error(std::string("cannot create pipes for rank ") +
+                             std::to_string(rank) + ": " + strerror(errno));
+  int devnull = wants_stdin ? -1 : open("/dev/null", O_RDONLY | O_CLOEXEC);
+  const pid_t parent = getpid();
+
+  pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error(std::string("fork failed: ") + strerror(errno));
+  if (pid == 0) {
+    // Child: only async-signal-safe calls from here to exec (the parent has PMIx threads).
+    setpgid(0, 0);  // own process group: the agent signals the rank and its children together
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // the agent dies, the rank dies
+    if (getppid() != parent) _exit(127);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    signal(SIGPIPE, SIG_DFL);  // the launcher ignores SIGPIPE; the program must not
+    dup2(wants_stdin ? in[0] : devnull, 0);
+    dup2(out[1], 1);
+    dup2(ctx_.spec.merge_stderr_to_stdout ? out[1] : err[1], 2);
+    ExecFailure f{1, 0};
+    if (chdir(wdir) == 0) {
+      execve(path, c_argv.data(), c_env.data());
+      f.step = 2;
+    }
+    f.error = errno;
+    ssize_t ignored = ::write(status_pipe[1], &f, sizeof f);
+    (void)ignored;
+    _exit(127);
+  }
+  setpgid(pid, pid);  // also here, so kill(-pid) works even before the child ran
+  r.pid = pid;
+  ::close(out[1]);
+  if (err[1] >= 0) ::close(err[1]);
+  if (in[0] >= 0) ::close(in[0]);
+  if (devnull >= 0) ::close(devnull);
+  ::close(status_pipe[1]);
+  ExecFailure f{0, 0};
+  ssize_t n;
+  do n = ::read(status_pipe[0], &f, sizeof f);
+  while (n < 0 && errno == EINTR);
+  ::close(status_pipe[0]);
+
+  r.out = std::make_unique<asio::posix::stream_descriptor>(io_, out[0]);
+  r.open_streams = 1;
+  if (err[0] >= 0) {
+    r.err = std::make_unique<asio::posix::stream_descriptor>(io_, err[0]);
+    r.open_streams = 2;
+  }
+  if (in[1] >= 0) r.in = std::make_unique<asio::posix::stream_descriptor>(io_, in[1]);
+
+  if (n == static_cast<ssize_t>(sizeof f)) {
+    Envelope m;
+    auto* lf = m.mutable_launch_failed();
+    lf->set_rank(static_cast<uint32_t>(rank));
+    if (f.step == 1) {
+      lf->set_code(kExitBadWdir);
+      lf->set_reason("cannot change to working directory " + std::string(wdir) + ": " +
+                     strerror(f.error));
+    } else {
+      lf->set_code(kExitCannotExecute);
+      lf->set_reason("cannot execute " + std::string(path) + ": " + strerror(f.error));
+    }
+    up_.send(std::move(m));
+  }
+  read_stream(r, 1);
+  if (r.err) read_stream(r, 2);
+}
+
+void NodeAgent::read_stream(LocalRank& r, int stream) {
+  auto& desc = stream == 1 ? *r.out : *r.err;
+  auto buf = std::make_shared<std::array<char, 65536>>();
+  const int rank = r.rank;
+  desc.async_read_some(asio::buffer(*buf), [this, buf, rank, stream](
+                                               const boost::system::error_code& ec, size_t n) {
+    LocalRank& r = ranks_.at(rank);
+    Envelope m;
+    auto* o = m.mutable_output();
+    o->set_rank(static_cast<uint32_t>(rank));
+    o->set_stream(static_cast<uint32_t>(stream));
+    if (n) o->set_data(buf->data(), n);
+    if (ec) {
+      if (ec == asio::error::operation_aborted && !r.out && !r.err) return;
+      o->set_eof(true);
+      up_.send(std::move(m));
+      (stream == 1 ? r.out : r.err)->close();
+      --r.open_streams;
+      check_finished();
+      return;
+    }
+    up_.send(std::move(m));
+    read_stream(r, stream);
+  });
+}
+
+void NodeAgent::reap() {
+  for (auto& [rank, r] : ranks_) {
+    if (r.exited || r.pid <= 0) continue;
+    int status = 0;
+    pid_t got = waitpid(r.pid, &status, WNOHANG);
+    if (got != r.pid) continue;
+    r.exited = true;
+    // Whatever the rank left in its process group goes with it: no orphans.
+    kill(-r.pid, SIGKILL);
+    if (r.in) {
+      r.in->close();
+      r.in.reset();
+    }
+    for (auto& c : r.stdin_queue)
+      if (c.done) c.done();
+    r.stdin_queue.clear();
+    Envelope m;
+    auto* e = m.mutable_rank_exited();
+    e->set_rank(static_cast<uint32_t>(rank));
+    e->set_pid(r.pid);
+    if (WIFSIGNALED(status)) {
+      e->set_signaled(true);
+      e->set_signal(WTERMSIG(status));
+    } else {
+      e->set_code(WEXITSTATUS(status));
+    }
+    up_.send(std::move(m));
+  }
+  sigchld_.async_wait([this](const boost::system::error_code& ec, int) {
+    if (!ec) reap();
+  });
+  check_finished();
+}
+
+void NodeAgent::check_finished() {
+  if (finished_) return;
+  for (auto& [rank, r] : ranks_)
+    if (!r.exited || r.open_streams > 0) return;
+  finished_ = true;
+  kill_timer_.cancel();
+  sigchld_.cancel();
+  Envelope m;
+  m.mutable_node_finished()->set_node(static_cast<uint32_t>(node_));
+  up_.send(std::move(m));
+}
+
+void NodeAgent::kill_ranks(const std::string& reason) {
+  if (killing_) return;
+  killing_ = true;
+  spdlog::debug("node {}: killing ranks: {}", node_, reason);
+  for (auto& [rank, r] : ranks_)
+    if (!r.exited && r.pid > 0) {
+      kill(-r.pid, SIGCONT);  // a stopped rank must wake up to die of SIGTERM
+      kill(-r.pid, SIGTERM);
+    }
+  kill_timer_.expires_after(std::chrono::milliseconds(ctx_.kill_grace_ms));
+  kill_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) kill_now();
+  });
+}
+
+void NodeAgent::kill_now() {
+  for (auto& [rank, r] : ranks_)
+    if (!r.exited && r.pid > 0) kill(-r.pid, SIGKILL);
+}
+
+void NodeAgent::write_stdin(int rank, std::string data, bool eof, std::function<void()> done) {
+  auto it = ranks_.find(rank);
+  if (it == ranks_.end() || !it->second.in) {
+    if (done) done();
+    return;
+  }
+  it->second.stdin_queue.push_back(StdinChunk{std::move(data), eof, std::move(done)});
+  write_next_stdin(it->second);
+}
+
+void NodeAgent::write_next_stdin(LocalRank& r) {
+  if (r.stdin_writing || r.stdin_queue.empty() || !r.in) return;
+  StdinChunk& c = r.stdin_queue.front();
+  if (c.data.empty()) {
+    if (c.eof) {
+      r.in->close();
+      r.in.reset();
+    }
+    if (c.done) c.done();
+    r.stdin_queue.pop_front();
+    write_next_stdin(r);
+    return;
+  }
+  r.stdin_writing = true;
+  const int rank = r.rank;
+  asio::async_write(*r.in, asio::buffer(c.data),
+                    [this, rank](const boost::system::error_code& ec, size_t) {
+                      LocalRank& r = ranks_.at(rank);
+                      r.stdin_writing = false;
+                      if (r.stdin_queue.empty()) return;
+                      StdinChunk c = std::move(r.stdin_queue.front());
+                      r.stdin_queue.pop_front();
+                      if ((ec || c.eof) && r.in) {
+                        r.in->close();  // the rank closed its stdin, or input ended
+                        r.in.reset();
+                      }
+                      if (c.done) c.done();
+                      if (ec) {
+                        for (auto& rest : r.stdin_queue)
+                          if (rest.done) rest.done();
+                        r.stdin_queue.clear();
+                        return;
+                      }
+                      write_next_stdin(r);
+                    });
+}
+
+void NodeAgent::deliver(Envelope m) {
+  switch (m.body_case()) {
+    case Envelope::kKill:
+      kill_ranks(m.kill().reason());
+      break;
+    case Envelope::kForwardSignal:
+      for (auto& [rank, r] : ranks_)
+        if (!r.exited && r.pid > 0) kill(r.pid, m.forward_signal().signal());
+      break;
+    case Envelope::kFenceResult: {
+      const auto& f = m.fence_result();
+      auto it = fences_.find({f.signature(), f.seq()});
+      if (it == fences_.end()) break;
+      auto done = std::move(it->second);
+      fences_.erase(it);
+      done(f.status(), f.data());
+      break;
+    }
+    case Envelope::kStdinData: {
+      const auto& s = m.stdin_data();
+      write_stdin(static_cast<int>(s.rank()), s.data(), s.eof(), nullptr);
+      break;
+    }
+    case Envelope::kModexRequest: {
+      // Another node wants a local rank's modex data.
+      const auto req = m.modex_request();
+      server_->local_modex(req.rank(), [this, req](int status, std::string data) {
+        asio::post(io_, [this, req, status, data = std::move(data)]() mutable {
+          Envelope reply;
+          auto* r = reply.mutable_modex_reply();
+          r->set_id(req.id());
+          r->set_status(status);
+          r->set_data(std::move(data));
+          r->set_to_node(req.from_node());
+          up_.send(std::move(reply));
+        });
+      });
+      break;
+    }
+    case Envelope::kModexReply: {
+      auto it = modex_waits_.find(m.modex_reply().id());
+      if (it == modex_waits_.end()) break;
+      auto done = std::move(it->second);
+      modex_waits_.erase(it);
+      done(m.modex_reply().status(), m.modex_reply().data());
+      break;
+    }
+    case Envelope::kOpReply: {
+      const auto& r = m.op_reply();
+      if (auto it = op_waits_.find(r.id()); it != op_waits_.end()) {
+        auto done = std::move(it->second);
+        op_waits_.erase(it);
+        done(r.status());
+      } else if (auto lt = lookup_waits_.find(r.id()); lt != lookup_waits_.end()) {
+        auto done = std::move(lt->second);
+        lookup_waits_.erase(lt);
+        std::vector<pmix::LookupHit> hits;
+        for (const auto& h : r.hits())
+          hits.push_back(pmix::LookupHit{h.key(), h.packed(), pmix::ProcId{h.nspace(), h.rank()}});
+        done(r.status(), std::move(hits));
+      }
+      break;
+    }
+    default:
+      spdlog::warn("node {}: unexpected control message {}", node_,
+                   static_cast<int>(m.body_case()));
+  }
+}
+
+// --- PMIx upcalls: post onto the loop -------------------------------------------------
+
+void NodeAgent::client_connected(uint32_t rank) {
+  spdlog::debug("node {}: rank {} connected", node_, rank);
+}
+
+void NodeAgent::client_finalized(uint32_t rank) {
+  spdlog::debug("node {}: rank {} finalized", node_, rank);
+}
+
+void NodeAgent::abort(uint32_t rank, int status, std::string message, pmix::OpDone done) {
+  asio::post(io_, [this, rank, status, message = std::move(message)] {
+    Envelope m;
+    auto* a = m.mutable_abort();
+    a->set_rank(rank);
+    a->set_status(status);
+    a->set_message(message);
+    up_.send(std::move(m));
+  });
+  // Release the client at once: the aborting rank exits with the status itself.
+  done(PMIX_SUCCESS);
+}
+
+void NodeAgent::fence(pmix::FenceRequest request, pmix::DataDone done) {
+  asio::post(io_, [this, request = std::move(request), done = std::move(done)]() mutable {
+    std::vector<std::string> names;
+    for (const auto& p : request.participants)
+      names.push_back(p.nspace + ":" + (p.rank == pmix::kRankWildcard ? std::string("*")
+                                                                       : std::to_string(p.rank)));
+    std::sort(names.begin(), names.end());
+    std::string signature;
+    for (const auto& n : names) signature += n + ";";
+    uint64_t seq = ++fence_seq_[signature];
+    spdlog::debug("node {}: fence {} #{} ({} bytes, collect {})", node_, signature, seq,
+                  request.data.size(), request.collect_data);
+    fences_[{signature, seq}] = std::move(done);
+    Envelope m;
+    auto* f = m.mutable_fence();
+    f->set_signature(signature);
+    f->set_seq(seq);
+    f->set_status(request.local_status);
+    f->set_data(std::move(request.data));
+    f->set_node(static_cast<uint32_t>(node_));
+    up_.send(std::move(m));
+  });
+}
+
+void NodeAgent::direct_modex(uint32_t rank, pmix::DataDone done) {
+  asio::post(io_, [this, rank, done = std::move(done)]() mutable {
+    uint64_t id = next_id();
+    modex_waits_[id] = std::move(done);
+    Envelope m;
+    auto* r = m.mutable_modex_request();
+    r->set_id(id);
+    r->set_rank(rank);
+    r->set_from_node(static_cast<uint32_t>(node_));
+    up_.send(std::move(m));
+  });
+}
+
+void NodeAgent::publish(pmix::ProcId publisher, std::vector<pmix::PackedValue> values,
+                        pmix::OpDone done) {
+  asio::post(io_, [this, publisher, values = std::move(values), done = std::move(done)]() mutable {
+    uint64_t id = next_id();
+    op_waits_[id] = std::move(done);
+    Envelope m;
+    auto* p = m.mutable_publish();
+    p->set_id(id);
+    p->set_rank(publisher.rank);
+    p->set_nspace(publisher.nspace);
+    for (auto& v : values) {
+      auto* pv = p->add_values();
+      pv->set_key(v.key);
+      pv->set_packed(v.packed);
+    }
+    up_.send(std::move(m));
+  });
+}
+
+void NodeAgent::lookup(pmix::ProcId requester, std::vector<std::string> keys, bool wait,
+                       pmix::LookupDone done) {
+  asio::post(io_, [this, requester, keys = std::move(keys), wait, done = std::move(done)]() mutable {
+    uint64_t id = next_id();
+    lookup_waits_[id] = std::move(done);
+    Envelope m;
+    auto* l = m.mutable_lookup();
+    l->set_id(id);
+    l->set_rank(requester.rank);
+    l->set_wait(wait);
+    for (auto& k : keys) l->add_keys(k);
+    up_.send(std::move(m));
+  });
+}
+
+void NodeAgent::unpublish(pmix::ProcId publisher, std::vector<std::string> keys,
+                          pmix::OpDone done) {
+  asio::post(io_, [this, publisher, keys = std::move(keys), done = std::move(done)]() mutable {
+    uint64_t id = next_id();
+    op_waits_[id] = std::move(done);
+    Envelope m;
+    auto* u = m.mutable_unpublish();
+    u->set_id(id);
+    u->set_rank(publisher.rank);
+    for (auto& k : keys) u->add_keys(k);
+    up_.send(std::move(m));
+  });
+}
+
+}  // namespace sf::mpirun

@@ -1,0 +1,85 @@
+// Planning of machines and rank placement (by slot: node 0 fills first).
+#include "mpirun-sf/plan.hpp"
+
+#include <algorithm>
+
+namespace sf::mpirun {
+namespace {
+int ceil_div(int a, int b) { return (a + b - 1) / b; }
+}  // namespace
+
+Plan make_plan(const JobSpec& spec, const HostFacts& host) {
+  Plan plan;
+  const bool cloning_wanted = spec.driver != "none";
+  const int per_machine = spec.procs_per_clone > 0 ? spec.procs_per_clone : std::max(1, host.cores);
+  // Slots an application without -np fills: every slot of the machines asked for.
+  const int asked_machines = spec.clones > 0 ? spec.clones : 1;
+  for (const auto& app : spec.apps) {
+    int n = app.np > 0 ? app.np : asked_machines * per_machine;
+    plan.app_np.push_back(n);
+    plan.np += n;
+  }
+  if (spec.clones > 1 && (!cloning_wanted || !host.can_clone))
+    throw UsageError("--clones " + std::to_string(spec.clones) + " needs a clone driver, but " +
+                     (cloning_wanted ? host.clone_denied : std::string("--driver none was given")));
+
+  int machines;
+  if (spec.clones > 0) {
+    machines = spec.clones;
+  } else if (plan.np <= per_machine || spec.oversubscribe.value_or(false) || !cloning_wanted ||
+             !host.can_clone) {
+    machines = 1;  // fits here, or the user chose to oversubscribe, or cannot clone
+  } else {
+    machines = ceil_div(plan.np, per_machine);  // fork the machine into a cluster
+  }
+  int slots = machines * per_machine;
+  if (plan.np > slots) {
+    if (!spec.oversubscribe.value_or(false)) {
+      std::string why = "there are not enough slots available to satisfy the " +
+                        std::to_string(plan.np) + " slots requested by the application " +
+                        spec.apps.front().program + " (" + std::to_string(slots) + " slot" +
+                        (slots == 1 ? "" : "s") + ")";
+      if (spec.clones == 0 && cloning_wanted && !host.can_clone)
+        why += "; cloning this machine is not possible: " + host.clone_denied;
+      throw UsageError(why + "; request fewer processes, add --clones N, or use --oversubscribe");
+    }
+    plan.oversubscribed = true;
+  }
+  // Spread ranks over the machines asked for: `-np 8 --clones 4` puts 2 on each.
+  plan.procs_per_machine = spec.procs_per_clone > 0 && !plan.oversubscribed
+                               ? per_machine
+                               : std::max(1, ceil_div(plan.np, machines));
+  if (spec.clones == 0 && machines == 1) plan.procs_per_machine = std::max(1, plan.np);
+  plan.machines = std::max(1, ceil_div(plan.np, plan.procs_per_machine));
+  plan.universe_size = std::max(plan.np, slots);
+  return plan;
+}
+
+int node_of_rank(const Plan& plan, int rank) { return rank / plan.procs_per_machine; }
+
+pmix::JobMap make_job_map(const Plan& plan, const std::string& nspace,
+                          const std::vector<std::string>& hostnames) {
+  pmix::JobMap map;
+  map.nspace = nspace;
+  map.universe_size = plan.universe_size;
+  for (int i = 0; i < plan.machines; ++i)
+    map.nodes.push_back(pmix::NodeSlot{hostnames.at(static_cast<size_t>(i)), {}});
+  int rank = 0;
+  for (size_t a = 0; a < plan.app_np.size(); ++a) {
+    map.apps.push_back(pmix::AppContext{rank, plan.app_np[a]});
+    for (int i = 0; i < plan.app_np[a]; ++i, ++rank) {
+      int node = node_of_rank(plan, rank);
+      auto& slot = map.nodes[static_cast<size_t>(node)];
+      pmix::RankPlacement p;
+      p.node = node;
+      p.appnum = static_cast<int>(a);
+      p.app_rank = i;
+      p.local_rank = p.node_rank = static_cast<int>(slot.ranks.size());
+      slot.ranks.push_back(rank);
+      map.ranks.push_back(p);
+    }
+  }
+  return map;
+}
+
+}  // namespace sf::mpirun

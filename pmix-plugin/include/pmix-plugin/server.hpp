@@ -1,0 +1,113 @@
+// The PMIx server of one node: it registers the job with OpenPMIx's server library, hands
+// each local rank the environment it needs to connect back, and turns the library's upcalls
+// (connect, finalize, abort, fence, direct modex, publish/lookup) into calls on a PmixHost.
+//
+// Threading: upcalls arrive on PMIx's progress thread. PmixServer copies their arguments and
+// calls the host at once; the host must not block there (post the work to its own event
+// loop) and completes each request through the completion function it was given, from any
+// thread. No exception crosses an upcall.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "pmix-plugin/job_map.hpp"
+
+namespace sf::pmix {
+
+// A failing step of the server's set-up, with the PMIx status text.
+class PmixError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+inline constexpr uint32_t kRankWildcard = UINT32_MAX - 1;  // PMIX_RANK_WILDCARD
+inline constexpr int kSuccess = 0;                          // PMIX_SUCCESS
+
+struct ProcId {
+  std::string nspace;
+  uint32_t rank = kRankWildcard;
+};
+
+// One node's contribution to a fence.
+struct FenceRequest {
+  std::vector<ProcId> participants;  // a wildcard rank stands for the whole namespace
+  bool collect_data = false;
+  int local_status = kSuccess;  // PMIX_LOCAL_COLLECTIVE_STATUS reported by the local clients
+  std::string data;             // opaque blob; the fence result is the concatenation of all nodes'
+};
+
+// A published key with its value packed by PMIx_Data_pack (opaque outside this library).
+struct PackedValue {
+  std::string key;
+  std::string packed;
+};
+
+struct LookupHit {
+  std::string key;
+  std::string packed;
+  ProcId publisher;
+};
+
+using OpDone = std::function<void(int status)>;
+using DataDone = std::function<void(int status, std::string data)>;
+using LookupDone = std::function<void(int status, std::vector<LookupHit> hits)>;
+
+class PmixHost {
+ public:
+  virtual ~PmixHost() = default;
+  virtual void client_connected(uint32_t rank) = 0;
+  virtual void client_finalized(uint32_t rank) = 0;
+  virtual void abort(uint32_t rank, int status, std::string message, OpDone done) = 0;
+  virtual void fence(FenceRequest request, DataDone done) = 0;
+  // The modex data of a rank on another node (the caller's server asks for it).
+  virtual void direct_modex(uint32_t rank, DataDone done) = 0;
+  virtual void publish(ProcId publisher, std::vector<PackedValue> values, OpDone done) = 0;
+  virtual void lookup(ProcId requester, std::vector<std::string> keys, bool wait,
+                      LookupDone done) = 0;
+  virtual void unpublish(ProcId publisher, std::vector<std::string> keys, OpDone done) = 0;
+};
+
+struct ServerOptions {
+  // Created and removed by the caller; the server's rendezvous files and the job's session
+  // directories (PMIX_TMPDIR, PMIX_NSDIR) go here.
+  std::string session_dir;
+  std::string hostname;     // this node's hostname, as in the job map
+  uint32_t node_id = 0;
+};
+
+class PmixServer {
+ public:
+  // Starts the (process-wide, single) PMIx server. Throws PmixError.
+  static std::unique_ptr<PmixServer> start(const ServerOptions& options, PmixHost& host);
+  ~PmixServer();
+  PmixServer(const PmixServer&) = delete;
+  PmixServer& operator=(const PmixServer&) = delete;
+
+  // Registers the whole job as seen from node `local_node`; blocks until PMIx has it.
+  void register_job(const JobMap& map, int local_node);
+  // Registers a local rank and returns the "KEY=VALUE" entries its environment must add.
+  std::vector<std::string> prepare_rank(uint32_t rank, uint32_t uid, uint32_t gid);
+  // Asks the local PMIx store for the modex data of a local rank (for another node).
+  void local_modex(uint32_t rank, DataDone done);
+
+  // For the coordinator of lookups: whether a packed value is well formed.
+  static bool valid_packed_value(const std::string& packed);
+
+  const std::string& nspace() const { return nspace_; }
+
+ private:
+  PmixServer() = default;
+  std::string nspace_;
+  std::string session_dir_;
+  bool job_registered_ = false;
+};
+
+// The text of a PMIx status code (PMIx_Error_string).
+std::string status_text(int status);
+
+}  // namespace sf::pmix
