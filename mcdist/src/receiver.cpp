@@ -192,6 +192,7 @@ struct MulticastReceiver::Impl {
       interval_lost += h.sequence - before - 1;
     } else if (h.sequence < before) {
       // A late packet fills a gap counted as lost.
+      ++local.reordered;
       if (interval_lost) --interval_lost;
       if (local.sequence_gaps) --local.sequence_gaps;
     }

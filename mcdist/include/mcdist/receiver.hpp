@@ -44,6 +44,7 @@ struct ReceiverStats {
   std::uint64_t packets = 0, pages_received = 0, duplicate_pages = 0, heartbeats = 0;
   std::uint64_t malformed = 0, foreign = 0, corrupt = 0, unauthenticated = 0, replayed = 0;
   std::uint64_t sequence_gaps = 0;  // server packets lost (gaps in the server sequence)
+  std::uint64_t reordered = 0;      // server packets that arrived after a later one
   std::uint64_t requests_sent = 0, pages_requested = 0, status_sent = 0;
   std::uint64_t page_count = 0;
   bool complete = false, failed = false;

@@ -142,6 +142,7 @@ nlohmann::json to_json(const ReceiverStats& s) {
           {"unauthenticated", s.unauthenticated},
           {"replayed", s.replayed},
           {"sequence_gaps", s.sequence_gaps},
+          {"reordered", s.reordered},
           {"requests_sent", s.requests_sent},
           {"pages_requested", s.pages_requested},
           {"status_sent", s.status_sent},
@@ -254,15 +255,16 @@ int cmd_recv(int argc, char** argv) {
   cfg.join_timeout = std::chrono::milliseconds(static_cast<long>(join_timeout_s * 1000));
   // The image is assembled in memory; the first page tells its size. Only the receiver thread
   // touches `image` until wait_complete returns.
+  // (The callback may run before start() returns, so it only uses what it is given.)
   std::vector<std::uint8_t> image;
-  MulticastReceiver* self = nullptr;
   auto receiver = MulticastReceiver::start(
       cfg, [&](std::uint64_t p, std::span<const std::uint8_t> data) {
-        if (image.empty()) image.resize(*self->page_count() * self->page_size());
+        std::size_t need = (p + 1) * data.size();
+        if (image.size() < need) image.resize(std::max(need, image.size() * 2));
         std::memcpy(image.data() + p * data.size(), data.data(), data.size());
       });
   if (!receiver) return die(receiver.error().message);
-  self = receiver.value().get();
+  MulticastReceiver* self = receiver.value().get();
   auto t0 = Clock::now();
   auto status = self->wait_complete(std::chrono::milliseconds(static_cast<long>(timeout_s * 1000)));
   double secs = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -274,6 +276,7 @@ int cmd_recv(int argc, char** argv) {
   if (!status) j["error"] = status.error().message;
   write_json(c.stats_file, j);
   if (!status) return die(status.error().message);
+  image.resize(bytes);
   std::ofstream f(out, std::ios::binary);
   f.write(reinterpret_cast<const char*>(image.data()), static_cast<std::streamsize>(bytes));
   if (!f) return die("mcdist recv: cannot write " + out);
