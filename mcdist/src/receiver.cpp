@@ -146,6 +146,8 @@ struct MulticastReceiver::Impl {
     local.page_count = h.page_count;
     have.assign(h.page_count, 0);
     requested_ms.assign(h.page_count, 0);
+    if (cfg.on_image)
+      cfg.on_image({h.page_count, h.page_size, (h.page_count - 1) * h.page_size + h.aux});
   }
 
   void become_complete() {

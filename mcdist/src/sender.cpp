@@ -21,7 +21,8 @@
 namespace mcdist {
 namespace {
 using Clock = std::chrono::steady_clock;
-constexpr std::size_t kBatch = 16;
+constexpr std::size_t kBatch = 16;        // packets per sendmmsg
+constexpr std::size_t kBurstPackets = 48; // token bucket depth: absorbs late wakeups on a busy host
 constexpr std::size_t kRecvBatch = 32;
 constexpr std::size_t kMaxPeers = 4096;
 constexpr auto kHeartbeatEvery = std::chrono::milliseconds(100);
@@ -70,7 +71,7 @@ struct MulticastSender::Impl {
 
   double rate_bps = 0;
   double tokens = 0;  // bytes
-  Clock::time_point last_refill, last_send, last_adjust;
+  Clock::time_point started = Clock::now(), last_refill, last_send, last_adjust, last_publish;
   double interval_max_loss = 0;
   std::uint64_t interval_answers = 0, interval_rerequests = 0;
 
@@ -87,6 +88,8 @@ struct MulticastSender::Impl {
 
   void publish() {
     local.current_rate_bps = static_cast<std::uint64_t>(rate_bps);
+    if (push_done && !local.push_done)
+      local.push_seconds = std::chrono::duration<double>(Clock::now() - started).count();
     local.push_done = push_done;
     local.receivers_seen = peers.size();
     local.receivers_complete = static_cast<std::uint64_t>(
@@ -334,26 +337,33 @@ struct MulticastSender::Impl {
     last_refill = last_adjust = now;
     last_send = now - kHeartbeatEvery;
     double packet_wire = static_cast<double>(wire_bytes(cfg.page_size));
-    double burst = packet_wire * kBatch;
+    double burst = packet_wire * kBurstPackets;
     while (running.load(std::memory_order_relaxed)) {
       drain_requests();
       now = Clock::now();
       double dt = std::chrono::duration<double>(now - last_refill).count();
       last_refill = now;
       tokens = std::min(burst, tokens + dt * rate_bps / 8);
-      if (tokens >= packet_wire) send_pages(static_cast<std::size_t>(tokens / packet_wire));
+      while (tokens >= packet_wire && work_pending()) {
+        auto before = local.packets_sent;
+        send_pages(static_cast<std::size_t>(tokens / packet_wire));
+        if (local.packets_sent == before) break;
+      }
       now = Clock::now();
       if (now - last_send >= kHeartbeatEvery) send_heartbeat(0);
       if (now - last_adjust >= kAdjustEvery) {
         adjust_rate();
         last_adjust = now;
       }
-      publish();
+      if (now - last_publish >= std::chrono::milliseconds(5)) {
+        publish();
+        last_publish = now;
+      }
       // Sleep until enough tokens for a few packets (small bursts, few wakeups), or until a
       // request arrives, or until the next heartbeat is due.
       std::int64_t wait_us = 50'000;
       if (work_pending()) {
-        double want = std::min(burst, packet_wire * 4) - tokens;
+        double want = packet_wire * 8 - tokens;
         wait_us = want <= 0 ? 0 : static_cast<std::int64_t>(want * 8 / rate_bps * 1e6);
       }
       if (wait_us > 0) {

@@ -19,6 +19,13 @@
 
 namespace mcdist {
 
+// The image's geometry, learned from the first authenticated server packet.
+struct ImageInfo {
+  std::uint64_t page_count = 0;
+  std::uint32_t page_size = 0;
+  std::uint64_t image_bytes = 0;  // the last page may be partial
+};
+
 struct ReceiverConfig {
   std::string interface;  // required: the link to the server (never guessed)
   std::string group;      // IPv4 multicast group
@@ -38,6 +45,9 @@ struct ReceiverConfig {
   std::chrono::milliseconds demand_retry{100};
   std::chrono::milliseconds repair_retry{250};
   std::size_t repair_window = 512;  // pages outstanding at once while repairing
+  // Called once on the receiver's thread, before the first page callback, when the image's
+  // geometry is known (size a page store here).
+  std::function<void(const ImageInfo&)> on_image;
 };
 
 struct ReceiverStats {

@@ -44,6 +44,7 @@ struct SenderStats {
   std::uint64_t current_rate_bps = 0;
   std::uint64_t receivers_seen = 0, receivers_complete = 0;
   bool push_done = false;
+  double push_seconds = 0;  // from start until the push pass ended
 };
 
 class MulticastSender {

@@ -128,7 +128,8 @@ nlohmann::json to_json(const SenderStats& s) {
           {"current_rate_bps", s.current_rate_bps},
           {"receivers_seen", s.receivers_seen},
           {"receivers_complete", s.receivers_complete},
-          {"push_done", s.push_done}};
+          {"push_done", s.push_done},
+          {"push_seconds", s.push_seconds}};
 }
 
 nlohmann::json to_json(const ReceiverStats& s) {
@@ -255,13 +256,18 @@ int cmd_recv(int argc, char** argv) {
   cfg.join_timeout = std::chrono::milliseconds(static_cast<long>(join_timeout_s * 1000));
   // The image is assembled in memory; the first page tells its size. Only the receiver thread
   // touches `image` until wait_complete returns.
-  // (The callback may run before start() returns, so it only uses what it is given.)
-  std::vector<std::uint8_t> image;
+  // The page store: anonymous memory sized once from the image geometry (no reallocation
+  // while packets stream in), faulted in lazily as pages arrive.
+  std::uint8_t* image = nullptr;
+  std::size_t mapped = 0;
+  cfg.on_image = [&](const ImageInfo& info) {
+    mapped = info.page_count * info.page_size;
+    void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    image = p == MAP_FAILED ? nullptr : static_cast<std::uint8_t*>(p);
+  };
   auto receiver = MulticastReceiver::start(
       cfg, [&](std::uint64_t p, std::span<const std::uint8_t> data) {
-        std::size_t need = (p + 1) * data.size();
-        if (image.size() < need) image.resize(std::max(need, image.size() * 2));
-        std::memcpy(image.data() + p * data.size(), data.data(), data.size());
+        if (image) std::memcpy(image + p * data.size(), data.data(), data.size());
       });
   if (!receiver) return die(receiver.error().message);
   MulticastReceiver* self = receiver.value().get();
@@ -276,9 +282,10 @@ int cmd_recv(int argc, char** argv) {
   if (!status) j["error"] = status.error().message;
   write_json(c.stats_file, j);
   if (!status) return die(status.error().message);
-  image.resize(bytes);
+  if (!image) return die("mcdist recv: cannot allocate memory for the image");
   std::ofstream f(out, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(image.data()), static_cast<std::streamsize>(bytes));
+  f.write(reinterpret_cast<const char*>(image), static_cast<std::streamsize>(bytes));
+  munmap(image, mapped);
   if (!f) return die("mcdist recv: cannot write " + out);
   return 0;
 }
