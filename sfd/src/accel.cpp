@@ -113,7 +113,13 @@ Result<AccelChoice> choose_accel(const GuestImage& image, const AccelProbeOption
   auto ok = probe_boot(image, Accel::kvm, timeout);
   AccelChoice choice;
   if (!ok) {
-    choice = {Accel::tcg, "TCG: the KVM probe boot failed to start (" + ok.error().message + ")", false};
+    // One line for -v: the first complaint QEMU made, not the whole log.
+    std::string why = ok.error().message;
+    if (auto pos = why.find("--- QEMU said ---\n"); pos != std::string::npos) {
+      why = why.substr(pos + 18);
+      why = why.substr(0, why.find('\n'));
+    }
+    choice = {Accel::tcg, "TCG: a probe boot under KVM failed (" + why + ")", false};
   } else if (*ok) {
     choice = {Accel::kvm, "KVM: a probe boot of the guest under KVM reached its init", false};
   } else {

@@ -1,0 +1,133 @@
+// sfd component tests with real parts but no guest boot: the guest image built from this
+// host's kernel and busybox into a private cache, QmpClient against a real QEMU, the sweep of
+// files left by a dead sfd.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "sfd/guest_image.hpp"
+#include "sfd/paths.hpp"
+#include "sfd/qmp_client.hpp"
+#include "sfd/vm.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path make_temp_dir() {
+  std::string t = (fs::temp_directory_path() / "sft-sfd-XXXXXX").string();
+  EXPECT_NE(mkdtemp(t.data()), nullptr);
+  return t;
+}
+
+std::string run_capture(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return out;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+}  // namespace
+
+TEST(GuestImageBuild, BuildsOnceFromTheHostKernelAndRebuildsWhenAnInputChanges) {
+  auto inputs = sfd::find_guest_inputs();
+  if (!inputs) GTEST_SKIP() << "no usable guest kernel here: " << inputs.error().message;
+  const auto cache = make_temp_dir();
+  auto first = sfd::ensure_guest_image(*inputs, cache);
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  EXPECT_TRUE(first->built_now);
+  EXPECT_TRUE(fs::exists(first->kernel));
+  EXPECT_GT(fs::file_size(first->initramfs), 100000u);
+
+  const auto listing = run_capture("gzip -dc '" + first->initramfs.string() + "' | cpio -t --quiet");
+  EXPECT_NE(listing.find("init\n"), std::string::npos) << listing;
+  EXPECT_NE(listing.find("bin/busybox"), std::string::npos);
+  for (const char* m : {"9p.ko", "9pnet_virtio.ko", "overlay.ko", "virtio_console.ko", "virtio_pci.ko"})
+    EXPECT_NE(listing.find(std::string("lib/modules/") + m), std::string::npos) << m;
+
+  auto again = sfd::ensure_guest_image(*inputs, cache);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->built_now);
+  EXPECT_EQ(again->key, first->key);
+
+  // A changed input (another busybox binary) gives another key and a fresh build.
+  const auto other_busybox = cache / "busybox-copy";
+  fs::copy_file(inputs->busybox, other_busybox);
+  std::ofstream(other_busybox, std::ios::app) << "extra";
+  auto changed = *inputs;
+  changed.busybox = other_busybox;
+  auto rebuilt = sfd::ensure_guest_image(changed, cache);
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.error().message;
+  EXPECT_TRUE(rebuilt->built_now);
+  EXPECT_NE(rebuilt->key, first->key);
+  fs::remove_all(cache);
+}
+
+TEST(QmpClientWithQemu, TalksToARealQemu) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    dup2(sv[1], 3);
+    const std::string qemu = sfd::qemu_binary();
+    execlp(qemu.c_str(), qemu.c_str(), "-nodefaults", "-nographic", "-machine", "none", "-S", "-chardev",
+           "socket,id=q,fd=3", "-mon", "chardev=q,mode=control", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(sv[1]);
+  auto qmp = sfd::QmpClient::adopt(sv[0]);
+  ASSERT_TRUE(qmp.ok());
+  auto& c = **qmp;
+  auto hs = c.handshake(std::chrono::seconds(60));
+  ASSERT_TRUE(hs.ok()) << hs.error().message;
+  EXPECT_EQ(c.greeting()["QMP"]["version"]["qemu"]["major"], 7);
+  auto st = c.query_status();
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  EXPECT_EQ((*st)["status"], "prelaunch");
+  EXPECT_TRUE(c.migrate_set_capabilities({{"x-ignore-shared", true}}).ok());
+  auto mig = c.query_migrate();
+  ASSERT_TRUE(mig.ok()) << mig.error().message;
+  auto bad = c.execute("no-such-command");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("no-such-command"), std::string::npos);
+  EXPECT_TRUE(c.quit().ok());
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status));
+}
+
+TEST(StaleSweep, RemovesFilesOfADeadSfdAndKeepsLiveOnes) {
+  const auto dir = make_temp_dir();
+  setenv("SF_RAM_DIR", (dir / "ram").c_str(), 1);
+  setenv("SF_RUNTIME_DIR", (dir / "run").c_str(), 1);
+  fs::create_directories(dir / "ram");
+  fs::create_directories(dir / "run");
+  // A pid that is certainly dead: a child we reaped.
+  const pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  waitpid(dead, nullptr, 0);
+  const std::string dead_name = "sf-vm-" + std::to_string(dead) + "-0";
+  const std::string live_name = "sf-vm-" + std::to_string(getpid()) + "-0";
+  std::ofstream(dir / "ram" / (dead_name + ".ram")) << "x";
+  std::ofstream(dir / "ram" / (live_name + ".ram")) << "x";
+  fs::create_directories(dir / "run" / dead_name);
+  std::ofstream(dir / "ram" / "unrelated.file") << "x";
+  EXPECT_EQ(sfd::sweep_stale_vm_files(), 2);
+  EXPECT_FALSE(fs::exists(dir / "ram" / (dead_name + ".ram")));
+  EXPECT_FALSE(fs::exists(dir / "run" / dead_name));
+  EXPECT_TRUE(fs::exists(dir / "ram" / (live_name + ".ram")));
+  EXPECT_TRUE(fs::exists(dir / "ram" / "unrelated.file"));
+  unsetenv("SF_RAM_DIR");
+  unsetenv("SF_RUNTIME_DIR");
+  fs::remove_all(dir);
+}

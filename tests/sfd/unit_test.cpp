@@ -1,0 +1,270 @@
+// sfd unit tests: frame codec, option parsing, environment filtering, module ordering, image
+// keys, QEMU's command line, and QmpClient against a fake QMP peer on a socketpair.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <thread>
+
+#include "sfd/guest_image.hpp"
+#include "sfd/guest_io.hpp"
+#include "sfd/paths.hpp"
+#include "sfd/qmp_client.hpp"
+#include "sfd/run.hpp"
+#include "sfd/vm.hpp"
+
+namespace fs = std::filesystem;
+namespace gio = sfd::guest_io;
+
+namespace {
+
+fs::path make_temp_dir() {
+  std::string t = (fs::temp_directory_path() / "sft-sfd-XXXXXX").string();
+  EXPECT_NE(mkdtemp(t.data()), nullptr);
+  return t;
+}
+
+void write_file(const fs::path& p, const std::string& text) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary) << text;
+}
+
+}  // namespace
+
+TEST(GuestIo, RoundTripsFramesFedByteByByte) {
+  auto a = gio::encode(gio::FrameType::stdout_data, std::string("hello"));
+  auto b = gio::encode(gio::FrameType::exit, std::string(R"({"code":3,"signal":0})"));
+  a.insert(a.end(), b.begin(), b.end());
+  gio::FrameDecoder d;
+  std::vector<gio::Frame> got;
+  for (auto byte : a) {
+    d.feed({&byte, 1});
+    auto f = d.next();
+    ASSERT_TRUE(f.ok()) << f.error().message;
+    if (*f) got.push_back(**f);
+  }
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].type, gio::FrameType::stdout_data);
+  EXPECT_EQ(got[0].text(), "hello");
+  EXPECT_EQ(got[1].type, gio::FrameType::exit);
+  EXPECT_EQ(d.buffered(), 0u);
+}
+
+TEST(GuestIo, EmptyPayloadIsAFrame) {
+  auto a = gio::encode(gio::FrameType::stderr_data, std::string());
+  gio::FrameDecoder d;
+  d.feed(a);
+  auto f = d.next();
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(f->has_value());
+  EXPECT_TRUE((*f)->payload.empty());
+}
+
+TEST(GuestIo, RejectsBadMagicVersionChecksumAndOversize) {
+  const auto good = gio::encode(gio::FrameType::stdout_data, std::string("x"));
+  auto corrupt = [&](std::size_t index, std::uint8_t value) {
+    auto bytes = good;
+    bytes[index] = value;
+    gio::FrameDecoder d;
+    d.feed(bytes);
+    return d.next();
+  };
+  EXPECT_FALSE(corrupt(0, 0x00).ok());                 // magic
+  EXPECT_FALSE(corrupt(2, 9).ok());                    // version
+  EXPECT_FALSE(corrupt(3, 77).ok());                   // type
+  EXPECT_FALSE(corrupt(12, 'y').ok());                 // payload vs checksum
+  auto big = good;
+  big[7] = 0x7f;                                       // length far over the cap
+  gio::FrameDecoder d;
+  d.feed(big);
+  auto f = d.next();
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.error().message.find("cap"), std::string::npos);
+}
+
+TEST(RunOptions, ParsesMemorySizes) {
+  EXPECT_EQ(*sfd::parse_mem_mib("256"), 256u);
+  EXPECT_EQ(*sfd::parse_mem_mib("512M"), 512u);
+  EXPECT_EQ(*sfd::parse_mem_mib("1G"), 1024u);
+  EXPECT_FALSE(sfd::parse_mem_mib("lots").ok());
+  EXPECT_FALSE(sfd::parse_mem_mib("12K").ok());
+  EXPECT_FALSE(sfd::parse_mem_mib("16").ok());  // below the 64 MiB floor
+}
+
+TEST(RunOptions, ShellStatusMapsSignalsTo128PlusN) {
+  EXPECT_EQ(sfd::shell_status(3, 0), 3);
+  EXPECT_EQ(sfd::shell_status(0, 9), 137);
+  EXPECT_EQ(sfd::shell_status(0, 15), 143);
+}
+
+TEST(RunOptions, GuestEnvironmentDropsHostOnlyNames) {
+  std::vector<std::string> in = {"PATH=/usr/bin", "SSH_AUTH_SOCK=/tmp/agent", "HOME=/root", "DISPLAY=:0", "OMPI_X=1"};
+  std::vector<char*> env;
+  for (auto& s : in) env.push_back(s.data());
+  env.push_back(nullptr);
+  auto out = sfd::guest_environment(env.data());
+  EXPECT_EQ(out, (std::vector<std::string>{"PATH=/usr/bin", "HOME=/root", "OMPI_X=1"}));
+}
+
+TEST(RunOptions, CommandSpecCarriesArgvEnvAndCwd) {
+  sfd::RunOptions o;
+  o.argv = {"sh", "-c", "exit 3"};
+  o.env = {"A=b"};
+  o.cwd = "/work/x";
+  auto j = sfd::command_spec(o);
+  EXPECT_EQ(j["argv"], nlohmann::json(o.argv));
+  EXPECT_EQ(j["env"][0], "A=b");
+  EXPECT_EQ(j["cwd"], "/work/x");
+  EXPECT_EQ(j["work_dir"], "/work/x");
+}
+
+TEST(GuestImage, ModuleOrderPutsDependenciesFirst) {
+  const auto dir = make_temp_dir();
+  write_file(dir / "modules.dep",
+             "kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko\n"
+             "kernel/net/9p/9pnet.ko:\n"
+             "kernel/fs/netfs/netfs.ko:\n"
+             "kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio.ko\n"
+             "kernel/drivers/virtio/virtio.ko:\n");
+  auto order = sfd::resolve_module_order(dir, {"9pnet_virtio", "9p"});
+  ASSERT_TRUE(order.ok()) << order.error().message;
+  auto pos = [&](const std::string& m) {
+    return std::find(order->begin(), order->end(), m) - order->begin();
+  };
+  EXPECT_EQ(order->size(), 5u);
+  EXPECT_LT(pos("kernel/net/9p/9pnet.ko"), pos("kernel/net/9p/9pnet_virtio.ko"));
+  EXPECT_LT(pos("kernel/drivers/virtio/virtio.ko"), pos("kernel/net/9p/9pnet_virtio.ko"));
+  EXPECT_LT(pos("kernel/fs/netfs/netfs.ko"), pos("kernel/fs/9p/9p.ko"));
+  auto missing = sfd::resolve_module_order(dir, {"overlay"});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.error().message.find("overlay"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(GuestImage, KeyChangesWhenAnyInputChanges) {
+  const auto dir = make_temp_dir();
+  write_file(dir / "vmlinuz", "kernel-bytes");
+  write_file(dir / "busybox", "busybox-bytes");
+  write_file(dir / "mods/kernel/a.ko", "module-a");
+  sfd::GuestImageInputs in;
+  in.kernel = dir / "vmlinuz";
+  in.busybox = dir / "busybox";
+  in.modules_dir = dir / "mods";
+  const std::vector<std::string> mods = {"kernel/a.ko"};
+  const auto k1 = sfd::guest_image_key(in, mods);
+  ASSERT_TRUE(k1.ok());
+  EXPECT_EQ(*sfd::guest_image_key(in, mods), *k1);  // deterministic
+  write_file(dir / "mods/kernel/a.ko", "module-a2");
+  const auto k2 = sfd::guest_image_key(in, mods);
+  EXPECT_NE(*k2, *k1);
+  write_file(dir / "busybox", "busybox-bytes2");
+  EXPECT_NE(*sfd::guest_image_key(in, mods), *k2);
+  write_file(dir / "vmlinuz", "kernel-bytes2");
+  EXPECT_FALSE(sfd::guest_image_key(in, {"kernel/missing.ko"}).ok());
+  fs::remove_all(dir);
+}
+
+TEST(GuestImage, InitScriptIsCompiledIn) {
+  const auto init = sfd::guest_init_script();
+  EXPECT_EQ(init.rfind("#!/bin/busybox sh", 0), 0u);
+  EXPECT_NE(init.find(sfd::kGuestProbeMarker), std::string_view::npos);
+  EXPECT_NE(init.find("switch_root"), std::string_view::npos);
+}
+
+TEST(QemuCommandLine, SharedFileRamReadOnlyRootAndNoNetwork) {
+  sfd::VmConfig c;
+  c.image.kernel = "/k";
+  c.image.initramfs = "/i";
+  c.mem_mib = 512;
+  c.cpus = 2;
+  c.agent = "/usr/bin/sfd";
+  c.work_dir = "/home/u/job";
+  sfd::VmPaths p;
+  p.run_dir = "/run/snowflock/sf-vm-1-0";
+  p.ram_file = "/dev/shm/sf-vm-1-0.ram";
+  p.console_log = "/run/snowflock/sf-vm-1-0/console.log";
+  const auto a = sfd::qemu_command_line(c, p, 3, 4, 5);
+  std::string all;
+  for (const auto& s : a) all += s + " ";
+  EXPECT_NE(all.find("memory-backend-file,id=ram,size=512M,mem-path=/dev/shm/sf-vm-1-0.ram,share=on"), std::string::npos);
+  EXPECT_NE(all.find("memory-backend=ram"), std::string::npos);
+  EXPECT_NE(all.find("path=/,security_model=none,readonly=on"), std::string::npos);
+  EXPECT_NE(all.find("path=/home/u/job,security_model=none"), std::string::npos);
+  EXPECT_NE(all.find("-nic none"), std::string::npos);
+  EXPECT_EQ(all.find("-netdev"), std::string::npos);
+  EXPECT_NE(all.find("socket,id=qmp,fd=3"), std::string::npos);
+  EXPECT_NE(all.find("socket,id=sfio,fd=4"), std::string::npos);
+  EXPECT_NE(all.find("sf.agent=/usr/bin/sfd"), std::string::npos);
+  EXPECT_NE(all.find("-smp 2"), std::string::npos);
+}
+
+TEST(Paths, OwnerPidOfVmNames) {
+  EXPECT_EQ(sfd::owner_pid_of("sf-vm-1234-0.ram"), 1234);
+  EXPECT_EQ(sfd::owner_pid_of("sf-vm-77-3"), 77);
+  EXPECT_EQ(sfd::owner_pid_of("sf-vm-x-3"), 0);
+  EXPECT_EQ(sfd::owner_pid_of("vader_segment.1"), 0);
+}
+
+// A fake QMP peer: greets, answers each command by script, and can send events in between.
+TEST(QmpClient, HandshakeCommandsEventsAndErrorsAgainstAFakePeer) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  std::vector<std::string> received;
+  std::thread peer([&] {
+    FILE* f = fdopen(sv[1], "r+");
+    auto send = [&](const std::string& s) {
+      std::fputs((s + "\r\n").c_str(), f);
+      std::fflush(f);
+    };
+    send(R"({"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}})");
+    char line[4096];
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+      auto j = nlohmann::json::parse(line);
+      received.push_back(j["execute"]);
+      const auto id = j["id"];
+      const std::string cmd = j["execute"];
+      if (cmd == "query-status") {
+        send(R"({"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 0}})");
+        send(nlohmann::json{{"return", {{"status", "paused"}, {"running", false}}}, {"id", id}}.dump());
+      } else if (cmd == "migrate") {
+        send(nlohmann::json{{"error", {{"class", "GenericError"}, {"desc", "no migration here"}}}, {"id", id}}.dump());
+      } else if (cmd == "quit") {
+        break;  // close without answering, as QEMU may
+      } else {
+        send(nlohmann::json{{"return", nlohmann::json::object()}, {"id", id}}.dump());
+      }
+    }
+    std::fclose(f);
+  });
+  auto qmp = sfd::QmpClient::adopt(sv[0]);
+  ASSERT_TRUE(qmp.ok());
+  auto& c = **qmp;
+  ASSERT_TRUE(c.handshake().ok());
+  EXPECT_TRUE(c.stop().ok());
+  auto st = c.query_status();
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ((*st)["status"], "paused");
+  auto ev = c.wait_event("STOP", std::chrono::milliseconds(100));
+  EXPECT_TRUE(ev.ok());
+  EXPECT_TRUE(c.migrate_set_capabilities({{"x-ignore-shared", true}}).ok());
+  auto m = c.migrate("exec:cat > /dev/null");
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.error().message.find("no migration here"), std::string::npos);
+  EXPECT_TRUE(c.cont().ok());
+  EXPECT_TRUE(c.quit().ok());
+  peer.join();
+  EXPECT_EQ(received, (std::vector<std::string>{"qmp_capabilities", "stop", "query-status",
+                                                "migrate-set-capabilities", "migrate", "cont", "quit"}));
+}
+
+TEST(QmpClient, SilentPeerTimesOutInsteadOfHanging) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  auto qmp = sfd::QmpClient::adopt(sv[0]);
+  ASSERT_TRUE(qmp.ok());
+  auto st = (*qmp)->handshake(std::chrono::milliseconds(200));
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find("deadline"), std::string::npos);
+  close(sv[1]);
+}
