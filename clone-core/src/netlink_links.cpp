@@ -1,0 +1,181 @@
+// clone-core (sandbox driver): netlink operations on libnl-route-3 (see netlink_links.hpp).
+#include "netlink_links.hpp"
+
+#include <linux/if_link.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <netlink/netlink.h>
+#include <netlink/route/addr.h>
+#include <netlink/route/link.h>
+#include <netlink/route/link/veth.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+
+namespace sf::netlink {
+namespace {
+
+std::string nl_message(int err) { return std::string(nl_geterror(err)) + " (libnl " + std::to_string(err) + ")"; }
+
+struct LinkRef {
+  rtnl_link* p = nullptr;
+  ~LinkRef() {
+    if (p) rtnl_link_put(p);
+  }
+};
+struct AddrRef {
+  nl_addr* p = nullptr;
+  ~AddrRef() {
+    if (p) nl_addr_put(p);
+  }
+};
+
+}  // namespace
+
+Socket::~Socket() {
+  if (sk_) nl_socket_free(sk_);
+}
+
+Socket& Socket::operator=(Socket&& other) noexcept {
+  if (this != &other) {
+    if (sk_) nl_socket_free(sk_);
+    sk_ = other.sk_;
+    other.sk_ = nullptr;
+  }
+  return *this;
+}
+
+void Socket::release() {
+  // In a forked child this closes only the child's copy of the fd; the parent's socket lives on.
+  if (sk_) nl_socket_free(sk_);
+  sk_ = nullptr;
+}
+
+Result<Socket> Socket::open(std::uint32_t local_port) {
+  Socket s;
+  s.sk_ = nl_socket_alloc();
+  if (!s.sk_) return make_error(Errc::system, "clone-core: netlink: out of memory allocating a socket");
+  if (local_port != 0) nl_socket_set_local_port(s.sk_, local_port);
+  int err = nl_connect(s.sk_, NETLINK_ROUTE);
+  if (err < 0) return make_error(Errc::network_setup, "clone-core: netlink: connect: " + nl_message(err));
+  return s;
+}
+
+Result<int> create_bridge(Socket& s, const std::string& name, std::uint32_t group, const std::uint8_t mac[6]) {
+  LinkRef link{rtnl_link_alloc()};
+  if (!link.p) return make_error(Errc::system, "clone-core: netlink: out of memory");
+  rtnl_link_set_name(link.p, name.c_str());
+  int err = rtnl_link_set_type(link.p, "bridge");
+  if (err < 0) return make_error(Errc::network_setup, "clone-core: bridge " + name + ": type bridge: " + nl_message(err));
+  rtnl_link_set_group(link.p, group);
+  rtnl_link_set_flags(link.p, IFF_UP);
+  // A fixed MAC: otherwise the bridge takes the lowest port MAC and changes it as clones
+  // join, invalidating the clones' ARP entries for the parent.
+  AddrRef lladdr{nl_addr_build(AF_LLC, mac, 6)};
+  rtnl_link_set_addr(link.p, lladdr.p);
+  err = rtnl_link_add(s.get(), link.p, NLM_F_CREATE | NLM_F_EXCL);
+  if (err < 0)
+    return make_error(err == -NLE_PERM ? Errc::missing_privilege : Errc::network_setup,
+                      "clone-core: creating bridge " + name + ": " + nl_message(err) +
+                          (err == -NLE_PERM ? "; the sandbox driver needs CAP_NET_ADMIN (run as root)" : ""));
+  unsigned index = if_nametoindex(name.c_str());
+  if (index == 0) return make_error(Errc::network_setup, "clone-core: bridge " + name + " vanished after creation");
+  return static_cast<int>(index);
+}
+
+Error create_veth_into(Socket& s, const std::string& host_name, int bridge_ifindex, std::uint32_t group,
+                       const std::string& peer_name, int netns_fd, pid_t netns_pid) {
+  LinkRef link{rtnl_link_veth_alloc()};
+  if (!link.p) return make_error(Errc::system, "clone-core: netlink: out of memory");
+  LinkRef peer{rtnl_link_veth_get_peer(link.p)};  // our own reference (libnl >= 3.2.27)
+  rtnl_link_set_name(link.p, host_name.c_str());
+  rtnl_link_set_master(link.p, bridge_ifindex);
+  rtnl_link_set_group(link.p, group);
+  rtnl_link_set_flags(link.p, IFF_UP);
+  rtnl_link_set_name(peer.p, peer_name.c_str());
+  if (netns_fd >= 0) rtnl_link_set_ns_fd(peer.p, netns_fd);
+  else rtnl_link_set_ns_pid(peer.p, netns_pid);
+  // No IFF_UP on the peer: the kernel opens it before the pair is linked (veth_open fails
+  // with ENOTCONN). The clone brings it up from inside.
+  int err = rtnl_link_add(s.get(), link.p, NLM_F_CREATE | NLM_F_EXCL);
+  if (err < 0)
+    return make_error(Errc::network_setup,
+                      "clone-core: creating veth " + host_name + " <-> " + peer_name + ": " + nl_message(err));
+  return {};
+}
+
+Error set_up(Socket& s, int ifindex, const std::string& what) {
+  LinkRef change{rtnl_link_alloc()};
+  rtnl_link_set_ifindex(change.p, ifindex);
+  rtnl_link_set_flags(change.p, IFF_UP);
+  int err = rtnl_link_change(s.get(), change.p, change.p, 0);
+  if (err < 0) return make_error(Errc::network_setup, "clone-core: bringing " + what + " up: " + nl_message(err));
+  return {};
+}
+
+Result<int> link_index(Socket& s, const std::string& name) {
+  // if_nametoindex() would look in the caller's namespace, not the socket's.
+  rtnl_link* link = nullptr;
+  int err = rtnl_link_get_kernel(s.get(), 0, name.c_str(), &link);
+  if (err < 0) return make_error(Errc::network_setup, "clone-core: looking up link " + name + ": " + nl_message(err));
+  int index = rtnl_link_get_ifindex(link);
+  rtnl_link_put(link);
+  return index;
+}
+
+Error add_ipv4(Socket& s, int ifindex, std::uint32_t address, unsigned prefix, const std::string& what) {
+  rtnl_addr* addr = rtnl_addr_alloc();
+  std::uint32_t be = htonl(address);
+  AddrRef local{nl_addr_build(AF_INET, &be, 4)};
+  nl_addr_set_prefixlen(local.p, static_cast<int>(prefix));
+  rtnl_addr_set_ifindex(addr, ifindex);
+  rtnl_addr_set_local(addr, local.p);
+  int err = rtnl_addr_add(s.get(), addr, 0);
+  rtnl_addr_put(addr);
+  if (err < 0)
+    return make_error(Errc::network_setup, "clone-core: adding address to " + what + ": " + nl_message(err));
+  return {};
+}
+
+Error delete_group(Socket& s, std::uint32_t group) {
+  // libnl's rtnl_link_delete needs a name or index; deleting by IFLA_GROUP (the kernel's
+  // rtnl_group_dellink, one batched unregister) needs a hand-built message.
+  nl_msg* msg = nlmsg_alloc_simple(RTM_DELLINK, 0);
+  if (!msg) return make_error(Errc::system, "clone-core: netlink: out of memory");
+  ifinfomsg ifi{};
+  ifi.ifi_family = AF_UNSPEC;
+  int err = nlmsg_append(msg, &ifi, sizeof ifi, NLMSG_ALIGNTO);
+  if (err >= 0) err = nla_put_u32(msg, IFLA_GROUP, group);
+  if (err >= 0) err = nl_send_auto_complete(s.get(), msg);
+  nlmsg_free(msg);
+  if (err >= 0) err = nl_wait_for_ack(s.get());
+  if (err < 0 && err != -NLE_NODEV && err != -NLE_OBJ_NOTFOUND)
+    return make_error(Errc::network_setup, "clone-core: deleting link group " + std::to_string(group) + ": " +
+                                               nl_message(err));
+  return {};
+}
+
+Error delete_link(Socket& s, const std::string& name) {
+  LinkRef link{rtnl_link_alloc()};
+  rtnl_link_set_name(link.p, name.c_str());
+  int err = rtnl_link_delete(s.get(), link.p);
+  if (err < 0 && err != -NLE_NODEV && err != -NLE_OBJ_NOTFOUND)
+    return make_error(Errc::network_setup, "clone-core: deleting link " + name + ": " + nl_message(err));
+  return {};
+}
+
+Result<std::vector<LinkEntry>> list_links(Socket& s) {
+  nl_cache* cache = nullptr;
+  int err = rtnl_link_alloc_cache(s.get(), AF_UNSPEC, &cache);
+  if (err < 0) return make_error(Errc::network_setup, "clone-core: listing links: " + nl_message(err));
+  std::vector<LinkEntry> out;
+  for (nl_object* o = nl_cache_get_first(cache); o; o = nl_cache_get_next(o)) {
+    auto* link = reinterpret_cast<rtnl_link*>(o);
+    const char* name = rtnl_link_get_name(link);
+    out.push_back({name ? name : "", rtnl_link_get_group(link)});
+  }
+  nl_cache_free(cache);
+  return out;
+}
+
+}  // namespace sf::netlink
