@@ -56,6 +56,8 @@ Result<GuestImage> ensure_guest_image(const GuestImageInputs& inputs,
 
 // The guest's /init (busybox sh). Kernel command line parameters it reads:
 //   sf.mode=probe   print kGuestProbeMarker on the console and power off (accelerator probe)
+//   sf.mode=idle    load the modules, print SF-GUEST-IDLE, mount nothing and idle (for the
+//                   descriptor/cloning benchmark: a mounted 9p export blocks migration)
 //   sf.mode=run     mount the root overlay and exec sf.agent as PID 1 ("sfd guest-agent")
 //   sf.agent=PATH   the sfd binary, a host path (seen through the read-only root)
 std::string_view guest_init_script();

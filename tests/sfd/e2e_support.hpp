@@ -1,0 +1,165 @@
+// sfd end-to-end test support: a `sfd run` child with its output captured, private runtime
+// and RAM directories, and checks for what a VM leaves behind.
+#pragma once
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+inline namespace sfd_e2e {
+
+inline constexpr auto kBootDeadline = std::chrono::seconds(300);
+
+inline fs::path make_temp_dir(const fs::path& base) {
+  std::string t = (base / "sft-sfd-XXXXXX").string();
+  EXPECT_NE(mkdtemp(t.data()), nullptr);
+  return t;
+}
+
+// Private runtime and RAM directories, so the cleanup checks see only what these tests made.
+struct TestDirs {
+  fs::path work = make_temp_dir("/tmp");
+  fs::path run = make_temp_dir("/tmp");
+  fs::path ram = make_temp_dir("/dev/shm");
+  ~TestDirs() {
+    std::error_code ec;
+    fs::remove_all(work, ec);
+    fs::remove_all(run, ec);
+    fs::remove_all(ram, ec);
+  }
+  bool vm_files_left(std::string* what) const {
+    bool left = false;
+    for (const auto& d : {run, ram}) {
+      for (const auto& e : fs::directory_iterator(d)) {
+        *what += e.path().string() + " ";
+        left = true;
+      }
+    }
+    return left;
+  }
+};
+
+class SfdProcess {
+ public:
+  SfdProcess(const std::vector<std::string>& args, const TestDirs& dirs) {
+    int out[2], err[2];
+    EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
+    EXPECT_EQ(pipe2(err, O_CLOEXEC), 0);
+    std::vector<std::string> argv = {SFD_BINARY, "run"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::vector<char*> cargv;
+    for (auto& a : argv) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(out[1], 1);
+      dup2(err[1], 2);
+      if (chdir(dirs.work.c_str()) != 0) _exit(120);
+      setenv("SF_RUNTIME_DIR", dirs.run.c_str(), 1);
+      setenv("SF_RAM_DIR", dirs.ram.c_str(), 1);
+      setenv("SFT_MARKER", "from-the-host", 1);
+      execv(cargv[0], cargv.data());
+      _exit(121);
+    }
+    close(out[1]);
+    close(err[1]);
+    out_ = out[0];
+    err_ = err[0];
+  }
+  ~SfdProcess() {
+    if (!status_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    close(out_);
+    close(err_);
+  }
+  pid_t pid() const { return pid_; }
+  const std::string& out() const { return out_text_; }
+  const std::string& err() const { return err_text_; }
+
+  // Reads output until stdout contains `needle` (true) or sfd ends / the deadline (false).
+  bool read_until(const std::string& needle, std::chrono::seconds limit = kBootDeadline) {
+    const auto deadline = Clock::now() + limit;
+    while (out_text_.find(needle) == std::string::npos) {
+      if (!pump(deadline)) return out_text_.find(needle) != std::string::npos;
+    }
+    return true;
+  }
+  // Reads everything and waits for sfd to exit; nullopt if it did not within the deadline.
+  std::optional<int> finish(std::chrono::seconds limit = kBootDeadline) {
+    const auto deadline = Clock::now() + limit;
+    while (pump(deadline)) {
+    }
+    while (Clock::now() < deadline) {
+      int st = 0;
+      if (waitpid(pid_, &st, WNOHANG) == pid_) {
+        status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        return status_;
+      }
+      usleep(50000);
+    }
+    return std::nullopt;
+  }
+
+ private:
+  // One round of reading; false when both pipes are at EOF or the deadline passed.
+  bool pump(Clock::time_point deadline) {
+    if (out_eof_ && err_eof_) return false;
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return false;
+    pollfd fds[2] = {{out_eof_ ? -1 : out_, POLLIN, 0}, {err_eof_ ? -1 : err_, POLLIN, 0}};
+    poll(fds, 2, static_cast<int>(std::min<long>(left, 500)));
+    char buf[4096];
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].revents == 0) continue;
+      const ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (n <= 0) (i == 0 ? out_eof_ : err_eof_) = true;
+      else (i == 0 ? out_text_ : err_text_).append(buf, static_cast<std::size_t>(n));
+    }
+    return true;
+  }
+
+  pid_t pid_ = -1;
+  int out_ = -1, err_ = -1;
+  bool out_eof_ = false, err_eof_ = false;
+  std::string out_text_, err_text_;
+  std::optional<int> status_;
+};
+
+inline bool qemu_running_for(pid_t sfd_pid) {
+  // QEMU's command line names the RAM file sf-vm-<sfd pid>-<n>.ram.
+  const std::string needle = "sf-vm-" + std::to_string(sfd_pid) + "-";
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    std::ifstream in(e.path() / "cmdline", std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    if (ss.str().find(needle) != std::string::npos) return true;
+  }
+  return false;
+}
+
+inline std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace sfd_e2e
+
