@@ -27,6 +27,24 @@ void Coordinator::send(int node, Envelope m) {
   if (l && !finished_nodes_.count(node)) l->send(std::move(m));
 }
 
+void Coordinator::connect_node(int node, Link* link) {
+  nodes_.at(static_cast<size_t>(node)) = link;
+  if (killing_) {  // the job ended before this node joined: it must not start anything
+    Envelope m;
+    m.mutable_kill()->set_reason("job already ending");
+    send(node, std::move(m));
+  }
+}
+
+void Coordinator::shutdown_nodes() {
+  for (size_t n = 1; n < nodes_.size(); ++n) {
+    if (!nodes_[n]) continue;
+    Envelope m;
+    m.mutable_shutdown()->set_exit_code(outcome_.exit_code());
+    nodes_[n]->send(std::move(m));
+  }
+}
+
 void Coordinator::kill_job(const std::string& reason) {
   if (killing_) return;
   killing_ = true;

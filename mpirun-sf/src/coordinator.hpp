@@ -25,7 +25,10 @@ class Coordinator {
   Coordinator(boost::asio::io_context& io, const LaunchContext& ctx, OutputSink& sink);
 
   // The link to node i (node 0's is a LocalLink). Set before messages flow.
-  void connect_node(int node, Link* link) { nodes_.at(static_cast<size_t>(node)) = link; }
+  void connect_node(int node, Link* link);
+  bool connected(int node) const { return nodes_.at(static_cast<size_t>(node)) != nullptr; }
+  // At the end: tells every clone's agent to exit.
+  void shutdown_nodes();
   void handle(int from_node, Envelope message);
 
   void start_timeout();

@@ -37,8 +37,7 @@ int main(int argc, char** argv) {
              SF_VERSION);
       return 0;
     case Action::Cleanup:
-      fprintf(stderr, "mpirun-sf: --cleanup: nothing to clean: no clone driver is built in\n");
-      return 0;
+      return cleanup_leftovers(spec.quiet);
     case Action::Run:
       break;
   }
