@@ -145,7 +145,9 @@ class SandboxCluster final : public ClusterInstance {
         bridge_ifindex_(bridge_ifindex) {}
 
   ~SandboxCluster() override {
-    if (id_ != 0) return;  // a clone's copy: nothing of the cluster is ours to touch
+    // A clone's copy, or any other forked child's (e.g. a rank forked by the parent, or a
+    // clone of a second ticket): nothing of the cluster is ours to touch.
+    if (id_ != 0 || getpid() != owner_pid_) return;
     if (!torn_down_) {
       if (cloned_) kill();
       else teardown();
@@ -184,6 +186,7 @@ class SandboxCluster final : public ClusterInstance {
   slots::SlotLock lock_;
   netlink::Socket host_;
   int bridge_ifindex_ = 0;
+  pid_t owner_pid_ = getpid();  // the parent; only it may join, kill or tear down
   unsigned id_ = 0;
   bool cloned_ = false, torn_down_ = false;
   int status_read_ = -1, status_write_ = -1, epoll_fd_ = -1;
@@ -551,7 +554,7 @@ std::vector<CloneStatus> SandboxCluster::collect_all_blocking() {
 }
 
 Result<std::vector<CloneStatus>> SandboxCluster::join() {
-  if (id_ != 0) return make_error(Errc::wrong_side, "clone-core: join() called in a clone");
+  if (id_ != 0 || getpid() != owner_pid_) return make_error(Errc::wrong_side, "clone-core: join() called in a clone");
   if (!cloned_ || torn_down_) return make_error(Errc::bad_state, "clone-core: join() without live clones");
   auto statuses = collect_all_blocking();
   teardown();
@@ -559,7 +562,7 @@ Result<std::vector<CloneStatus>> SandboxCluster::join() {
 }
 
 Error SandboxCluster::kill() {
-  if (id_ != 0) return make_error(Errc::wrong_side, "clone-core: kill() called in a clone");
+  if (id_ != 0 || getpid() != owner_pid_) return make_error(Errc::wrong_side, "clone-core: kill() called in a clone");
   if (torn_down_) return {};
   drain_records();
   check_inits(false);

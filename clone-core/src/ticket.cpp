@@ -78,7 +78,8 @@ Result<Ticket> Ticket::request(const TicketRequest& request, std::unique_ptr<Dri
 Ticket::Ticket(Ticket&&) noexcept = default;
 Ticket& Ticket::operator=(Ticket&& other) noexcept {
   if (this != &other) {
-    if (instance_ && id_ == 0 && !finished_) instance_->kill();
+    if (instance_ && id_ == 0 && cloned_ && !finished_) instance_->kill();
+    instance_.reset();
     driver_ = std::move(other.driver_);
     instance_ = std::move(other.instance_);
     requested_ = other.requested_;
@@ -91,8 +92,9 @@ Ticket& Ticket::operator=(Ticket&& other) noexcept {
 }
 
 Ticket::~Ticket() {
-  // In the parent the instance's destructor kills what is still up; in a clone it only
-  // releases memory (the clone's copy must never tear down the parent's cluster).
+  // The parent tears down what is still up. A clone's copy (or any other forked child's:
+  // the driver checks the owning pid) only releases memory.
+  if (instance_ && id_ == 0 && cloned_ && !finished_) instance_->kill();
   instance_.reset();
 }
 
