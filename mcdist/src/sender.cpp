@@ -4,6 +4,7 @@
 
 #include <poll.h>
 #include <sys/random.h>
+#include <netinet/udp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -18,11 +19,17 @@
 
 #include "net.hpp"
 
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103  // linux/udp.h; older libc headers lack it
+#endif
+
 namespace mcdist {
 namespace {
 using Clock = std::chrono::steady_clock;
 constexpr std::size_t kBatch = 16;        // packets per sendmmsg
-constexpr std::size_t kBurstPackets = 48; // token bucket depth: absorbs late wakeups on a busy host
+// Token bucket depth (~2.3 ms at 1 Gbit/s): a sender descheduled on a busy host catches up
+// in one burst instead of losing its share; a 1 Gbit/s NIC queue or tbf absorbs it.
+constexpr std::size_t kBurstPackets = 64;
 constexpr std::size_t kRecvBatch = 32;
 constexpr std::size_t kMaxPeers = 4096;
 constexpr auto kHeartbeatEvery = std::chrono::milliseconds(100);
@@ -53,6 +60,8 @@ struct MulticastSender::Impl {
   std::uint64_t sequence = 0;
   std::unique_ptr<PacketAuthenticator> auth;
   std::vector<std::uint8_t> padded_tail;
+  std::vector<std::uint8_t> gso_buf;
+  bool gso_ok = true;
 
   // Scheduling state, owned by the thread.
   std::deque<std::uint64_t> demand, repair;
@@ -163,6 +172,46 @@ struct MulticastSender::Impl {
     return false;
   }
 
+  // UDP GSO (UDP_SEGMENT): n equal-sized datagrams go down the stack, through the bridge and
+  // the veths as one buffer and are split only where they are delivered, so the per-packet
+  // cost of the send path is paid once per batch instead of once per page. Each segment is
+  // still one complete mcdist packet on the wire. Returns false if the kernel refuses GSO
+  // (then it is not tried again and the caller uses sendmmsg).
+  bool send_segmented(const std::array<std::uint8_t, kHeaderSize>* heads,
+                      const std::array<iovec, 2>* iovs, std::size_t n) {
+    std::size_t seg = kHeaderSize + cfg.page_size;
+    gso_buf.resize(seg * kBatch);
+    for (std::size_t i = 0; i < n; ++i) {
+      std::memcpy(gso_buf.data() + i * seg, heads[i].data(), kHeaderSize);
+      std::memcpy(gso_buf.data() + i * seg + kHeaderSize, iovs[i][1].iov_base, cfg.page_size);
+    }
+    iovec v{gso_buf.data(), n * seg};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(std::uint16_t))] = {};
+    msghdr m{};
+    m.msg_name = &group;
+    m.msg_namelen = sizeof group;
+    m.msg_iov = &v;
+    m.msg_iovlen = 1;
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_UDP;
+    c->cmsg_type = UDP_SEGMENT;
+    c->cmsg_len = CMSG_LEN(sizeof(std::uint16_t));
+    std::uint16_t size = static_cast<std::uint16_t>(seg);
+    std::memcpy(CMSG_DATA(c), &size, sizeof size);
+    for (;;) {
+      if (sendmsg(fd, &m, 0) >= 0) return true;
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == ENOBUFS) {
+        local.send_errors += n;  // lost like any other loss; clients repair
+        return true;
+      }
+      gso_ok = false;
+      return false;
+    }
+  }
+
   void send_pages(std::size_t max_packets) {
     std::array<std::array<std::uint8_t, kHeaderSize>, kBatch> headers;
     std::array<std::array<iovec, 2>, kBatch> iov;
@@ -171,7 +220,10 @@ struct MulticastSender::Impl {
     // it can, because a page is never queued twice.
     std::size_t n = 0;
     auto now_us = micros(Clock::now());
-    while (n < max_packets && n < kBatch) {
+    // A GSO send carries at most 64 KiB: 15 packets of 4 KiB pages.
+    std::size_t cap = std::min<std::size_t>(kBatch, 65000 / (kHeaderSize + cfg.page_size));
+    if (cap == 0) cap = 1;
+    while (n < max_packets && n < cap) {
       std::uint64_t page = 0;
       std::uint16_t extra = 0;
       if (!next_page(page, extra)) break;
@@ -197,17 +249,21 @@ struct MulticastSender::Impl {
       tokens -= static_cast<double>(wire_bytes(payload.size()));
       ++n;
     }
-    std::size_t done = 0;
-    while (done < n) {
-      int r = sendmmsg(fd, msgs.data() + done, static_cast<unsigned>(n - done), 0);
-      if (r <= 0) {
-        if (r < 0 && errno == EINTR) continue;
-        // Socket buffer full or the qdisc refused: these pages are lost like any other loss;
-        // clients repair them.
-        local.send_errors += n - done;
-        break;
+    if (n > 1 && gso_ok && send_segmented(headers.data(), iov.data(), n)) {
+      // sent as one UDP GSO super-datagram
+    } else {
+      std::size_t done = 0;
+      while (done < n) {
+        int r = sendmmsg(fd, msgs.data() + done, static_cast<unsigned>(n - done), 0);
+        if (r <= 0) {
+          if (r < 0 && errno == EINTR) continue;
+          // Socket buffer full or the qdisc refused: these pages are lost like any other
+          // loss; clients repair them.
+          local.send_errors += n - done;
+          break;
+        }
+        done += static_cast<std::size_t>(r);
       }
-      done += static_cast<std::size_t>(r);
     }
     local.packets_sent += n;
     local.bytes_sent += n * (kHeaderSize + cfg.page_size);
@@ -259,6 +315,10 @@ struct MulticastSender::Impl {
       return;
     }
     auto payload = d.subspan(kHeaderSize);
+    {
+      std::lock_guard lock(mu);
+      last_request_published = Clock::now();  // any client packet: someone is still there
+    }
     if (h.type == PacketType::kStatus) {
       auto s = decode_status(payload);
       if (s.lost + s.received > 0)
@@ -273,10 +333,6 @@ struct MulticastSender::Impl {
       return;
     }
     ++local.requests;
-    {
-      std::lock_guard lock(mu);
-      last_request_published = Clock::now();
-    }
     bool is_demand = h.flags & flags::kDemand;
     auto now_us = micros(Clock::now());
     for (auto& r : ranges.value()) {
@@ -447,7 +503,9 @@ bool MulticastSender::wait_done(std::size_t receivers, std::chrono::milliseconds
     bool push_ok = s.push_done || !impl_->cfg.push;
     if (push_ok) {
       if (receivers > 0 && s.receivers_complete >= receivers) return true;
-      if (receivers == 0 && Clock::now() - impl_->last_request_published >= linger) return true;
+      // Clients send a STATUS every 100 ms while they run: silence for `linger` means every
+      // client has finished or gone (also when a COMPLETE report was lost).
+      if (Clock::now() - impl_->last_request_published >= linger) return true;
     }
     if (Clock::now() >= deadline) return false;
     impl_->cv.wait_for(lock, std::chrono::milliseconds(20));

@@ -72,10 +72,22 @@ class McdistNet : public ::testing::Test {
     return nlohmann::json::parse(text, nullptr, false);
   }
 
+  // Waits (bounded) until receivers 1..n have joined the group, so none misses the start.
+  void wait_joined(Testbed& tb, int n) {
+    for (int t = 0; t < 500; ++t) {
+      int joined = 0;
+      for (int i = 1; i <= n; ++i)
+        joined += read_file(tb.tmp() + "/recv" + std::to_string(i) + ".log").find("joined") != std::string::npos;
+      if (joined == n) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+
   // Runs one sender and n receivers to completion and checks every image is identical.
   void transfer(Testbed& tb, int n, const std::string& rate, std::vector<std::string> sender_extra = {}) {
     std::vector<pid_t> rx;
     for (int i = 1; i <= n; ++i) rx.push_back(start_receiver(tb, i));
+    wait_joined(tb, n);
     pid_t s = start_sender(tb, n, rate, sender_extra);
     for (int i = 1; i <= n; ++i) {
       int rc = tb.wait(rx[i - 1], std::chrono::seconds(55));
@@ -105,8 +117,13 @@ TEST_F(McdistNet, EveryReceiverGetsTheIdenticalImage) {
     transfer(tb, kMaxReceivers, "400");
     auto s = stats(tb, "send");
     std::uint64_t image = s.value("image_bytes", 0ull);
-    // No loss on this network: each page goes out once (plus heartbeats and headers).
-    EXPECT_LE(s.value("bytes_sent", 0ull), image * 105 / 100) << s.dump();
+    // Each page is pushed once; the push costs at most 1.05x the image (headers, heartbeats).
+    // Repairs come on top only if a receiver dropped packets (a starved CPU can make it);
+    // the benchmark reports the bytes on the wire of the whole transfer.
+    std::uint64_t pages = (image + 4095) / 4096;
+    EXPECT_EQ(s.value("pages_pushed", 0ull), pages) << s.dump();
+    std::uint64_t repair_bytes = s.value("pages_answered", 0ull) * (96 + 4096);
+    EXPECT_LE(s.value("bytes_sent", 0ull) - repair_bytes, image * 105 / 100) << s.dump();
     EXPECT_EQ(s.value("receivers_complete", 0), kMaxReceivers);
   }
 }
@@ -118,8 +135,9 @@ TEST_F(McdistNet, OnePercentLoss) {
   make_inputs(tb, kImageMiB);
   for (int i = 1; i <= kLossReceivers; ++i) ASSERT_TRUE(tb.impair(tb.receiver(i), 10, 0, false));
   transfer(tb, kLossReceivers, "300");
-  auto r = stats(tb, "recv1");
-  EXPECT_GT(r.value("pages_requested", 0), 0) << "a 1% lossy link should have needed repairs";
+  // Loss hits whole GSO batches (as netem would), so look at all receivers together.
+  auto s = stats(tb, "send");
+  EXPECT_GT(s.value("pages_answered", 0), 0) << "1% loss on 8 links should have needed repairs";
 }
 
 TEST_F(McdistNet, FivePercentLoss) {
@@ -172,6 +190,7 @@ TEST_F(McdistNet, ForeignCorruptForgedAndReplayedPacketsAreDroppedAndCounted) {
   ASSERT_TRUE(tb.ok());
   make_inputs(tb, kImageMiB);
   pid_t rx = start_receiver(tb, 1);
+  wait_joined(tb, 1);
   // Slow enough that the stream is still running while the injector works.
   pid_t s = start_sender(tb, 1, "40");
   auto inject = [&](const std::string& kind, int count) {
@@ -203,6 +222,7 @@ TEST_F(McdistNet, SenderKilledMidStreamMakesReceiversFailWithinBound) {
   make_inputs(tb, kImageMiB);
   std::vector<pid_t> rx;
   for (int i = 1; i <= 4; ++i) rx.push_back(start_receiver(tb, i, {"--server-timeout", "2"}));
+  wait_joined(tb, 4);
   pid_t s = start_sender(tb, 4, "10");  // ~7 s for the image: certainly mid-stream below
   // Wait until the stream has reached a receiver, then kill the sender without warning.
   for (int t = 0; t < 100 && sh("ip netns exec " + tb.netns("s") + " true") == 0; ++t) {
@@ -221,6 +241,23 @@ TEST_F(McdistNet, SenderKilledMidStreamMakesReceiversFailWithinBound) {
   }
   // Generous bound (not a timing assertion on the 2 s timeout itself): well under 15 s.
   EXPECT_LT(std::chrono::steady_clock::now() - killed, std::chrono::seconds(15));
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(McdistNet, BacksOffWhenTheLinkCannotCarryTheRate) {
+  Testbed tb(2);
+  prefix_ = tb.prefix();
+  ASSERT_TRUE(tb.ok());
+  make_inputs(tb, 4);
+  // The sender's NIC carries 100 Mbit/s with a short queue; the sender is told 900 Mbit/s.
+  ASSERT_EQ(sh("ip netns exec " + tb.netns("s") + " tc qdisc add dev eth0 root tbf rate 100mbit burst 32kb latency 5ms"), 0);
+  transfer(tb, 2, "900");
+  auto s = stats(tb, "send");
+  EXPECT_GT(s.value("backoffs", 0), 0) << s.dump();
+  EXPECT_LT(s.value("current_rate_bps", 0ull), 900'000'000ull) << s.dump();
 }
 
 }  // namespace

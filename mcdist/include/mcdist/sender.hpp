@@ -57,8 +57,8 @@ class MulticastSender {
   static Result<std::unique_ptr<MulticastSender>> start(SenderConfig config, PageSource pages);
   ~MulticastSender();  // stop()s
 
-  // Waits until the push pass is done and `receivers` distinct clients reported complete
-  // (receivers > 0), or until the push is done and no request came for `linger`.
+  // Waits until the push pass is done and either `receivers` distinct clients reported
+  // complete (receivers > 0), or no client packet (request or status) came for `linger`.
   // Returns false on timeout.
   bool wait_done(std::size_t receivers, std::chrono::milliseconds linger,
                  std::chrono::milliseconds timeout);

@@ -164,8 +164,8 @@ int cmd_send(int argc, char** argv) {
   add_common(d, c, true);
   d.add_options()("image", po::value(&image)->required(), "image file")(
       "rate", po::value(&rate_mbit)->default_value(rate_mbit), "max rate, Mbit/s on the wire")(
-      "receivers", po::value(&receivers)->default_value(0), "exit when this many receivers are complete")(
-      "linger", po::value(&linger_s)->default_value(linger_s), "without --receivers: exit this long after the last request")(
+      "receivers", po::value(&receivers)->default_value(0), "exit when this many receivers are complete (or all went silent for --linger)")(
+      "linger", po::value(&linger_s)->default_value(linger_s), "exit when no receiver was heard this long after the push")(
       "timeout", po::value(&timeout_s)->default_value(timeout_s), "give up after this many seconds")(
       "page-size", po::value(&page_size)->default_value(page_size), "bytes per page")(
       "request-port", po::value(&request_port)->default_value(0), "unicast request port (0 = any)")(
@@ -271,6 +271,8 @@ int cmd_recv(int argc, char** argv) {
       });
   if (!receiver) return die(receiver.error().message);
   MulticastReceiver* self = receiver.value().get();
+  // Tests and scripts wait for this line before they start the sender.
+  std::fprintf(stderr, "mcdist recv: joined %s:%u on %s\n", c.group.c_str(), c.port, c.iface.c_str());
   auto t0 = Clock::now();
   auto status = self->wait_complete(std::chrono::milliseconds(static_cast<long>(timeout_s * 1000)));
   double secs = std::chrono::duration<double>(Clock::now() - t0).count();
