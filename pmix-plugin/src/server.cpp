@@ -3,6 +3,7 @@
 // fence blob being a concatenation, session directory clean-up).
 #include "pmix-plugin/server.hpp"
 
+#include <hwloc.h>
 #include <pmix.h>
 #include <pmix_server.h>
 #include <spdlog/spdlog.h>
@@ -259,6 +260,35 @@ std::string regex_of(const std::string& input, bool ppn) {
   return out;
 }
 
+// This node's hwloc topology as XML (hwloc 2 format), or "" if it cannot be had.
+// Open MPI 4.1 ranks look for it in the job data (pmix.hwlocxml2, as ORTE's mpirun provides)
+// before discovering the topology themselves; discovery in every rank was most of a rank's
+// start-up time here (hwloc's x86 backend binds to each PU in turn, and its GL plugin probes
+// for X displays). The PMIx server has already discovered the topology: reuse it.
+std::string topology_xml() {
+  pmix_topology_t topo;
+  memset(&topo, 0, sizeof topo);
+  hwloc_topology_t own = nullptr;
+  hwloc_topology_t t = nullptr;
+  if (PMIx_Load_topology(&topo) == PMIX_SUCCESS && topo.source &&
+      strncmp(topo.source, "hwloc", 5) == 0 && topo.topology) {
+    t = static_cast<hwloc_topology_t>(topo.topology);
+  } else if (hwloc_topology_init(&own) == 0) {
+    if (hwloc_topology_load(own) == 0) t = own;
+  }
+  std::string out;
+  char* xml = nullptr;
+  int len = 0;
+  if (t && hwloc_topology_export_xmlbuffer(t, &xml, &len, 0) == 0 && xml) {
+    out.assign(xml);
+    hwloc_free_xmlbuffer(t, xml);
+  } else {
+    spdlog::debug("pmix: no topology to pass to the ranks; each will discover its own");
+  }
+  if (own) hwloc_topology_destroy(own);
+  return out;
+}
+
 std::string join_ranks(const std::vector<int>& ranks) {
   std::string s;
   for (int r : ranks) {
@@ -329,6 +359,8 @@ void PmixServer::register_job(const JobMap& map, int local_node) {
   job.add_str(PMIX_TMPDIR, session_dir_);
   job.add_str(PMIX_NSDIR, session_dir_ + "/" + map.nspace);
   job.add_bool(PMIX_TDIR_RMCLEAN, true);
+  // The topology, so that the ranks do not discover it each (see topology_xml).
+  if (std::string xml = topology_xml(); !xml.empty()) job.add_str("pmix.hwlocxml2", xml);
   for (size_t a = 0; a < map.apps.size(); ++a) {
     InfoList app;
     app.add_u32(PMIX_APPNUM, static_cast<uint32_t>(a));
