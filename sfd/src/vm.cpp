@@ -43,12 +43,13 @@ std::vector<std::string> qemu_command_line(const VmConfig& c, const VmPaths& p, 
       "-smp", std::to_string(c.cpus), "-m", mem,
       // Guest RAM in a named file, mapped shared: the clone path freezes this file and maps
       // it copy-on-write into clones (ARCHITECTURE.md §3).
-      "-object", "memory-backend-file,id=ram,size=" + mem + ",mem-path=" + p.ram_file.string() + ",share=on",
+      "-object", "memory-backend-file,id=ram,size=" + mem + ",mem-path=" + p.ram_file.string() + (c.ram_shared ? ",share=on" : ",share=off"),
       "-kernel", c.image.kernel.string(), "-initrd", c.image.initramfs.string(), "-append", append,
       // No network at all: guests must never get a route out.
       "-nic", "none",
       "-chardev", "socket,id=qmp,fd=" + std::to_string(qmp_fd), "-mon", "chardev=qmp,mode=control",
   };
+  if (c.incoming_defer) a.insert(a.end(), {"-incoming", "defer"});
   if (c.console_to_socket) {
     a.insert(a.end(), {"-chardev", "socket,id=con,fd=" + std::to_string(console_fd)});
   } else {
@@ -99,7 +100,8 @@ Result<std::unique_ptr<QemuVm>> QemuVm::launch(const VmConfig& config) {
   vm->paths_.run_dir = runtime_dir() / name;
   if (!fs::create_directory(vm->paths_.run_dir, ec) || ec)
     return make_error("vm: cannot create " + vm->paths_.run_dir.string() + ": " + ec.message() + "; set SF_RUNTIME_DIR");
-  vm->paths_.ram_file = ram_dir() / (name + ".ram");
+  vm->paths_.ram_file = config.ram_file ? *config.ram_file : ram_dir() / (name + ".ram");
+  vm->owns_ram_file_ = !config.ram_file;
   vm->paths_.console_log = vm->paths_.run_dir / "console.log";
   vm->paths_.qemu_log = vm->paths_.run_dir / "qemu.log";
 
@@ -200,9 +202,14 @@ std::string QemuVm::diagnostics(std::size_t bytes) const {
   return out;
 }
 
+fs::path QemuVm::release_ram_file() {
+  owns_ram_file_ = false;
+  return paths_.ram_file;
+}
+
 void QemuVm::cleanup_files() {
   std::error_code ec;
-  fs::remove(paths_.ram_file, ec);
+  if (owns_ram_file_) fs::remove(paths_.ram_file, ec);
   fs::remove_all(paths_.run_dir, ec);
 }
 

@@ -31,6 +31,11 @@ struct VmConfig {
   std::filesystem::path agent;                  // host path of the sfd binary (the guest agent)
   std::optional<std::filesystem::path> work_dir;  // shared read-write as 9p tag "sfwork"
   bool console_to_socket = false;               // console on console_fd() instead of a log file
+  // Cloning (clone.hpp): map an existing frozen RAM file (not created, not deleted by this
+  // VM), privately (share=off: copy-on-write), and wait for a descriptor (-incoming defer).
+  std::optional<std::filesystem::path> ram_file;
+  bool ram_shared = true;
+  bool incoming_defer = false;
 };
 
 // The paths one VM uses; all named after the owning sfd's pid (kVmPrefix) for the sweep.
@@ -75,6 +80,8 @@ class QemuVm {
   // SIGTERM, a grace period, then SIGKILL; always reaps.
   void terminate(std::chrono::milliseconds grace = std::chrono::milliseconds(2000));
   std::optional<int> exit_status() const { return exit_status_; }
+  // Hands the RAM file over to the caller: this VM no longer deletes it (cloning freezes it).
+  std::filesystem::path release_ram_file();
 
   // The last `bytes` of the console log and of QEMU's stderr, for error messages.
   std::string diagnostics(std::size_t bytes = 2000) const;
@@ -89,6 +96,7 @@ class QemuVm {
   std::unique_ptr<QmpClient> qmp_;
   int io_fd_ = -1;
   int console_fd_ = -1;
+  bool owns_ram_file_ = true;
 };
 
 }  // namespace sfd
