@@ -71,3 +71,16 @@ TEST(SfdRun, QemuDyingIsReportedAndCleanedUp) {
   std::string what;
   EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
 }
+
+TEST(SfdRun, GuestKernelPanicIsReportedAndCleanedUp) {
+  TestDirs dirs;
+  // sysrq 'c' panics the guest kernel; panic=-1 and -no-reboot make QEMU exit.
+  SfdProcess p({"--", "sh", "-c", "echo ready; echo c > /proc/sysrq-trigger; sleep 600"}, dirs);
+  const auto st = p.finish();
+  ASSERT_TRUE(st.has_value()) << "sfd did not exit after the guest panicked";
+  EXPECT_EQ(*st, 125) << p.err();
+  EXPECT_NE(p.err().find("the VM stopped before the command finished"), std::string::npos) << p.err();
+  EXPECT_FALSE(qemu_running_for(p.pid()));
+  std::string what;
+  EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
+}
