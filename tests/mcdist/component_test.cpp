@@ -188,22 +188,23 @@ TEST_F(McdistNet, ForeignCorruptForgedAndReplayedPacketsAreDroppedAndCounted) {
   Testbed tb(1, /*injector=*/true);
   prefix_ = tb.prefix();
   ASSERT_TRUE(tb.ok());
-  make_inputs(tb, kImageMiB);
+  make_inputs(tb, 4);
   pid_t rx = start_receiver(tb, 1);
   wait_joined(tb, 1);
-  // Slow enough that the stream is still running while the injector works.
-  pid_t s = start_sender(tb, 1, "40");
   auto inject = [&](const std::string& kind, int count) {
     std::vector<std::string> args = {kTool, "inject", "--kind", kind, "--count", std::to_string(count)};
     for (auto& a : common(tb)) args.push_back(a);
     pid_t p = tb.spawn("i", args, "inject-" + kind + ".log");
     EXPECT_EQ(tb.wait(p, std::chrono::seconds(20)), 0) << read_file(tb.tmp() + "/inject-" + kind + ".log");
   };
-  inject("replay", 50);
+  // Crafted packets first: the receiver validates (and counts) them before it has a server.
   inject("foreign", 20);
   inject("corrupt", 21);
   inject("badkey", 22);
   inject("malformed", 23);
+  // Replays need a live stream to record: slow, so it is still running when they come back.
+  pid_t s = start_sender(tb, 1, "5");
+  inject("replay", 50);
   EXPECT_EQ(tb.wait(rx, std::chrono::seconds(55)), 0) << read_file(tb.tmp() + "/recv1.log");
   EXPECT_EQ(tb.wait(s, std::chrono::seconds(20)), 0) << read_file(tb.tmp() + "/send.log");
   EXPECT_EQ(sh("cmp " + tb.tmp() + "/image " + tb.tmp() + "/out1"), 0);
@@ -223,12 +224,9 @@ TEST_F(McdistNet, SenderKilledMidStreamMakesReceiversFailWithinBound) {
   std::vector<pid_t> rx;
   for (int i = 1; i <= 4; ++i) rx.push_back(start_receiver(tb, i, {"--server-timeout", "2"}));
   wait_joined(tb, 4);
-  pid_t s = start_sender(tb, 4, "10");  // ~7 s for the image: certainly mid-stream below
-  // Wait until the stream has reached a receiver, then kill the sender without warning.
-  for (int t = 0; t < 100 && sh("ip netns exec " + tb.netns("s") + " true") == 0; ++t) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (t >= 10) break;
-  }
+  pid_t s = start_sender(tb, 4, "5");  // 7-13 s for the image: certainly mid-stream below
+  // Let the stream reach the receivers, then kill the sender without warning.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
   tb.kill_now(s);
   auto killed = std::chrono::steady_clock::now();
   for (int i = 1; i <= 4; ++i) {
