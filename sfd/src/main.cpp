@@ -4,6 +4,7 @@
 //   sfd accel [-v] [--reprobe]                        say whether VMs use KVM or TCG, and why
 //   sfd decode-frames < FILE                          print a guest I/O frame stream
 //   sfd guest-agent                                   (inside the guest only: PID 1)
+#include <signal.h>
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
@@ -187,7 +188,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string cmd = argv[1];
-  if (cmd == "run") return cmd_run(argc - 1, argv + 1);
+  if (cmd == "run") {
+    // A closed stdout (e.g. `sfd run ... | head`) must not kill sfd before it stops its VM:
+    // writes then fail with EPIPE and the output is dropped. (Only here: the guest agent's
+    // commands must get the default SIGPIPE.)
+    signal(SIGPIPE, SIG_IGN);
+    return cmd_run(argc - 1, argv + 1);
+  }
   if (cmd == "build-guest") return cmd_build_guest(argc - 1, argv + 1);
   if (cmd == "accel") return cmd_accel(argc - 1, argv + 1);
   if (cmd == "decode-frames") return cmd_decode_frames();
