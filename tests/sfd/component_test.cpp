@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "sfd/accel.hpp"
 #include "sfd/guest_image.hpp"
 #include "sfd/paths.hpp"
 #include "sfd/qmp_client.hpp"
@@ -130,4 +131,36 @@ TEST(StaleSweep, RemovesFilesOfADeadSfdAndKeepsLiveOnes) {
   unsetenv("SF_RAM_DIR");
   unsetenv("SF_RUNTIME_DIR");
   fs::remove_all(dir);
+}
+
+TEST(AccelChoice, ProbesOnceSaysWhyAndHonoursSfAccel) {
+  auto inputs = sfd::find_guest_inputs();
+  ASSERT_TRUE(inputs.ok()) << inputs.error().message;
+  const auto cache = make_temp_dir();
+  auto image = sfd::ensure_guest_image(*inputs, cache);
+  ASSERT_TRUE(image.ok()) << image.error().message;
+  setenv("SF_CACHE_DIR", cache.c_str(), 1);
+  unsetenv("SF_ACCEL");
+  auto first = sfd::choose_accel(*image);
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  EXPECT_FALSE(first->reason.empty());
+  EXPECT_FALSE(first->from_cache);
+  if (access("/dev/kvm", R_OK | W_OK) != 0) {
+    EXPECT_EQ(first->accel, sfd::Accel::tcg);
+  }
+  auto second = sfd::choose_accel(*image);
+  ASSERT_TRUE(second.ok());
+  if (access("/dev/kvm", R_OK | W_OK) == 0) {
+    EXPECT_TRUE(second->from_cache);  // the probe boot ran once
+  }
+  EXPECT_EQ(second->accel, first->accel);
+  setenv("SF_ACCEL", "tcg", 1);
+  auto forced = sfd::choose_accel(*image);
+  ASSERT_TRUE(forced.ok());
+  EXPECT_EQ(forced->accel, sfd::Accel::tcg);
+  setenv("SF_ACCEL", "fast", 1);
+  EXPECT_FALSE(sfd::choose_accel(*image).ok());
+  unsetenv("SF_ACCEL");
+  unsetenv("SF_CACHE_DIR");
+  fs::remove_all(cache);
 }
