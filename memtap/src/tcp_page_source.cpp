@@ -116,7 +116,7 @@ class TcpConnection {
         return make_error(ErrorCode::kProtocol, "memtap server " + server_ + " sent more than it announced");
       }
       body.resize(rh->body_length);
-      std::memcpy(body.data(), target.data(), early);
+      if (early > 0) std::memcpy(body.data(), target.data(), early);
       into = body;
     }
     // Stage 2: the rest of the body.
