@@ -556,8 +556,12 @@ std::vector<CloneStatus> SandboxCluster::collect_all_blocking() {
 Result<std::vector<CloneStatus>> SandboxCluster::join() {
   if (id_ != 0 || getpid() != owner_pid_) return make_error(Errc::wrong_side, "clone-core: join() called in a clone");
   if (!cloned_ || torn_down_) return make_error(Errc::bad_state, "clone-core: join() without live clones");
+  StepTrace trace;
   auto statuses = collect_all_blocking();
+  trace.step("wait");
   teardown();
+  trace.step("teardown");
+  if (trace.on) std::fprintf(stderr, "clone-core: join:%s\n", trace.line.c_str());
   return statuses;
 }
 
