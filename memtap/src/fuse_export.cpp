@@ -256,9 +256,9 @@ Status run_fuse_export(std::shared_ptr<PageSource> source, const std::string& mo
   fuse_loop_cfg_set_idle_threads(cfg, std::max(1u, options.max_threads / 2));
   int rc = fuse_loop_mt(f, cfg);
   fuse_loop_cfg_destroy(cfg);
-  if (rc != 0 && fuse_session_exited(se) == 0) {
-    result = make_error(ErrorCode::kIo, "FUSE loop failed with " + std::to_string(rc));
-  }
+  // libfuse returns the number of the signal that ended the loop (SIGTERM: 15) for a clean
+  // stop, a negative errno for a failure.
+  if (rc < 0) result = make_error(ErrorCode::kIo, "FUSE loop failed: " + std::string(std::strerror(-rc)));
   fuse_remove_signal_handlers(se);
   fuse_unmount(f);
   fuse_destroy(f);
