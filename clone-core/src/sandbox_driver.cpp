@@ -216,6 +216,7 @@ Result<unsigned> SandboxCluster::clone() {
   clones_.assign(layout_.clones(), CloneSlot{});
   // Buffered output would otherwise be written once per clone.
   std::fflush(nullptr);
+  StepTrace trace;
   Error failure;
   for (unsigned id = 1; id <= layout_.clones(); ++id) {
     // Children forked after unshare(CLONE_NEWPID) start a new PID namespace as its pid 1;
@@ -259,7 +260,10 @@ Result<unsigned> SandboxCluster::clone() {
     ev.data.u32 = i + 1;
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, clones_[i].pidfd, &ev);
   }
+  trace.step("fork_inits");
   if (!failure) failure = wait_running();
+  trace.step("wait_running");
+  if (trace.on) std::fprintf(stderr, "clone-core: clone():%s\n", trace.line.c_str());
   if (failure) {
     kill();
     return failure;
