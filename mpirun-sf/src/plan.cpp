@@ -11,7 +11,7 @@ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 Plan make_plan(const JobSpec& spec, const HostFacts& host) {
   Plan plan;
   const bool cloning_wanted = spec.driver != "none";
-  const int per_machine = spec.procs_per_clone > 0 ? spec.procs_per_clone : std::max(1, host.cores);
+  int per_machine = spec.procs_per_clone > 0 ? spec.procs_per_clone : std::max(1, host.cores);
   // Slots an application without -np fills: every slot of the machines asked for.
   const int asked_machines = spec.clones > 0 ? spec.clones : 1;
   for (const auto& app : spec.apps) {
@@ -19,6 +19,10 @@ Plan make_plan(const JobSpec& spec, const HostFacts& host) {
     plan.app_np.push_back(n);
     plan.np += n;
   }
+  // `--clones C` without a per-machine count spreads the ranks over the C machines the user
+  // chose: `-np 32 --clones 8` runs 4 on each, whatever the cores of one machine.
+  if (spec.clones > 0 && spec.procs_per_clone == 0)
+    per_machine = std::max(per_machine, ceil_div(plan.np, spec.clones));
   if (spec.clones > 1 && (!cloning_wanted || !host.can_clone))
     throw UsageError("--clones " + std::to_string(spec.clones) + " needs a clone driver, but " +
                      (cloning_wanted ? host.clone_denied : std::string("--driver none was given")));
@@ -51,7 +55,8 @@ Plan make_plan(const JobSpec& spec, const HostFacts& host) {
                                : std::max(1, ceil_div(plan.np, machines));
   if (spec.clones == 0 && machines == 1) plan.procs_per_machine = std::max(1, plan.np);
   plan.machines = std::max(1, ceil_div(plan.np, plan.procs_per_machine));
-  plan.universe_size = std::max(plan.np, slots);
+  // MPI_UNIVERSE_SIZE is the slot count, as under mpirun (2 here even with -np 4 --oversubscribe).
+  plan.universe_size = slots;
   return plan;
 }
 

@@ -340,7 +340,7 @@ TEST(MakePlan, OversubscribeKeepsEveryRankOnThisMachine) {
   EXPECT_EQ(p.np, 16);
   EXPECT_EQ(p.procs_per_machine, 16);
   EXPECT_TRUE(p.oversubscribed);
-  EXPECT_EQ(p.universe_size, 16);
+  EXPECT_EQ(p.universe_size, 2);  // Debian's mpirun: MPI_UNIVERSE_SIZE stays the slot count
   // Even when cloning is possible, oversubscribing means staying here.
   EXPECT_EQ(make_plan(s, two_cores(true)).machines, 1);
 }
@@ -373,6 +373,18 @@ TEST(MakePlan, ExplicitClonesSpreadTheRanks) {
   EXPECT_EQ(p.machines, 2);
   EXPECT_EQ(p.procs_per_machine, 4);
   EXPECT_EQ(p.universe_size, 8);
+}
+
+TEST(MakePlan, ExplicitClonesWithoutPerMachineCountTakeTheRanksTheyAreGiven) {
+  // The figure: -np 32 --clones 8 runs 4 ranks on each of 8 machines of 2 cores.
+  JobSpec s = job({32});
+  s.clones = 8;
+  Plan p = make_plan(s, two_cores(true));
+  EXPECT_EQ(p.machines, 8);
+  EXPECT_EQ(p.procs_per_machine, 4);
+  EXPECT_FALSE(p.oversubscribed);
+  EXPECT_EQ(make_job_map(p, "ns", std::vector<std::string>(8, "h")).nodes[7].ranks,
+            (std::vector<int>{28, 29, 30, 31}));
 }
 
 TEST(MakePlan, ClonesWithoutADriverAreRefused) {

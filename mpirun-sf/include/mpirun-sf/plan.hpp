@@ -22,7 +22,8 @@ struct Plan {
   int procs_per_machine = 1;  // ranks on every node but possibly the last
   int np = 0;                 // ranks in all
   std::vector<int> app_np;    // per application context
-  int universe_size = 0;      // slots of the whole cluster
+  int universe_size = 0;      // slots of the whole cluster (MPI_UNIVERSE_SIZE), as mpirun counts
+                              // them: not raised by --oversubscribe
   bool oversubscribed = false;
 };
 
