@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -84,6 +85,8 @@ class Child {
     if (stdin_pipe && ::pipe2(in_pipe, O_CLOEXEC) != 0) return c;
     pid_t pid = ::fork();
     if (pid == 0) {
+      // Die with the test process, even when it aborts (a sanitizer stop) and no destructor runs.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (stdin_pipe) ::dup2(in_pipe[0], 0);
       int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
