@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "program_output.hpp"
 #include "run_command.hpp"
 
 namespace {
@@ -60,23 +61,8 @@ class ExamplesUnderMpirun : public ::testing::Test {
   std::string marker_ = sf::test::unique_marker();
 };
 
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
-// probe's "key=value key=value" line.
-std::map<std::string, std::string> fields_of(const std::string& line) {
-  std::map<std::string, std::string> fields;
-  std::istringstream in(line);
-  for (std::string field; in >> field;) {
-    auto eq = field.find('=');
-    if (eq != std::string::npos) fields[field.substr(0, eq)] = field.substr(eq + 1);
-  }
-  return fields;
-}
+using sf::test::fields_of;
+using sf::test::lines_of;
 
 // All probe lines, keyed by rank.
 std::map<int, std::map<std::string, std::string>> probe_lines(const std::string& out) {

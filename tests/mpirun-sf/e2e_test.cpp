@@ -27,6 +27,7 @@
 #include <sstream>
 #include <thread>
 
+#include "program_output.hpp"
 #include "run_command.hpp"
 
 namespace {
@@ -42,23 +43,8 @@ constexpr auto kDeadline = 90s;  // per command; a healthy run takes well under 
 
 std::string example(const std::string& name) { return sf::test::build_path("examples/" + name); }
 
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
-// probe's "key=value key=value" line.
-std::map<std::string, std::string> fields_of(const std::string& line) {
-  std::map<std::string, std::string> fields;
-  std::istringstream in(line);
-  for (std::string field; in >> field;) {
-    auto eq = field.find('=');
-    if (eq != std::string::npos) fields[field.substr(0, eq)] = field.substr(eq + 1);
-  }
-  return fields;
-}
+using sf::test::fields_of;
+using sf::test::lines_of;
 
 // All probe lines, keyed by rank; `prefix` is stripped from each line first if present.
 std::map<int, std::map<std::string, std::string>> probe_lines(const std::string& out) {
