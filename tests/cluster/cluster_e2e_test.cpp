@@ -119,6 +119,26 @@ TEST_F(ClusterE2E, SearchGivesTheSameAnswerOnClonesAsOnOneMachine) {
   EXPECT_EQ(checksum(one.stdout_text), checksum(many.stdout_text));
 }
 
+TEST_F(ClusterE2E, NameServiceWorksOnOneMachineAndAcrossClones) {
+  // MPI_Publish_name/Lookup_name/Unpublish_name: PMIx publish/lookup/unpublish, answered by
+  // the coordinator's store on node 0 for ranks on any machine.
+  for (const auto& args : {std::vector<std::string>{"-np", "2"},
+                           std::vector<std::string>{"-np", "4", "--clones", "2"}}) {
+    std::vector<std::string> argv = cmd(args);
+    argv.push_back(example("pubsub"));
+    CommandResult r = sf::test::run_command(argv, options());
+    note_bridge(r.stdout_text);
+    ASSERT_TRUE(r.exited_with(0)) << r.describe();
+    int n = args.size() == 2 ? 2 : 4;
+    for (int rank = 0; rank < n; ++rank)
+      EXPECT_NE(r.stdout_text.find("pubsub: rank " + std::to_string(rank) + " found sf-port-" +
+                                   std::to_string(n)),
+                std::string::npos) << r.stdout_text;
+    EXPECT_NE(r.stdout_text.find("pubsub: unpublished"), std::string::npos) << r.stdout_text;
+    EXPECT_NE(r.stdout_text.find("pubsub: gone after unpublish"), std::string::npos) << r.stdout_text;
+  }
+}
+
 TEST_F(ClusterE2E, AbortInACloneEndsTheClusterWithTheAbortCode) {
   // Rank 5 lives on clone 2; the others block and must be killed on every machine.
   CommandResult r = sf::test::run_command(cmd({"-np", "8", "--clones", "4", example("abort"), "5", "9"}), options());
