@@ -156,11 +156,12 @@ TEST_F(ExamplesUnderMpirun, AbortExitsWithTheAbortCodeAndKillsTheOtherRanks) {
   const bool orte_lost_the_box =
       r.stderr_text.find("ORTE_ERROR_LOG: Data unpack would read past end of buffer in file "
                          "../../../orte/util/show_help.c") != std::string::npos;
-  if (!orte_lost_the_box)
+  if (!orte_lost_the_box) {
     EXPECT_NE(r.stderr_text.find("MPI_ABORT was invoked on rank 1 in communicator MPI_COMM_WORLD\n"
                                  "with errorcode 7."),
               std::string::npos)
         << r.describe();
+  }
 }
 
 TEST_F(ExamplesUnderMpirun, AbortFromRankZeroWithAnotherCode) {
