@@ -22,6 +22,7 @@
 #include "memtap/fuse_export.hpp"
 #include "memtap/image.hpp"
 #include "memtap/local_page_source.hpp"
+#include "memtap/mcdist_page_source.hpp"
 #include "memtap/page_server.hpp"
 #include "memtap/tcp_page_source.hpp"
 #include "memtap/uffd_region.hpp"
@@ -37,6 +38,7 @@ constexpr const char* kUsage =
     "  zeromap IMAGE                                 rebuild the no-fetch (zero) map of IMAGE.memtap\n"
     "  inspect IMAGE|METADATA [--map]                print the header and maps\n"
     "  serve IMAGE --listen ADDR:PORT                serve IMAGE to holders of its token\n"
+    "  serve ... --mcast-iface IF --mcast-key-file K [--push]   also serve by multicast (mcdist)\n"
     "  mount ADDR:PORT MOUNTPOINT --token-file F     show the image as MOUNTPOINT/image\n"
     "  touch ADDR:PORT --token-file F                fill a userfaultfd region by touching every page\n"
     "  fetch ADDR:PORT OUT --token-file F            copy the whole image to OUT\n"
@@ -97,6 +99,49 @@ void add_client_options(po::options_description& d) {
       "token-file", po::value<std::string>(), "file with the owner token (64 hex digits)")(
       "timeout-ms", po::value<unsigned>()->default_value(5000), "deadline per connect and per fetch")(
       "spin-us", po::value<unsigned>()->default_value(0), "poll for a reply this long before sleeping (0: never)");
+}
+
+// Multicast (mcdist) options, shared by serve, mount and touch.
+void add_mcast_options(po::options_description& d, bool server) {
+  d.add_options()("mcast-iface", po::value<std::string>(), "multicast through mcdist on this interface (the cluster link)")(
+      "mcast-group", po::value<std::string>()->default_value("239.255.77.1"), "IPv4 multicast group")(
+      "mcast-port", po::value<std::uint16_t>()->default_value(7700), "group port")(
+      "mcast-key-file", po::value<std::string>(), "file with the 64-hex-digit cluster key (required with --mcast-iface)")(
+      "mcast-cluster", po::value<std::uint64_t>(), "cluster id (default: the image id)");
+  if (server) {
+    d.add_options()("push", "multicast the whole image in the background (demand requests first)")(
+        "mcast-rate-mbit", po::value<std::uint64_t>()->default_value(900), "multicast rate limit, Mbit/s");
+  } else {
+    d.add_options()("mcast-id", po::value<std::uint32_t>()->default_value(0), "receiver id reported to the server")(
+        "mcast-server-timeout-ms", po::value<unsigned>()->default_value(2000), "the server is dead after this much silence");
+  }
+}
+
+MulticastOptions mcast_from(const po::variables_map& vm) {
+  MulticastOptions m;
+  m.interface = vm["mcast-iface"].as<std::string>();
+  m.group = vm["mcast-group"].as<std::string>();
+  m.port = vm["mcast-port"].as<std::uint16_t>();
+  if (vm.count("mcast-key-file")) m.key_file = vm["mcast-key-file"].as<std::string>();
+  if (vm.count("mcast-cluster")) m.cluster_id = vm["mcast-cluster"].as<std::uint64_t>();
+  if (vm.count("push")) m.push = true;
+  if (vm.count("mcast-rate-mbit")) m.max_rate_bps = vm["mcast-rate-mbit"].as<std::uint64_t>() * 1'000'000;
+  if (vm.count("mcast-id")) m.receiver_id = vm["mcast-id"].as<std::uint32_t>();
+  if (vm.count("mcast-server-timeout-ms")) m.server_timeout = std::chrono::milliseconds(vm["mcast-server-timeout-ms"].as<unsigned>());
+  if (vm.count("timeout-ms")) m.timeout = std::chrono::milliseconds(vm["timeout-ms"].as<unsigned>());
+  return m;
+}
+
+// The client's page source: TCP, or (with --mcast-iface) mcdist, with the metadata from the
+// TCP HELLO (mcdist carries no no-fetch map or checksums). `mcast` is set in the second case.
+Result<std::shared_ptr<PageSource>> source_from(const po::variables_map& vm, std::shared_ptr<McdistPageSource>* mcast) {
+  auto tcp = connect_from(vm);
+  if (!tcp) return tcp.error();
+  if (!vm.count("mcast-iface")) return std::shared_ptr<PageSource>(*tcp);
+  auto m = McdistPageSource::start((*tcp)->metadata(), mcast_from(vm));
+  if (!m) return m.error();
+  if (mcast) *mcast = *m;
+  return std::shared_ptr<PageSource>(*m);
 }
 
 int cmd_create(int argc, char** argv) {
@@ -248,6 +293,7 @@ int cmd_serve(int argc, char** argv) {
       "max-batch-pages", po::value<std::uint32_t>()->default_value(1024), "largest FETCH")(
       "port-file", po::value<std::string>(), "write the bound port to this file once listening")(
       "verify", "check every page against its checksum before serving");
+  add_mcast_options(d, true);
   po::positional_options_description pos;
   pos.add("image", 1);
   auto p = parse(argc, argv, d, pos, "serve IMAGE --listen ADDR:PORT [options]");
@@ -273,6 +319,15 @@ int cmd_serve(int argc, char** argv) {
   o.max_batch_pages = vm["max-batch-pages"].as<std::uint32_t>();
   auto server = PageServer::create(image, *ep, o);
   if (!server) return fail("memtap serve: " + server.error().message);
+  std::unique_ptr<MulticastPageServer> mcast;
+  if (vm.count("mcast-iface")) {
+    auto m = MulticastPageServer::start(image, mcast_from(vm));
+    if (!m) return fail("memtap serve: " + m.error().message);
+    mcast = std::move(m).value();
+    spdlog::info("memtap serve: multicasting through mcdist on {} group {}:{} (requests on port {}){}",
+                 vm["mcast-iface"].as<std::string>(), vm["mcast-group"].as<std::string>(),
+                 vm["mcast-port"].as<std::uint16_t>(), mcast->request_port(), vm.count("push") ? ", pushing the image" : "");
+  }
   Endpoint bound = *ep;
   bound.port = (*server)->port();
   spdlog::info("memtap serve: serving {} ({} pages, {} no-fetch) on {}", image->path(), image->metadata().page_count(),
@@ -284,6 +339,10 @@ int cmd_serve(int argc, char** argv) {
   }
   (*server)->run(true);
   spdlog::info("memtap serve: stopped; counters {}", (*server)->stats_json());
+  if (mcast) {
+    mcast->stop();
+    spdlog::info("memtap serve: multicast counters {}", mcast->stats_json());
+  }
   return 0;
 }
 
@@ -294,13 +353,14 @@ int cmd_mount(int argc, char** argv) {
       "readahead-pages", po::value<std::uint32_t>()->default_value(8), "kernel read-ahead for the file, in 4 KiB pages")(
       "no-zero-map", "fetch no-fetch pages too")("threads", po::value<unsigned>()->default_value(8), "FUSE threads")(
       "no-auto-unmount", "do not ask fusermount3 to unmount when this process dies")("debug", "FUSE debug output");
+  add_mcast_options(d, false);
   po::positional_options_description pos;
   pos.add("server", 1).add("mountpoint", 1);
   auto p = parse(argc, argv, d, pos, "mount ADDR:PORT MOUNTPOINT --token-file F [options]");
   if (!p) return fail(p.error().message);
   if (p->help) return 0;
   const auto& vm = p->vm;
-  auto src = connect_from(vm);
+  auto src = source_from(vm, nullptr);
   if (!src) return fail("memtap mount: " + src.error().message);
   FuseExportOptions o;
   o.readahead_pages = vm["readahead-pages"].as<std::uint32_t>();
@@ -322,13 +382,15 @@ int cmd_touch(int argc, char** argv) {
       "compare", po::value<std::string>(), "compare the filled region with this image file")(
       "no-zero-map", "fetch no-fetch pages too")(
       "pause-after", po::value<std::uint64_t>(), "after touching this many pages, wait for a line on stdin");
+  add_mcast_options(d, false);
   po::positional_options_description pos;
   pos.add("server", 1);
   auto p = parse(argc, argv, d, pos, "touch ADDR:PORT --token-file F [options]");
   if (!p) return fail(p.error().message);
   if (p->help) return 0;
   const auto& vm = p->vm;
-  auto src = connect_from(vm);
+  std::shared_ptr<McdistPageSource> mcast;
+  auto src = source_from(vm, &mcast);
   if (!src) return fail("memtap touch: " + src.error().message);
   UffdRegionOptions o;
   o.prefetch_pages = vm["prefetch"].as<std::uint32_t>();
@@ -388,6 +450,7 @@ int cmd_touch(int argc, char** argv) {
   }
   nlohmann::json j = nlohmann::json::parse((*region)->counters().to_json());
   j["seconds"] = secs;
+  if (mcast) j["mcdist"] = nlohmann::json::parse(mcast->stats_json());
   j["equal"] = vm.count("compare") ? nlohmann::json(rc == 0) : nlohmann::json(nullptr);
   std::cout << j.dump() << "\n";
   return rc;
