@@ -1,5 +1,6 @@
 // memtap component tests: a real `memtap serve` process and userfaultfd clients (in this
-// process, or as `memtap touch` child processes), talking over loopback TCP.
+// process, or as `memtap touch` child processes), talking over loopback TCP; and one test of
+// serving through mcdist multicast between network namespaces on a bridge.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -13,6 +14,8 @@
 #include "memtap/tcp_page_source.hpp"
 #include "memtap/uffd_region.hpp"
 #include "test_support.hpp"
+// mcdist's namespace-and-bridge test network (reused, not copied).
+#include "../mcdist/testbed.hpp"
 
 using namespace memtap;
 using namespace memtap_test;
@@ -318,4 +321,102 @@ TEST(MemtapCli, TouchProcessFillsRegionEqualToImage) {
   EXPECT_EQ(WEXITSTATUS(*st), 0) << read_file(img.dir / "touch.err");
   auto j = nlohmann::json::parse(read_file(img.dir / "touch.out"));
   EXPECT_TRUE(j["equal"].get<bool>());
+}
+
+namespace {
+
+// The last line of a `memtap touch` output (its counters as JSON).
+nlohmann::json last_json_line(const std::string& path) {
+  std::istringstream in(read_file(path));
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line[0] == '{') last = line;
+  }
+  return last.empty() ? nlohmann::json::object() : nlohmann::json::parse(last, nullptr, false);
+}
+
+std::vector<std::string> in_netns(const std::string& ns, std::vector<std::string> argv) {
+  argv.insert(argv.begin(), {"/usr/sbin/ip", "netns", "exec", ns});
+  return argv;
+}
+
+}  // namespace
+
+// A page server in namespace "s" serving by multicast (demand only, no push) and two
+// `memtap touch` clients in namespaces "1" and "2" on one bridge. Client 2 touches one page and
+// pauses; client 1 then faults in the whole image, and the server answers each request by
+// multicast, so client 2 stores those pages without asking. Both regions must equal the image.
+TEST(MemtapMulticast, TwoClientsInNamespacesGetTheImageAndTheSecondStoresPagesItNeverAskedFor) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root for network namespaces";
+#if defined(__SANITIZE_ADDRESS__)
+  const std::size_t pages = 256;  // the sanitizer variant stays small
+#else
+  const std::size_t pages = 2048;
+#endif
+  TempDir dir;
+  auto data = make_image(dir / "img", pages, 5, 321);
+  ASSERT_EQ(run_command(memtap_bin() + " create " + dir / "img" + " > /dev/null"), 0);
+  std::ofstream(dir / "key") << "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
+  std::string prefix;
+  {
+    mcdist_test::Testbed net(2);
+    prefix = net.prefix();
+    ASSERT_TRUE(net.ok()) << "cannot build the test network (ip netns / bridge / veth)";
+    const std::vector<std::string> mcast{"--mcast-iface", "eth0", "--mcast-group", "239.255.77.9", "--mcast-port", "7709",
+                                         "--mcast-key-file", dir / "key"};
+    const std::vector<std::string> env{};  // no SIGBUS expected: the sanitizers check the clients fully
+    std::vector<std::string> serve{memtap_bin(), "serve", dir / "img", "--listen", "10.77.0.1:0", "--port-file", dir / "port"};
+    serve.insert(serve.end(), mcast.begin(), mcast.end());
+    Child server = Child::spawn(in_netns(net.netns("s"), serve), {}, dir / "server.out", dir / "server.err", false);
+    ASSERT_TRUE(eventually([&] { return fs::exists(dir / "port") || !server.running(); }));
+    ASSERT_TRUE(fs::exists(dir / "port")) << read_file(dir / "server.err");
+    const std::string address = "10.77.0.1:" + std::to_string(std::atoi(read_file(dir / "port").c_str()));
+
+    auto touch = [&](const std::string& host, std::vector<std::string> extra, bool pipe) {
+      std::vector<std::string> argv{memtap_bin(), "touch", address, "--token-file", dir / "img.token", "--compare",
+                                    dir / "img", "--mcast-id", host};
+      argv.insert(argv.end(), mcast.begin(), mcast.end());
+      argv.insert(argv.end(), extra.begin(), extra.end());
+      return Child::spawn(in_netns(net.netns(host), argv), env, dir / ("touch" + host + ".out"),
+                          dir / ("touch" + host + ".err"), pipe);
+    };
+    // Client 2 joins the group, touches one page and waits.
+    Child second = touch("2", {"--pause-after", "1"}, true);
+    ASSERT_TRUE(eventually([&] { return read_file(dir / "touch2.out").find("paused") != std::string::npos || !second.running(); },
+                           30s))
+        << read_file(dir / "touch2.err");
+    ASSERT_TRUE(second.running()) << read_file(dir / "touch2.err");
+    // Client 1 faults in everything; every answer is multicast to both.
+    Child first = touch("1", {}, false);
+    auto st1 = first.wait_for(60s);
+    ASSERT_TRUE(st1.has_value()) << "client 1 hangs";
+    EXPECT_TRUE(WIFEXITED(*st1) && WEXITSTATUS(*st1) == 0) << read_file(dir / "touch1.err");
+    second.send_line("go");
+    auto st2 = second.wait_for(60s);
+    ASSERT_TRUE(st2.has_value()) << "client 2 hangs";
+    EXPECT_TRUE(WIFEXITED(*st2) && WEXITSTATUS(*st2) == 0) << read_file(dir / "touch2.err");
+
+    auto c1 = last_json_line(dir / "touch1.out");
+    auto c2 = last_json_line(dir / "touch2.out");
+    std::cout << "client 1: " << c1.dump() << "\nclient 2: " << c2.dump() << "\n";
+    EXPECT_EQ(c1.value("equal", false), true) << c1.dump();
+    EXPECT_EQ(c2.value("equal", false), true) << c2.dump();
+    EXPECT_EQ(c1.value("fetch_errors", 1), 0) << c1.dump();
+    EXPECT_EQ(c2.value("fetch_errors", 1), 0) << c2.dump();
+    // Client 2 received (and installed) pages it never asked for, and asked for fewer.
+    EXPECT_GT(c2.value("pages_unsolicited", 0), 0) << c2.dump();
+    EXPECT_GT(c2["mcdist"].value("pages_unsolicited", 0), 0) << c2.dump();
+    EXPECT_LT(c2.value("pages_fetched", 0), c1.value("pages_fetched", 0)) << c1.dump() << "\n" << c2.dump();
+    EXPECT_GT(c1.value("pages_fetched", 0), 0) << c1.dump();
+
+    server.signal(SIGTERM);
+    auto st = server.wait_for(20s);
+    ASSERT_TRUE(st.has_value()) << "server did not stop";
+    EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << read_file(dir / "server.err");
+    EXPECT_NE(read_file(dir / "server.err").find("multicast counters"), std::string::npos) << read_file(dir / "server.err");
+  }
+  // Nothing left behind: namespaces, bridge, veths.
+  EXPECT_EQ(mcdist_test::sh("ip netns list | grep -q " + prefix), 1);
+  EXPECT_NE(mcdist_test::sh("ip link show " + prefix + "br"), 0);
+  EXPECT_EQ(mcdist_test::sh("ip link | grep -q " + prefix), 1);
 }
