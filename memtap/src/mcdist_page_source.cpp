@@ -95,7 +95,7 @@ struct McdistPageSource::State {
 
   void on_failure(const mcdist::Error& e) {
     std::lock_guard lock(mutex);
-    failure = name + ": " + e.message;
+    failure = e.message;  // mcdist's message names the group and interface already
     arrived.notify_all();  // a dead server must not leave a faulting thread waiting
   }
 };
