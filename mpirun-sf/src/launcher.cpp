@@ -642,6 +642,27 @@ int run_job(const JobSpec& spec) {
   return run_launcher_node(ctx, ticket ? &*ticket : nullptr, ticket ? &rv : nullptr);
 }
 
+namespace {
+// Removes PARENT/mpirun-sf.<pid>.XXXXXX directories whose launcher <pid> no longer runs.
+unsigned remove_dead_launcher_dirs(const std::string& parent) {
+  static const std::regex ours(R"(mpirun-sf\.([0-9]+)\.[A-Za-z0-9]{6})");
+  unsigned removed = 0;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(parent, ec)) {
+    std::string name = entry.path().filename().string();
+    std::smatch m;
+    if (!std::regex_match(name, m, ours) || !entry.is_directory()) continue;
+    long pid = atol(m[1].str().c_str());
+    if (kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+      std::error_code rm;
+      fs::remove_all(entry.path(), rm);
+      if (!rm) ++removed;
+    }
+  }
+  return removed;
+}
+}  // namespace
+
 int cleanup_leftovers(bool quiet) {
   int status = 0;
   auto report = sf::cleanup_stale_clusters();
@@ -651,22 +672,11 @@ int cleanup_leftovers(bool quiet) {
   } else if (!quiet) {
     for (const auto& note : report->notes) printf("mpirun-sf: cleanup: %s\n", note.c_str());
   }
-  // Session directories are named mpirun-sf.<pid>.XXXXXX: remove those whose launcher is gone.
+  // Session directories (in TMPDIR) and shared-memory directories (in /dev/shm) are named
+  // mpirun-sf.<pid>.XXXXXX: remove those whose launcher is gone.
   const char* tmp = getenv("TMPDIR");
-  unsigned dirs = 0;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(tmp && *tmp ? tmp : "/tmp", ec)) {
-    std::string name = entry.path().filename().string();
-    static const std::regex ours(R"(mpirun-sf\.([0-9]+)\.[A-Za-z0-9]{6})");
-    std::smatch m;
-    if (!std::regex_match(name, m, ours) || !entry.is_directory()) continue;
-    long pid = atol(m[1].str().c_str());
-    if (kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
-      std::error_code rm;
-      fs::remove_all(entry.path(), rm);
-      if (!rm) ++dirs;
-    }
-  }
+  unsigned dirs = remove_dead_launcher_dirs(tmp && *tmp ? tmp : "/tmp") +
+                  remove_dead_launcher_dirs("/dev/shm");
   if (!quiet)
     printf("mpirun-sf: cleanup: %u stale cluster(s), %u link(s), %u process(es), %u session "
            "director%s removed\n",

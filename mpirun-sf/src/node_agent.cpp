@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <set>
 
 #include "mpirun-sf/exit_status.hpp"
@@ -32,6 +33,12 @@ void put_env(std::vector<std::string>& env, const std::string& entry) {
       return;
     }
   env.push_back(entry);
+}
+
+bool has_env(const std::vector<std::string>& env, const std::string& key) {
+  for (const auto& e : env)
+    if (e.compare(0, key.size() + 1, key + "=") == 0) return true;
+  return false;
 }
 
 std::vector<char*> c_strings(std::vector<std::string>& v) {
@@ -58,10 +65,21 @@ NodeAgent::~NodeAgent() {
   for (auto& [rank, r] : ranks_)
     if (!r.exited && r.pid > 0) waitpid(r.pid, nullptr, 0);
   server_.reset();
+  if (!shm_dir_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(shm_dir_, ec);
+  }
 }
 
 void NodeAgent::start(const std::string& session_dir) {
   const auto& here = ctx_.map.nodes.at(static_cast<size_t>(node_));
+  // Open MPI's shared-memory segments go into a directory of ours in tmpfs, removed when the
+  // agent ends: ranks killed on an abort, crash or timeout cannot remove their own, and
+  // mpirun's runtime removes them for it. (--cleanup removes those of a killed launcher.)
+  std::string pattern = "/dev/shm/mpirun-sf." + std::to_string(getpid()) + ".XXXXXX";
+  if (mkdtemp(pattern.data())) shm_dir_ = pattern;
+  else spdlog::warn("node {}: cannot create {}: {}; shared-memory segments go to Open MPI's default",
+                    node_, pattern, strerror(errno));
   server_ = pmix::PmixServer::start(
       pmix::ServerOptions{session_dir, here.hostname, static_cast<uint32_t>(node_)}, *this);
   server_->register_job(ctx_.map, node_);
@@ -96,6 +114,8 @@ void NodeAgent::launch(int rank) {
   put_env(env, "OMPI_COMM_WORLD_NODE_RANK=" + std::to_string(place.node_rank));
   put_env(env, "OMPI_UNIVERSE_SIZE=" + std::to_string(ctx_.map.universe_size));
   put_env(env, "OMPI_APP_CTX_NUM_PROCS=" + std::to_string(ctx_.map.apps[app].size));
+  if (!shm_dir_.empty() && !has_env(env, "OMPI_MCA_btl_vader_backing_directory"))
+    put_env(env, "OMPI_MCA_btl_vader_backing_directory=" + shm_dir_);
 
   std::vector<std::string> argv{ctx_.spec.apps[app].program};
   for (const auto& a : ctx_.spec.apps[app].args) argv.push_back(a);

@@ -78,6 +78,7 @@ class NodeAgent : public pmix::PmixHost {
   const int node_;
   Link& up_;
   std::unique_ptr<pmix::PmixServer> server_;
+  std::string shm_dir_;  // Open MPI's shared-memory backing directory for this node's ranks
   std::map<int, LocalRank> ranks_;
   boost::asio::signal_set sigchld_;
   boost::asio::steady_timer kill_timer_;

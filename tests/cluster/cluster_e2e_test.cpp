@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -37,12 +38,30 @@ class ClusterE2E : public ::testing::Test {
   void SetUp() override {
     if (geteuid() != 0) GTEST_SKIP() << "sandbox clones need root (namespaces, CAP_NET_ADMIN)";
     marker_ = sf::test::unique_marker();
+    shm_before_ = shm_entries();
+  }
+  static std::set<std::string> shm_entries() {
+    std::set<std::string> out;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec))
+      out.insert(e.path().filename().string());
+    return out;
+  }
+  std::string new_shm_entries() const {
+    std::string out;
+    for (const auto& name : shm_entries())
+      if (!shm_before_.count(name) && (name.rfind("mpirun-sf.", 0) == 0 || name.rfind("vader_segment.", 0) == 0))
+        out += name + "\n";
+    return out;
   }
   void TearDown() override {
     if (marker_.empty()) return;
     auto left = sf::test::wait_for_no_processes(
         [&] { return sf::test::processes_with_environment(kMarker, marker_); }, 10s);
     EXPECT_TRUE(left.empty()) << "left behind:\n" << sf::test::describe(left);
+    // Nothing of a launcher left in /dev/shm: its shared-memory directory (mpirun-sf.<pid>.*)
+    // holds Open MPI's segments and goes with it, also when ranks were killed.
+    EXPECT_EQ(new_shm_entries(), "");
     if (!bridge_.empty()) {
       // The cluster's bridge and veths go with it (sfv<slot>_<i>).
       std::string slot = bridge_.substr(4);
@@ -71,6 +90,7 @@ class ClusterE2E : public ::testing::Test {
     if (std::regex_search(out, m, std::regex("Interface: (sfbr[0-9]+)"))) bridge_ = m[1];
   }
   std::string marker_, bridge_;
+  std::set<std::string> shm_before_;
 };
 
 TEST_F(ClusterE2E, HelloOnFourMachinesReportsFourHostnames) {

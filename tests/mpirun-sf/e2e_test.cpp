@@ -5,7 +5,8 @@
 //
 // After every test: no process carrying the test's environment marker is left (the marker is
 // inherited by the launcher and every rank, and by nothing else), and no session directory
-// /tmp/mpirun-sf.<pid>.* of a launcher the test started is left.
+// /tmp/mpirun-sf.<pid>.* or shared-memory directory /dev/shm/mpirun-sf.<pid>.* of a launcher
+// the test started is left.
 //
 // The jobs stay on this machine (--oversubscribe or at most as many ranks as cores, or
 // --driver none): cloning has its own tests. Deadlines are generous (other engineers compile
@@ -119,13 +120,16 @@ class MpirunSf : public ::testing::Test {
     auto left = sf::test::wait_for_no_processes(
         [&] { return sf::test::processes_with_environment(kMarkerName, marker_); }, 15s);
     EXPECT_TRUE(left.empty()) << "processes left behind:\n" << sf::test::describe(left);
-    for (pid_t pid : launcher_pids_) {
-      std::string pattern = "/tmp/mpirun-sf." + std::to_string(pid) + ".*";
-      glob_t g{};
-      if (glob(pattern.c_str(), 0, nullptr, &g) == 0)
-        ADD_FAILURE() << "session directory left behind: " << g.gl_pathv[0];
-      globfree(&g);
-    }
+    // Session directories, and the shared-memory directories that hold Open MPI's segments
+    // (ranks killed on abort, crash or timeout cannot remove their own).
+    for (pid_t pid : launcher_pids_)
+      for (const char* dir : {"/tmp", "/dev/shm"}) {
+        std::string pattern = std::string(dir) + "/mpirun-sf." + std::to_string(pid) + ".*";
+        glob_t g{};
+        if (glob(pattern.c_str(), 0, nullptr, &g) == 0)
+          ADD_FAILURE() << "directory left behind: " << g.gl_pathv[0];
+        globfree(&g);
+      }
     std::error_code ec;
     fs::remove_all(scratch_, ec);
   }
