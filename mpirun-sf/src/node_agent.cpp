@@ -454,64 +454,51 @@ void NodeAgent::fence(pmix::FenceRequest request, pmix::DataDone done) {
 }
 
 void NodeAgent::direct_modex(uint32_t rank, pmix::DataDone done) {
-  asio::post(io_, [this, rank, done = std::move(done)]() mutable {
-    uint64_t id = next_id();
-    modex_waits_[id] = std::move(done);
-    Envelope m;
+  ask_coordinator(modex_waits_, std::move(done), [this, rank](Envelope& m, uint64_t id) {
     auto* r = m.mutable_modex_request();
     r->set_id(id);
     r->set_rank(rank);
     r->set_from_node(static_cast<uint32_t>(node_));
-    up_.send(std::move(m));
   });
 }
 
 void NodeAgent::publish(pmix::ProcId publisher, std::vector<pmix::PackedValue> values,
                         pmix::OpDone done) {
-  asio::post(io_, [this, publisher, values = std::move(values), done = std::move(done)]() mutable {
-    uint64_t id = next_id();
-    op_waits_[id] = std::move(done);
-    Envelope m;
-    auto* p = m.mutable_publish();
-    p->set_id(id);
-    p->set_rank(publisher.rank);
-    p->set_nspace(publisher.nspace);
-    for (auto& v : values) {
-      auto* pv = p->add_values();
-      pv->set_key(v.key);
-      pv->set_packed(v.packed);
-    }
-    up_.send(std::move(m));
-  });
+  ask_coordinator(op_waits_, std::move(done),
+                  [publisher, values = std::move(values)](Envelope& m, uint64_t id) {
+                    auto* p = m.mutable_publish();
+                    p->set_id(id);
+                    p->set_rank(publisher.rank);
+                    p->set_nspace(publisher.nspace);
+                    for (const auto& v : values) {
+                      auto* pv = p->add_values();
+                      pv->set_key(v.key);
+                      pv->set_packed(v.packed);
+                    }
+                  });
 }
 
 void NodeAgent::lookup(pmix::ProcId requester, std::vector<std::string> keys, bool wait,
                        pmix::LookupDone done) {
-  asio::post(io_, [this, requester, keys = std::move(keys), wait, done = std::move(done)]() mutable {
-    uint64_t id = next_id();
-    lookup_waits_[id] = std::move(done);
-    Envelope m;
-    auto* l = m.mutable_lookup();
-    l->set_id(id);
-    l->set_rank(requester.rank);
-    l->set_wait(wait);
-    for (auto& k : keys) l->add_keys(k);
-    up_.send(std::move(m));
-  });
+  ask_coordinator(lookup_waits_, std::move(done),
+                  [requester, keys = std::move(keys), wait](Envelope& m, uint64_t id) {
+                    auto* l = m.mutable_lookup();
+                    l->set_id(id);
+                    l->set_rank(requester.rank);
+                    l->set_wait(wait);
+                    for (const auto& k : keys) l->add_keys(k);
+                  });
 }
 
 void NodeAgent::unpublish(pmix::ProcId publisher, std::vector<std::string> keys,
                           pmix::OpDone done) {
-  asio::post(io_, [this, publisher, keys = std::move(keys), done = std::move(done)]() mutable {
-    uint64_t id = next_id();
-    op_waits_[id] = std::move(done);
-    Envelope m;
-    auto* u = m.mutable_unpublish();
-    u->set_id(id);
-    u->set_rank(publisher.rank);
-    for (auto& k : keys) u->add_keys(k);
-    up_.send(std::move(m));
-  });
+  ask_coordinator(op_waits_, std::move(done),
+                  [publisher, keys = std::move(keys)](Envelope& m, uint64_t id) {
+                    auto* u = m.mutable_unpublish();
+                    u->set_id(id);
+                    u->set_rank(publisher.rank);
+                    for (const auto& k : keys) u->add_keys(k);
+                  });
 }
 
 }  // namespace sf::mpirun

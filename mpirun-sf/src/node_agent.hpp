@@ -72,6 +72,18 @@ class NodeAgent : public pmix::PmixHost {
   void kill_ranks(const std::string& reason);
   void check_finished();
   uint64_t next_id() { return ++last_id_; }
+  // From a PMIx upcall: on the loop, park `done` under a new request id in `waits` (the reply
+  // with that id completes it, see deliver()) and send the request `fill` writes.
+  template <class Done, class Fill>
+  void ask_coordinator(std::map<uint64_t, Done>& waits, Done done, Fill fill) {
+    boost::asio::post(io_, [this, &waits, done = std::move(done), fill = std::move(fill)]() mutable {
+      uint64_t id = next_id();
+      waits[id] = std::move(done);
+      Envelope m;
+      fill(m, id);
+      up_.send(std::move(m));
+    });
+  }
 
   boost::asio::io_context& io_;
   const LaunchContext& ctx_;
