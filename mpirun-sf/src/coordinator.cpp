@@ -168,11 +168,11 @@ void Coordinator::handle(int from, Envelope m) {
       // A publish may satisfy lookups that wait for it.
       auto parked = std::move(parked_);
       parked_.clear();
-      for (auto& pl : parked) answer_lookup(pl.node, pl.request, false);
+      for (auto& pl : parked) answer_lookup(pl.node, pl.request);
       break;
     }
     case Envelope::kLookup:
-      answer_lookup(from, m.lookup(), false);
+      answer_lookup(from, m.lookup());
       break;
     case Envelope::kUnpublish: {
       const auto& u = m.unpublish();
@@ -203,7 +203,7 @@ void Coordinator::handle(int from, Envelope m) {
   }
 }
 
-void Coordinator::answer_lookup(int node, const sf::control::Lookup& l, bool) {
+void Coordinator::answer_lookup(int node, const sf::control::Lookup& l) {
   Envelope reply;
   auto* r = reply.mutable_op_reply();
   r->set_id(l.id());

@@ -62,7 +62,7 @@ class Coordinator {
   void output(const sf::control::Output& o);
   void kill_job(const std::string& reason);
   void send(int node, Envelope m);
-  void answer_lookup(int node, const sf::control::Lookup& l, bool final);
+  void answer_lookup(int node, const sf::control::Lookup& l);
   std::string host_of_rank(int rank) const;
 
   boost::asio::io_context& io_;

@@ -26,6 +26,7 @@
 
 #include "clone-core/clone.hpp"
 #include "coordinator.hpp"
+#include "environment.hpp"
 #include "tcp_link.hpp"
 #include "launch_context.hpp"
 #include "mpirun-sf/exit_status.hpp"
@@ -49,9 +50,8 @@ struct SetupError {
 int host_cores() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)) > 0
-             ? static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN))
-             : 1;
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  return online > 0 ? static_cast<int>(online) : 1;
 }
 
 std::string this_hostname() {
@@ -106,15 +106,6 @@ std::string check_wdir(const std::string& wdir, const std::string& cwd) {
   return p.lexically_normal().string();
 }
 
-void put_env(std::vector<std::string>& env, const std::string& key, const std::string& value) {
-  std::string prefix = key + "=";
-  for (auto& e : env)
-    if (e.compare(0, prefix.size(), prefix) == 0) {
-      e = prefix + value;
-      return;
-    }
-  env.push_back(prefix + value);
-}
 
 std::vector<std::string> rank_environment(const JobSpec& spec) {
   std::vector<std::string> env;
@@ -122,21 +113,21 @@ std::vector<std::string> rank_environment(const JobSpec& spec) {
   for (const auto& x : spec.exports) {
     auto eq = x.find('=');
     if (eq != std::string::npos) {
-      put_env(env, x.substr(0, eq), x.substr(eq + 1));
+      put_env(env, x);
     } else if (const char* v = getenv(x.c_str())) {
-      put_env(env, x, v);
+      put_env(env, x + "=" + v);
     } else {
       spdlog::warn("-x {}: the variable is not set here; not exported", x);
     }
   }
-  for (const auto& [k, v] : spec.mca) put_env(env, "OMPI_MCA_" + k, v);
+  for (const auto& [k, v] : spec.mca) put_env(env, "OMPI_MCA_" + k + "=" + v);
   // Open MPI 4.1 ranks launched by a PMIx server that is not ORTE's start as singletons
   // unless ORTE's schizo component is excluded (PMIX-NOTES.md).
-  put_env(env, "OMPI_MCA_schizo", "^orte");
-  put_env(env, "OMPI_MCA_orte_externally_bound", "1");
-  put_env(env, "OMPI_MCA_hwloc_base_binding_policy", "none");
+  put_env(env, "OMPI_MCA_schizo=^orte");
+  put_env(env, "OMPI_MCA_orte_externally_bound=1");
+  put_env(env, "OMPI_MCA_hwloc_base_binding_policy=none");
   // PMIx's shared-memory data store shows up as hangs here; the hash store does not.
-  put_env(env, "PMIX_MCA_gds", "hash");
+  put_env(env, "PMIX_MCA_gds=hash");
   return env;
 }
 
@@ -615,7 +606,7 @@ int run_job(const JobSpec& spec) {
   ctx.base_env = rank_environment(spec);
   if (ticket) {
     // Ranks on different machines talk TCP over the cluster network, and only there.
-    put_env(ctx.base_env, "OMPI_MCA_btl_tcp_if_include", ticket->subnet_cidr());
+    put_env(ctx.base_env, "OMPI_MCA_btl_tcp_if_include=" + ticket->subnet_cidr());
   }
   if (const char* g = getenv("SF_KILL_GRACE_MS")) ctx.kill_grace_ms = std::max(0, atoi(g));
   setenv("PMIX_MCA_gds", "hash", 1);

@@ -16,30 +16,13 @@
 #include <filesystem>
 #include <set>
 
+#include "environment.hpp"
 #include "mpirun-sf/exit_status.hpp"
 
 namespace asio = boost::asio;
 
 namespace sf::mpirun {
 namespace {
-
-// Replaces or appends KEY=VALUE in an environment list.
-void put_env(std::vector<std::string>& env, const std::string& entry) {
-  auto eq = entry.find('=');
-  std::string key = entry.substr(0, eq + 1);
-  for (auto& e : env)
-    if (e.compare(0, key.size(), key) == 0) {
-      e = entry;
-      return;
-    }
-  env.push_back(entry);
-}
-
-bool has_env(const std::vector<std::string>& env, const std::string& key) {
-  for (const auto& e : env)
-    if (e.compare(0, key.size() + 1, key + "=") == 0) return true;
-  return false;
-}
 
 std::vector<char*> c_strings(std::vector<std::string>& v) {
   std::vector<char*> out;
@@ -211,7 +194,6 @@ void NodeAgent::read_stream(LocalRank& r, int stream) {
     o->set_stream(static_cast<uint32_t>(stream));
     if (n) o->set_data(buf->data(), n);
     if (ec) {
-      if (ec == asio::error::operation_aborted && !r.out && !r.err) return;
       o->set_eof(true);
       up_.send(std::move(m));
       (stream == 1 ? r.out : r.err)->close();
