@@ -14,6 +14,7 @@
 #include <sstream>
 #include <system_error>
 
+#include "sfd/paths.hpp"
 #include "sfd/subprocess.hpp"
 #include "sfd_guest_init.hpp"
 
@@ -248,6 +249,12 @@ Result<GuestImage> ensure_guest_image(const GuestImageInputs& inputs, const fs::
   }
   img.built_now = true;
   return img;
+}
+
+Result<GuestImage> ensure_host_guest_image() {
+  auto inputs = find_guest_inputs();
+  if (!inputs) return inputs.error();
+  return ensure_guest_image(*inputs, cache_dir());
 }
 
 }  // namespace sfd

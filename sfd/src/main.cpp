@@ -102,18 +102,13 @@ int cmd_run(int argc, char** argv) {
 int cmd_build_guest(int argc, char** argv) {
   const bool verbose = argc > 1 && std::string(argv[1]) == "-v";
   setup_logging(verbose);
-  auto inputs = sfd::find_guest_inputs();
-  if (!inputs) {
-    spdlog::error("{}", inputs.error().message);
-    return 1;
-  }
-  auto image = sfd::ensure_guest_image(*inputs, sfd::cache_dir());
+  auto image = sfd::ensure_host_guest_image();
   if (!image) {
     spdlog::error("{}", image.error().message);
     return 1;
   }
   std::printf("%s\n", image->dir.c_str());
-  spdlog::info("kernel {} ({}), {}", inputs->kernel.string(), inputs->kernel_version, image->built_now ? "built now" : "from the cache");
+  spdlog::info("kernel {} ({}), {}", image->kernel.string(), image->kernel_version, image->built_now ? "built now" : "from the cache");
   return 0;
 }
 
@@ -129,12 +124,7 @@ int cmd_accel(int argc, char** argv) {
     }
   }
   setup_logging(verbose);
-  auto inputs = sfd::find_guest_inputs();
-  if (!inputs) {
-    spdlog::error("{}", inputs.error().message);
-    return 1;
-  }
-  auto image = sfd::ensure_guest_image(*inputs, sfd::cache_dir());
+  auto image = sfd::ensure_host_guest_image();
   if (!image) {
     spdlog::error("{}", image.error().message);
     return 1;

@@ -108,9 +108,7 @@ int run_in_vm(const RunOptions& o) {
     }
   }
 
-  auto inputs = find_guest_inputs();
-  if (!inputs) return fail(inputs.error().message);
-  auto image = ensure_guest_image(*inputs, cache_dir());
+  auto image = ensure_host_guest_image();
   if (!image) return fail(image.error().message);
   spdlog::info("guest image {} ({}){}", image->dir.string(), image->kernel_version, image->built_now ? ", built now" : "");
   auto accel = choose_accel(*image);

@@ -54,6 +54,10 @@ Result<std::string> guest_image_key(const GuestImageInputs& inputs,
 Result<GuestImage> ensure_guest_image(const GuestImageInputs& inputs,
                                       const std::filesystem::path& cache_root);
 
+// This host's guest image (find_guest_inputs) in the default cache (cache_dir()), built
+// first if it is missing: what `sfd run`, `sfd build-guest` and `sfd accel` use.
+Result<GuestImage> ensure_host_guest_image();
+
 // The guest's /init (busybox sh). Kernel command line parameters it reads:
 //   sf.mode=probe   print kGuestProbeMarker on the console and power off (accelerator probe)
 //   sf.mode=idle    load the modules, print SF-GUEST-IDLE, mount nothing and idle (for the
