@@ -29,7 +29,7 @@ std::string qemu_binary() {
 }
 
 std::vector<std::string> qemu_command_line(const VmConfig& c, const VmPaths& p, int qmp_fd,
-                                           int io_fd, int console_fd) {
+                                           int io_fd, int console_fd, int ctl_fd) {
   const std::string mem = std::to_string(c.mem_mib) + "M";
   std::string append = "console=ttyS0 panic=-1 quiet loglevel=3 sf.mode=" + c.mode;
   if (!c.agent.empty()) append += " sf.agent=" + c.agent.string();
@@ -61,6 +61,9 @@ std::vector<std::string> qemu_command_line(const VmConfig& c, const VmPaths& p, 
         "-device", "virtio-serial-pci,id=vser",
         "-chardev", "socket,id=sfio,fd=" + std::to_string(io_fd),
         "-device", "virtserialport,bus=vser.0,chardev=sfio,name=sf.io",
+        // The clone API's requests from the guest (docs/protocols/vm-clone.md).
+        "-chardev", "socket,id=sfctl,fd=" + std::to_string(ctl_fd),
+        "-device", "virtserialport,bus=vser.0,chardev=sfctl,name=sf.ctl",
         // The host's root, read-only on the host side (readonly=on), as the overlay's lower.
         "-fsdev", "local,id=fsroot,path=/,security_model=none,readonly=on,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=fsroot,mount_tag=sfroot",
@@ -105,13 +108,15 @@ Result<std::unique_ptr<QemuVm>> QemuVm::launch(const VmConfig& config) {
   vm->paths_.console_log = vm->paths_.run_dir / "console.log";
   vm->paths_.qemu_log = vm->paths_.run_dir / "qemu.log";
 
-  int qmp_pair[2], io_pair[2], con_pair[2] = {-1, -1};
+  int qmp_pair[2], io_pair[2], ctl_pair[2], con_pair[2] = {-1, -1};
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, qmp_pair) != 0 ||
       socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, io_pair) != 0 ||
+      socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl_pair) != 0 ||
       (config.console_to_socket && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, con_pair) != 0))
     return make_error(std::string("vm: socketpair: ") + std::strerror(errno));
-  // In the child the QEMU ends are moved to fixed numbers 3, 4, 5.
-  const auto argv_strings = qemu_command_line(config, vm->paths_, 3, 4, 5);
+  // In the child the QEMU ends are moved to fixed numbers 3 (QMP), 4 (I/O), 5 (console),
+  // 6 (control port).
+  const auto argv_strings = qemu_command_line(config, vm->paths_, 3, 4, 5, 6);
   std::vector<char*> argv;
   for (const auto& s : argv_strings) argv.push_back(const_cast<char*>(s.c_str()));
   argv.push_back(nullptr);
@@ -125,12 +130,12 @@ Result<std::unique_ptr<QemuVm>> QemuVm::launch(const VmConfig& config) {
     setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127);  // sfd died before prctl took effect
-    int fds[3] = {qmp_pair[1], io_pair[1], con_pair[1]};
-    // Move the ends above 5 first so dup2 onto 3..5 cannot clobber one we still need.
+    int fds[4] = {qmp_pair[1], io_pair[1], con_pair[1], ctl_pair[1]};
+    // Move the ends above 6 first so dup2 onto 3..6 cannot clobber one we still need.
     for (int& fd : fds) {
       if (fd >= 0) fd = fcntl(fd, F_DUPFD, 10);
     }
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < 4; ++i) {
       if (fds[i] >= 0) dup2(fds[i], 3 + i);
     }
     const int null_fd = open("/dev/null", O_RDONLY);
@@ -140,15 +145,18 @@ Result<std::unique_ptr<QemuVm>> QemuVm::launch(const VmConfig& config) {
       dup2(log_fd, 1);
       dup2(log_fd, 2);
     }
-    close_range(config.console_to_socket ? 6 : 5, ~0U, 0);
+    if (!config.console_to_socket) close(5);
+    close_range(7, ~0U, 0);
     execvp(argv[0], argv.data());
     _exit(127);
   }
   vm->pid_ = pid;
   close(qmp_pair[1]);
   close(io_pair[1]);
+  close(ctl_pair[1]);
   if (con_pair[1] >= 0) close(con_pair[1]);
   vm->io_fd_ = io_pair[0];
+  vm->ctl_fd_ = ctl_pair[0];
   vm->console_fd_ = con_pair[0];
 
   auto qmp = QmpClient::adopt(qmp_pair[0]);
@@ -164,6 +172,7 @@ Result<std::unique_ptr<QemuVm>> QemuVm::launch(const VmConfig& config) {
 
 int QemuVm::take_io_fd() { return std::exchange(io_fd_, -1); }
 int QemuVm::take_console_fd() { return std::exchange(console_fd_, -1); }
+int QemuVm::take_ctl_fd() { return std::exchange(ctl_fd_, -1); }
 
 std::optional<int> QemuVm::try_reap() {
   if (exit_status_ || pid_ <= 0) return exit_status_;
@@ -217,6 +226,7 @@ QemuVm::~QemuVm() {
   qmp_.reset();
   terminate();
   if (io_fd_ >= 0) close(io_fd_);
+  if (ctl_fd_ >= 0) close(ctl_fd_);
   if (console_fd_ >= 0) close(console_fd_);
   cleanup_files();
 }

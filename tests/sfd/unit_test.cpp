@@ -184,7 +184,7 @@ TEST(QemuCommandLine, SharedFileRamReadOnlyRootAndNoNetwork) {
   p.run_dir = "/run/snowflock/sf-vm-1-0";
   p.ram_file = "/dev/shm/sf-vm-1-0.ram";
   p.console_log = "/run/snowflock/sf-vm-1-0/console.log";
-  const auto a = sfd::qemu_command_line(c, p, 3, 4, 5);
+  const auto a = sfd::qemu_command_line(c, p, 3, 4, 5, 6);
   std::string all;
   for (const auto& s : a) all += s + " ";
   EXPECT_NE(all.find("memory-backend-file,id=ram,size=512M,mem-path=/dev/shm/sf-vm-1-0.ram,share=on"), std::string::npos);

@@ -47,10 +47,10 @@ struct VmPaths {
 };
 
 // QEMU's command line for `config`, with the QMP socket on fd `qmp_fd`, the guest I/O port
-// on `io_fd` and (if console_to_socket) the console on `console_fd`. No network device:
-// guests get no network at all here.
+// (sf.io) on `io_fd`, the clone-request port (sf.ctl) on `ctl_fd` and (if console_to_socket)
+// the console on `console_fd`.
 std::vector<std::string> qemu_command_line(const VmConfig& config, const VmPaths& paths,
-                                           int qmp_fd, int io_fd, int console_fd);
+                                           int qmp_fd, int io_fd, int console_fd, int ctl_fd);
 
 // $SF_QEMU or qemu-system-x86_64.
 std::string qemu_binary();
@@ -72,6 +72,7 @@ class QemuVm {
   // takes ownership and must close them.
   int take_io_fd();
   int take_console_fd();
+  int take_ctl_fd();  // the host end of the sf.ctl port (clone requests)
 
   // Non-blocking: the wait status if QEMU has exited (and was reaped), else nullopt.
   std::optional<int> try_reap();
@@ -95,6 +96,7 @@ class QemuVm {
   VmPaths paths_;
   std::unique_ptr<QmpClient> qmp_;
   int io_fd_ = -1;
+  int ctl_fd_ = -1;
   int console_fd_ = -1;
   bool owns_ram_file_ = true;
 };
