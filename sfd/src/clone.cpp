@@ -64,17 +64,23 @@ Result<DescriptorStats> save_descriptor(QemuVm& vm, const fs::path& path, std::c
 
 Result<std::vector<std::unique_ptr<QemuVm>>> start_clones(VmConfig config, const FrozenImage& image, int n,
                                                           CloneTimings* timings) {
-  config.ram_file = image.ram_file();
-  config.ram_shared = false;  // MAP_PRIVATE: a clone's writes stay its own
-  config.incoming_defer = true;
+  return start_clones(std::vector<VmConfig>(static_cast<std::size_t>(n), config), image, timings);
+}
+
+Result<std::vector<std::unique_ptr<QemuVm>>> start_clones(std::vector<VmConfig> configs, const FrozenImage& image,
+                                                          CloneTimings* timings) {
   const auto deadline = Clock::now() + std::chrono::seconds(120);
   std::vector<std::unique_ptr<QemuVm>> clones;
   auto t0 = Clock::now();
   // QemuVm::launch returns after the QMP handshake; starting them one after another is
   // still overlapped enough (QEMU's start is mostly its own process setup).
-  for (int i = 0; i < n; ++i) {
+  for (std::size_t i = 0; i < configs.size(); ++i) {
+    VmConfig& config = configs[i];
+    config.ram_file = image.ram_file();
+    config.ram_shared = false;  // MAP_PRIVATE: a clone's writes stay its own
+    config.incoming_defer = true;
     auto vm = QemuVm::launch(config);
-    if (!vm) return make_error("clone " + std::to_string(i + 1) + ": " + vm.error().message);
+    if (!vm) return make_error("clone " + std::to_string(i) + ": " + vm.error().message);
     clones.push_back(std::move(*vm));
   }
   const auto t1 = Clock::now();

@@ -129,6 +129,10 @@ Result<std::unique_ptr<QemuVm>> QemuVm::launch(const VmConfig& config) {
     // Child: only async-signal-safe calls from here to exec.
     setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // sfd blocks the signals it reads through a signalfd; QEMU gets a clean mask.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
     if (getppid() != parent) _exit(127);  // sfd died before prctl took effect
     int fds[4] = {qmp_pair[1], io_pair[1], con_pair[1], ctl_pair[1]};
     // Move the ends above 6 first so dup2 onto 3..6 cannot clobber one we still need.

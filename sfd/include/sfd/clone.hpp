@@ -5,7 +5,7 @@
 // image, so nothing ever writes into the file the clones map.
 //
 // Limit (QEMU 7.2): a VM whose guest has a virtio-9p export mounted cannot be migrated, so
-// `sfd run` guests (9p root) cannot be cloned yet; guests in sf.mode=idle can (docs/sfd.md).
+// only guests whose root is on read-only disks can be cloned (docs/sfd.md).
 #pragma once
 
 #include <chrono>
@@ -54,6 +54,10 @@ struct CloneTimings {
 
 // Starts n clones of `image` with the parent's configuration, all at once, and resumes them.
 Result<std::vector<std::unique_ptr<QemuVm>>> start_clones(VmConfig config, const FrozenImage& image, int n,
+                                                          CloneTimings* timings = nullptr);
+// The same with one configuration per clone (e.g. each with its own network tap); the RAM
+// file, share=off and -incoming defer are set here.
+Result<std::vector<std::unique_ptr<QemuVm>>> start_clones(std::vector<VmConfig> configs, const FrozenImage& image,
                                                           CloneTimings* timings = nullptr);
 
 // A cloned family. Member order matters: VMs go before the image they map.

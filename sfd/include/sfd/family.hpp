@@ -1,0 +1,57 @@
+// sfd: a VM family: the master VM of `sfd run` and, once its guest asks (docs/protocols/
+// vm-clone.md), the clones sfd makes of it. One poll loop watches every member's guest I/O
+// port (sf.io: output is forwarded, the exit frame ends the member), its control port (sf.ctl:
+// ticket, clone, sync, join, kill), sfd's signals and QEMU's exits. Member 0 is the master
+// (after a clone, the master re-instantiated as a copy-on-write clone); its command's exit
+// status is the run's. Everything (clone VMs, the frozen image, the descriptor) is removed on
+// every way out.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sfd/result.hpp"
+#include "sfd/vm.hpp"
+
+namespace sfd {
+
+// Network identity of node i of a VM cluster (node 0 = the master).
+struct NodeIdentity {
+  unsigned id = 0;
+  std::string address;   // dotted quad
+  unsigned prefix = 24;
+  std::string mac;       // aa:bb:cc:dd:ee:ff
+  std::string hostname;
+};
+
+struct FamilyConfig {
+  std::uint64_t mem_mib = 256;
+  std::string spec;  // the command spec (JSON) sent to the master's guest agent
+  // VM i's configuration (its own tap on the cluster network); i = 0 for the re-instantiated
+  // master. The RAM file and incoming flags are set by the clone path.
+  std::function<Result<VmConfig>(unsigned id)> config_for;
+  // Identity of node i of a cluster whose master is named `master_hostname`.
+  std::function<NodeIdentity(unsigned id, const std::string& master_hostname)> identity;
+  // Most clones one request may get (SF_MAX_CLONES, default 64), besides the memory limit.
+  unsigned max_clones = 64;
+};
+
+// How much host memory one more clone is assumed to need: QEMU and TCG's own (64 MiB) plus a
+// quarter of the guest's RAM for the pages it writes (copy-on-write). Documented in docs/sfd.md.
+std::uint64_t clone_memory_estimate_mib(std::uint64_t guest_mem_mib);
+
+// Clones a request of `requested` may get with `available_mib` of MemAvailable: all or none
+// (the guest side asks for what its own allocator planned). Returns 0 with `why` set if none.
+unsigned grant_clones(unsigned requested, unsigned max_clones, std::uint64_t guest_mem_mib,
+                      std::uint64_t available_mib, std::string* why);
+
+// Runs the family until the master's command exits (its status), sfd gets SIGINT/SIGTERM/
+// SIGHUP (128 + n), or something fails (kSfdFailureExit, with a message). `master` has been
+// launched and sent its command spec; `signal_fd` is a signalfd for SIGINT, SIGTERM, SIGHUP
+// and SIGCHLD (blocked by the caller).
+int run_family(std::unique_ptr<QemuVm> master, const FamilyConfig& config, int signal_fd);
+
+}  // namespace sfd

@@ -1,0 +1,515 @@
+// sfd: a VM family (see family.hpp). A poll loop rather than Boost.Asio: members come and
+// go (the master is replaced by its re-instantiation, clones end one by one), cloning blocks
+// the loop on purpose (every VM is paused or not yet running meanwhile), and one poll over a
+// handful of descriptors plus a signalfd is the whole event source.
+#include "sfd/family.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <spdlog/spdlog.h>
+
+#include "sfd/clone.hpp"
+#include "sfd/guest_io.hpp"
+#include "sfd/paths.hpp"
+#include "sfd/run.hpp"
+
+namespace sfd {
+namespace fs = std::filesystem;
+namespace gio = guest_io;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::uint64_t clone_memory_estimate_mib(std::uint64_t guest_mem_mib) { return 64 + guest_mem_mib / 4; }
+
+unsigned grant_clones(unsigned requested, unsigned max_clones, std::uint64_t guest_mem_mib,
+                      std::uint64_t available_mib, std::string* why) {
+  if (requested == 0) {
+    *why = "a ticket for 0 clones";
+    return 0;
+  }
+  if (requested > max_clones) {
+    *why = "asked for " + std::to_string(requested) + " clones; this sfd grants at most " + std::to_string(max_clones) +
+           " (SF_MAX_CLONES)";
+    return 0;
+  }
+  const std::uint64_t per = clone_memory_estimate_mib(guest_mem_mib);
+  const std::uint64_t fits = available_mib / per;
+  if (fits < requested) {
+    *why = "asked for " + std::to_string(requested) + " clones of a " + std::to_string(guest_mem_mib) +
+           " MiB VM; the host's available memory (" + std::to_string(available_mib) + " MiB, about " +
+           std::to_string(per) + " MiB per clone) fits " + std::to_string(fits);
+    return 0;
+  }
+  return requested;
+}
+
+namespace {
+
+std::uint64_t mem_available_mib() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  std::uint64_t kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib / 1024;
+  }
+  return 0;
+}
+
+bool write_all(int fd, const void* data, std::size_t n) {
+  const auto* p = static_cast<const std::uint8_t*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+const char* end_name(int end) {
+  static const std::array<const char*, 5> names = {"synced", "exited", "signaled", "killed", "lost"};
+  return names.at(static_cast<std::size_t>(end));
+}
+enum End { kSynced = 0, kExited, kSignaled, kKilled, kLost };
+
+struct Member {
+  unsigned id = 0;
+  std::unique_ptr<QemuVm> vm;
+  int io = -1;
+  int ctl = -1;
+  gio::FrameDecoder decoder;
+  std::string ctl_buf;
+  bool synced = false;
+  int sync_value = 0;
+  bool ended = false;   // clones: the end below is final
+  int end = kLost;
+  int value = 0;
+
+  void close_fds() {
+    if (io >= 0) ::close(io);
+    if (ctl >= 0) ::close(ctl);
+    io = ctl = -1;
+  }
+  ~Member() { close_fds(); }
+};
+
+class Family {
+ public:
+  Family(const FamilyConfig& config, int signal_fd) : cfg_(config), signal_fd_(signal_fd) {}
+  ~Family() {
+    // Members (their QEMUs) before the image they map.
+    members_.clear();
+    image_.reset();
+  }
+
+  int run(std::unique_ptr<QemuVm> master);
+
+ private:
+  void adopt(Member& m, QemuVm& vm) {
+    m.io = vm.take_io_fd();
+    m.ctl = vm.take_ctl_fd();
+  }
+  Member* member(unsigned id) {
+    for (auto& m : members_) {
+      if (m->id == id) return m.get();
+    }
+    return nullptr;
+  }
+  void read_io(Member& m, bool drain);
+  void read_ctl(Member& m);
+  void handle_request(Member& m, const json& req);
+  void reply(Member& m, const json& j) {
+    if (m.ctl < 0) return;
+    const std::string line = j.dump() + "\n";
+    if (!write_all(m.ctl, line.data(), line.size())) spdlog::info("VM {}: control port write failed", m.id);
+  }
+  void refuse(Member& m, const std::string& why) { reply(m, {{"ok", false}, {"error", why}}); }
+  void do_clone(Member& parent);
+  void end_clone(Member& m, int end, int value);
+  void stop_vm(Member& m, std::chrono::milliseconds grace);
+  void reap_all();
+  void kill_clones();
+  bool all_clones_ended() const {
+    return std::all_of(members_.begin(), members_.end(), [](const auto& m) { return m->id == 0 || m->ended; });
+  }
+  json statuses() const {
+    json out = json::array();
+    for (const auto& m : members_) {
+      if (m->id != 0) out.push_back({{"id", m->id}, {"end", end_name(m->end)}, {"value", m->value}});
+    }
+    return out;
+  }
+  int fail(const std::string& why) {
+    spdlog::error("{}", why);
+    return kSfdFailureExit;
+  }
+
+  const FamilyConfig& cfg_;
+  int signal_fd_;
+  std::unique_ptr<FrozenImage> image_;
+  std::vector<std::unique_ptr<Member>> members_;
+  std::vector<NodeIdentity> nodes_;  // after a ticket
+  unsigned granted_ = 0;
+  bool cloned_ = false;
+  bool pending_join_ = false;
+  bool replaced_ = false;  // set by do_clone: every Member pointer taken before is gone
+  std::optional<int> exit_code_;  // the master's command
+  std::optional<Clock::time_point> master_deadline_;
+  std::string failure_;  // a fatal error found inside a handler
+  std::string guest_error_;
+};
+
+void Family::stop_vm(Member& m, std::chrono::milliseconds grace) {
+  if (!m.vm || m.vm->try_reap()) return;
+  (void)m.vm->qmp().quit(std::chrono::milliseconds(1000));
+  if (!m.vm->wait_exit(grace)) m.vm->terminate(std::chrono::milliseconds(500));
+}
+
+void Family::end_clone(Member& m, int end, int value) {
+  if (m.ended) return;
+  m.ended = true;
+  m.end = end;
+  m.value = value;
+  spdlog::info("clone {} ended: {} {}", m.id, end_name(end), value);
+  stop_vm(m, std::chrono::milliseconds(2000));
+  m.close_fds();
+  m.vm.reset();
+  if (Member* p = member(0)) {
+    reply(*p, {{"event", "ended"}, {"id", m.id}, {"end", end_name(end)}, {"value", value}});
+    if (pending_join_ && all_clones_ended()) {
+      pending_join_ = false;
+      reply(*p, {{"ok", true}, {"statuses", statuses()}});
+    }
+  }
+}
+
+void Family::kill_clones() {
+  for (auto& m : members_) {
+    if (m->id != 0 && !m->ended) end_clone(*m, kKilled, SIGKILL);
+  }
+}
+
+void Family::reap_all() {
+  for (auto& m : members_) {
+    if (!m->vm || !m->vm->try_reap()) continue;
+    if (m->id == 0) continue;  // handled by the loop (the run ends)
+    // A clone's QEMU went away: output already queued is still read, then it is lost.
+    read_io(*m, true);
+    if (!m->ended) end_clone(*m, kLost, 0);
+  }
+}
+
+void Family::read_io(Member& m, bool drain) {
+  if (m.io < 0) return;
+  std::array<std::uint8_t, 65536> buf{};
+  for (;;) {
+    if (drain) {
+      pollfd p{m.io, POLLIN, 0};
+      if (::poll(&p, 1, 0) <= 0) return;
+    }
+    const ssize_t n = ::read(m.io, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(m.io);
+      m.io = -1;
+      return;
+    }
+    m.decoder.feed({buf.data(), static_cast<std::size_t>(n)});
+    for (;;) {
+      auto f = m.decoder.next();
+      if (!f) {
+        spdlog::error("VM {}: {}", m.id, f.error().message);
+        if (m.id == 0) failure_ = "run: " + f.error().message;
+        ::close(m.io);
+        m.io = -1;
+        return;
+      }
+      if (!*f) break;
+      const gio::Frame& frame = **f;
+      switch (frame.type) {
+        case gio::FrameType::stdout_data: write_all(1, frame.payload.data(), frame.payload.size()); break;
+        case gio::FrameType::stderr_data: write_all(2, frame.payload.data(), frame.payload.size()); break;
+        case gio::FrameType::error: {
+          auto j = json::parse(frame.text(), nullptr, false);
+          const std::string msg = j.is_object() ? j.value("message", frame.text()) : frame.text();
+          spdlog::error("in the guest{}: {}", m.id == 0 ? "" : " (clone " + std::to_string(m.id) + ")", msg);
+          if (m.id == 0) guest_error_ = msg;
+          break;
+        }
+        case gio::FrameType::exit: {
+          auto j = json::parse(frame.text(), nullptr, false);
+          const int code = j.is_object() ? j.value("code", 0) : kSfdFailureExit;
+          const int sig = j.is_object() ? j.value("signal", 0) : 0;
+          if (m.id == 0) {
+            exit_code_ = j.is_object() ? shell_status(code, sig) : kSfdFailureExit;
+            spdlog::info("the command exited with status {}; stopping the VMs", *exit_code_);
+          } else if (m.synced) {
+            end_clone(m, kSynced, m.sync_value);
+            return;
+          } else {
+            end_clone(m, sig != 0 ? kSignaled : kExited, sig != 0 ? sig : code);
+            return;
+          }
+          break;
+        }
+        case gio::FrameType::spec: break;
+      }
+    }
+    if (!drain) return;
+  }
+}
+
+void Family::read_ctl(Member& m) {
+  std::array<char, 4096> buf{};
+  const ssize_t n = ::read(m.ctl, buf.data(), buf.size());
+  if (n < 0 && errno == EINTR) return;
+  if (n <= 0) {
+    ::close(m.ctl);
+    m.ctl = -1;
+    return;
+  }
+  m.ctl_buf.append(buf.data(), static_cast<std::size_t>(n));
+  for (;;) {
+    const auto nl = m.ctl_buf.find('\n');
+    if (nl == std::string::npos) break;
+    const std::string line = m.ctl_buf.substr(0, nl);
+    m.ctl_buf.erase(0, nl + 1);
+    auto j = json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+      refuse(m, "sfd: a control request that is not a JSON object");
+      continue;
+    }
+    try {
+      handle_request(m, j);
+    } catch (const json::exception& e) {
+      refuse(m, std::string("sfd: a malformed control request: ") + e.what());
+    }
+    if (replaced_) return;  // cloning replaced every member, m included
+    if (m.ctl < 0) return;
+  }
+  if (m.ctl_buf.size() > (1u << 20)) {
+    refuse(m, "sfd: a control request exceeds 1 MiB");
+    m.ctl_buf.clear();
+  }
+}
+
+void Family::handle_request(Member& m, const json& req) {
+  const std::string op = req.value("op", "");
+  if (op == "ticket") {
+    if (m.id != 0) return refuse(m, "nested clusters are not supported: a clone cannot request a ticket");
+    if (granted_ != 0) return refuse(m, "one ticket per sfd run: this VM has already been given one");
+    const unsigned asked = req.value("clones", 0u);
+    std::string why;
+    const unsigned g = grant_clones(asked, cfg_.max_clones, cfg_.mem_mib, mem_available_mib(), &why);
+    if (g == 0) return refuse(m, "cannot clone this VM: " + why);
+    granted_ = g;
+    const std::string host = req.value("hostname", std::string("sf-vm"));
+    nodes_.clear();
+    json nodes = json::array();
+    for (unsigned i = 0; i <= g; ++i) {
+      nodes_.push_back(cfg_.identity(i, host));
+      const NodeIdentity& n = nodes_.back();
+      nodes.push_back({{"id", i}, {"address", n.address}, {"prefix", n.prefix}, {"mac", n.mac}, {"hostname", n.hostname}});
+    }
+    const NodeIdentity& n0 = nodes_.front();
+    const std::uint32_t mask = n0.prefix == 0 ? 0 : ~0u << (32 - n0.prefix);
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    std::sscanf(n0.address.c_str(), "%u.%u.%u.%u", &a, &b, &c, &d);
+    const std::uint32_t net = ((a << 24) | (b << 16) | (c << 8) | d) & mask;
+    const std::string subnet = std::to_string(net >> 24) + "." + std::to_string((net >> 16) & 255) + "." +
+                               std::to_string((net >> 8) & 255) + "." + std::to_string(net & 255) + "/" +
+                               std::to_string(n0.prefix);
+    spdlog::info("ticket: {} clone(s) granted", g);
+    return reply(m, {{"ok", true}, {"granted", g}, {"subnet", subnet}, {"nodes", nodes}});
+  }
+  if (op == "clone") {
+    if (m.id != 0) return refuse(m, "nested clusters are not supported: a clone cannot clone");
+    if (granted_ == 0) return refuse(m, "clone without a ticket: request a ticket first");
+    if (cloned_) return refuse(m, "this ticket was already used to clone");
+    return do_clone(m);
+  }
+  if (op == "sync") {
+    if (m.id == 0) return refuse(m, "sync() is for clones; the parent calls join()");
+    m.synced = true;
+    m.sync_value = req.value("status", 0);
+    return reply(m, {{"ok", true}});
+  }
+  if (op == "join") {
+    if (m.id != 0) return refuse(m, "join() is for the parent; clones call sync()");
+    if (!cloned_) return refuse(m, "join() before clone()");
+    if (all_clones_ended()) return reply(m, {{"ok", true}, {"statuses", statuses()}});
+    pending_join_ = true;
+    return;
+  }
+  if (op == "kill") {
+    if (m.id != 0) return refuse(m, "kill() is for the parent");
+    kill_clones();
+    if (pending_join_) {
+      pending_join_ = false;  // answered by end_clone already
+    }
+    return reply(m, {{"ok", true}});
+  }
+  refuse(m, "unknown request '" + op + "'");
+}
+
+void Family::do_clone(Member& parent_member) {
+  const auto t0 = Clock::now();
+  QemuVm& parent = *parent_member.vm;
+  if (auto st = parent.qmp().stop(); !st) return refuse(parent_member, "cannot pause the VM: " + st.error().message);
+  // Output the guest wrote before the pause is forwarded before the parent's QEMU goes.
+  read_io(parent_member, true);
+  const fs::path desc = runtime_dir() / (parent.paths().run_dir.filename().string() + "-clone.desc");
+  auto stats = save_descriptor(parent, desc);
+  if (!stats) {
+    std::error_code ec;
+    fs::remove(desc, ec);
+    (void)parent.qmp().cont();
+    return refuse(parent_member, "cannot save the VM's descriptor: " + stats.error().message);
+  }
+  const auto t1 = Clock::now();
+  // Freeze the RAM file; from here the old parent is gone for good.
+  image_ = std::make_unique<FrozenImage>(parent.release_ram_file(), desc);
+  const gio::FrameDecoder decoder = parent_member.decoder;  // a partial frame continues in every copy
+  members_.clear();
+  replaced_ = true;
+  cloned_ = true;
+  std::vector<VmConfig> configs;
+  for (unsigned i = 0; i <= granted_; ++i) {
+    auto c = cfg_.config_for(i);
+    if (!c) {
+      failure_ = "clone: " + c.error().message;
+      return;
+    }
+    configs.push_back(std::move(*c));
+  }
+  CloneTimings timings;
+  auto vms = start_clones(std::move(configs), *image_, &timings);
+  if (!vms) {
+    failure_ = "clone: " + vms.error().message;
+    return;
+  }
+  for (unsigned i = 0; i < vms->size(); ++i) {
+    auto m = std::make_unique<Member>();
+    m->id = i;
+    m->vm = std::move((*vms)[i]);
+    adopt(*m, *m->vm);
+    m->decoder = decoder;
+    reply(*m, {{"ok", true}, {"id", i}});
+    members_.push_back(std::move(m));
+  }
+  using std::chrono::duration_cast;
+  using ms = std::chrono::duration<double, std::milli>;
+  spdlog::info("cloned into {} clone(s) in {:.0f} ms: pause+descriptor {:.0f} ms ({} bytes), start {:.0f} ms, load {:.0f} ms, resume {:.0f} ms",
+               granted_, ms(Clock::now() - t0).count(), ms(t1 - t0).count(), stats->bytes,
+               ms(timings.start).count(), ms(timings.load).count(), ms(timings.resume).count());
+}
+
+int Family::run(std::unique_ptr<QemuVm> master) {
+  {
+    auto m = std::make_unique<Member>();
+    m->vm = std::move(master);
+    adopt(*m, *m->vm);
+    // The spec waits in the socket until the guest agent opens the port.
+    const auto frame = gio::encode(gio::FrameType::spec, cfg_.spec);
+    if (!write_all(m->io, frame.data(), frame.size())) return fail("run: cannot send the command to the VM");
+    members_.push_back(std::move(m));
+  }
+  for (;;) {
+    if (!failure_.empty()) {
+      kill_clones();
+      return fail(failure_);
+    }
+    Member* m0 = member(0);
+    if (m0 == nullptr) return fail("run: the VM is gone");
+    // The master's command exited: end the clones, let QEMU quit (its last output is read
+    // meanwhile), then return its status.
+    if (exit_code_ && !master_deadline_) {
+      kill_clones();
+      (void)m0->vm->qmp().quit(std::chrono::milliseconds(3000));
+      master_deadline_ = Clock::now() + std::chrono::seconds(10);
+    }
+    if (m0->vm->try_reap()) {
+      read_io(*m0, true);
+      kill_clones();
+      if (exit_code_) return *exit_code_;
+      std::string why = "the VM stopped before the command finished";
+      if (auto st = m0->vm->exit_status(); st && WIFSIGNALED(*st)) why = "QEMU was killed by signal " + std::to_string(WTERMSIG(*st));
+      else if (!guest_error_.empty()) why += " (" + guest_error_ + ")";
+      else why += " (guest crash or power-off)";
+      return fail("run: " + why + m0->vm->diagnostics());
+    }
+    if (master_deadline_ && Clock::now() > *master_deadline_) {
+      spdlog::info("QEMU did not exit in time; killing it");
+      m0->vm->terminate(std::chrono::milliseconds(500));
+      return *exit_code_;
+    }
+
+    replaced_ = false;
+    std::vector<pollfd> fds{{signal_fd_, POLLIN, 0}};
+    std::vector<std::pair<unsigned, bool>> who;  // member id, is control port
+    for (auto& m : members_) {
+      if (m->io >= 0) {
+        fds.push_back({m->io, POLLIN, 0});
+        who.emplace_back(m->id, false);
+      }
+      if (m->ctl >= 0) {
+        fds.push_back({m->ctl, POLLIN, 0});
+        who.emplace_back(m->id, true);
+      }
+    }
+    const int r = ::poll(fds.data(), fds.size(), master_deadline_ ? 100 : 1000);
+    if (r < 0 && errno != EINTR) return fail(std::string("run: poll: ") + std::strerror(errno));
+    if (r <= 0) {
+      reap_all();
+      continue;
+    }
+    if (fds[0].revents & POLLIN) {
+      signalfd_siginfo si{};
+      while (::read(signal_fd_, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+        const int sig = static_cast<int>(si.ssi_signo);
+        if (sig == SIGCHLD) continue;
+        spdlog::info("got signal {}; stopping the VMs", sig);
+        for (auto& m : members_) {
+          if (m->vm) m->vm->terminate(std::chrono::milliseconds(1000));
+        }
+        return 128 + sig;
+      }
+      reap_all();
+    }
+    for (std::size_t i = 1; i < fds.size(); ++i) {
+      if ((fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+      Member* m = member(who[i - 1].first);
+      if (m == nullptr) continue;  // replaced by cloning in this round
+      if (who[i - 1].second) {
+        if (m->ctl == fds[i].fd) read_ctl(*m);
+      } else if (m->io == fds[i].fd) {
+        read_io(*m, false);
+      }
+      if (replaced_) break;  // the member set changed: poll again
+    }
+  }
+}
+
+}  // namespace
+
+int run_family(std::unique_ptr<QemuVm> master, const FamilyConfig& config, int signal_fd) {
+  Family family(config, signal_fd);
+  return family.run(std::move(master));
+}
+
+}  // namespace sfd
