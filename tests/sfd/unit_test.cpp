@@ -7,6 +7,7 @@
 #include <fstream>
 #include <thread>
 
+#include "sfd/family.hpp"
 #include "sfd/guest_image.hpp"
 #include "sfd/guest_io.hpp"
 #include "sfd/paths.hpp"
@@ -267,4 +268,16 @@ TEST(QmpClient, SilentPeerTimesOutInsteadOfHanging) {
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.error().message.find("deadline"), std::string::npos);
   close(sv[1]);
+}
+
+TEST(CloneGrant, AllOrNothingWithinMemoryAndTheLimit) {
+  std::string why;
+  // 512 MiB guest: 64 + 128 = 192 MiB per clone.
+  EXPECT_EQ(sfd::clone_memory_estimate_mib(512), 192u);
+  EXPECT_EQ(sfd::grant_clones(8, 64, 512, 8 * 192, &why), 8u);
+  EXPECT_EQ(sfd::grant_clones(8, 64, 512, 8 * 192 - 1, &why), 0u);
+  EXPECT_NE(why.find("fits 7"), std::string::npos) << why;
+  EXPECT_EQ(sfd::grant_clones(65, 64, 256, 1u << 30, &why), 0u);
+  EXPECT_NE(why.find("SF_MAX_CLONES"), std::string::npos) << why;
+  EXPECT_EQ(sfd::grant_clones(0, 64, 256, 1u << 30, &why), 0u);
 }
