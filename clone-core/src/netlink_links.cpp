@@ -12,6 +12,8 @@
 
 #include <arpa/inet.h>
 
+#include <cstring>
+
 namespace sf::netlink {
 namespace {
 
@@ -172,9 +174,106 @@ Result<std::vector<LinkEntry>> list_links(Socket& s) {
   for (nl_object* o = nl_cache_get_first(cache); o; o = nl_cache_get_next(o)) {
     auto* link = reinterpret_cast<rtnl_link*>(o);
     const char* name = rtnl_link_get_name(link);
-    out.push_back({name ? name : "", rtnl_link_get_group(link)});
+    LinkEntry e{name ? name : "", rtnl_link_get_group(link)};
+    e.index = rtnl_link_get_ifindex(link);
+    e.arptype = rtnl_link_get_arptype(link);
+    const char* kind = rtnl_link_get_type(link);
+    e.kind = kind ? kind : "";
+    if (nl_addr* a = rtnl_link_get_addr(link); a && nl_addr_get_len(a) == 6)
+      std::memcpy(e.mac.data(), nl_addr_get_binary_addr(a), 6);
+    e.flags = rtnl_link_get_flags(link);
+    e.master = rtnl_link_get_master(link);
+    out.push_back(std::move(e));
   }
   nl_cache_free(cache);
+  return out;
+}
+
+Result<int> create_bridge_here(Socket& s, const std::string& name) {
+  LinkRef link{rtnl_link_alloc()};
+  if (!link.p) return make_error(Errc::system, "clone-core: netlink: out of memory");
+  rtnl_link_set_name(link.p, name.c_str());
+  int err = rtnl_link_set_type(link.p, "bridge");
+  if (err < 0) return make_error(Errc::network_setup, "clone-core: bridge " + name + ": type bridge: " + nl_message(err));
+  rtnl_link_set_flags(link.p, IFF_UP);
+  err = rtnl_link_add(s.get(), link.p, NLM_F_CREATE | NLM_F_EXCL);
+  if (err < 0)
+    return make_error(err == -NLE_PERM ? Errc::missing_privilege : Errc::network_setup,
+                      "clone-core: creating bridge " + name + ": " + nl_message(err) +
+                          (err == -NLE_PERM ? "; this needs CAP_NET_ADMIN (run as root)" : ""));
+  return link_index(s, name);
+}
+
+Error attach_up(Socket& s, int ifindex, int master_ifindex, const std::string& what) {
+  LinkRef change{rtnl_link_alloc()};
+  rtnl_link_set_ifindex(change.p, ifindex);
+  rtnl_link_set_master(change.p, master_ifindex);
+  rtnl_link_set_flags(change.p, IFF_UP);
+  int err = rtnl_link_change(s.get(), change.p, change.p, 0);
+  if (err < 0) return make_error(Errc::network_setup, "clone-core: attaching " + what + " to its bridge: " + nl_message(err));
+  return {};
+}
+
+Error set_down(Socket& s, int ifindex, const std::string& what) {
+  LinkRef change{rtnl_link_alloc()};
+  rtnl_link_set_ifindex(change.p, ifindex);
+  rtnl_link_unset_flags(change.p, IFF_UP);
+  int err = rtnl_link_change(s.get(), change.p, change.p, 0);
+  if (err < 0) return make_error(Errc::network_setup, "clone-core: bringing " + what + " down: " + nl_message(err));
+  return {};
+}
+
+Error set_name_and_mac(Socket& s, int ifindex, const std::string& name, const std::array<std::uint8_t, 6>& mac,
+                       const std::string& what) {
+  // A separate `orig` (index only): with orig == changes libnl drops the name as unchanged.
+  LinkRef orig{rtnl_link_alloc()};
+  LinkRef change{rtnl_link_alloc()};
+  rtnl_link_set_ifindex(orig.p, ifindex);
+  if (!name.empty()) rtnl_link_set_name(change.p, name.c_str());
+  AddrRef lladdr{nl_addr_build(AF_LLC, mac.data(), 6)};
+  rtnl_link_set_addr(change.p, lladdr.p);
+  int err = rtnl_link_change(s.get(), orig.p, change.p, 0);
+  if (err < 0)
+    return make_error(Errc::network_setup, "clone-core: setting the name and MAC of " + what + ": " + nl_message(err));
+  return {};
+}
+
+namespace {
+
+// Calls fn(rtnl_addr*) for every IPv4 address on `ifindex`.
+template <class Fn>
+Error for_each_ipv4(Socket& s, int ifindex, const std::string& what, Fn fn) {
+  nl_cache* cache = nullptr;
+  int err = rtnl_addr_alloc_cache(s.get(), &cache);
+  if (err < 0) return make_error(Errc::network_setup, "clone-core: listing the addresses of " + what + ": " + nl_message(err));
+  Error e;
+  for (nl_object* o = nl_cache_get_first(cache); o && !e; o = nl_cache_get_next(o)) {
+    auto* addr = reinterpret_cast<rtnl_addr*>(o);
+    if (rtnl_addr_get_family(addr) == AF_INET && rtnl_addr_get_ifindex(addr) == ifindex) e = fn(addr);
+  }
+  nl_cache_free(cache);
+  return e;
+}
+
+}  // namespace
+
+Error flush_ipv4(Socket& s, int ifindex, const std::string& what) {
+  return for_each_ipv4(s, ifindex, what, [&](rtnl_addr* addr) -> Error {
+    int err = rtnl_addr_delete(s.get(), addr, 0);
+    if (err < 0 && err != -NLE_NOADDR && err != -NLE_OBJ_NOTFOUND)
+      return make_error(Errc::network_setup, "clone-core: removing an address from " + what + ": " + nl_message(err));
+    return {};
+  });
+}
+
+Result<std::vector<std::string>> ipv4_addresses(Socket& s, int ifindex) {
+  std::vector<std::string> out;
+  Error e = for_each_ipv4(s, ifindex, "link " + std::to_string(ifindex), [&](rtnl_addr* addr) -> Error {
+    char buf[64];
+    if (nl_addr* local = rtnl_addr_get_local(addr)) out.emplace_back(nl_addr2str(local, buf, sizeof buf));
+    return {};
+  });
+  if (e) return e;
   return out;
 }
 

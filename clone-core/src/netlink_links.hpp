@@ -1,10 +1,13 @@
 // clone-core (sandbox driver): the few netlink operations the cluster network needs, on
 // libnl-route-3: create a bridge with an address, create a veth pair whose peer lands in a
 // clone's network namespace, bring a link up, add an address, delete a group of links.
+// Also used by sfd's VM network (a bridge and taps in a private namespace) and by the guest
+// side of the qemu driver (vm_identity.hpp: rename, MAC, addresses of the guest's NIC).
 #pragma once
 
 #include <sys/types.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -52,7 +55,27 @@ Error delete_link(Socket& s, const std::string& name);  // ENODEV is fine
 struct LinkEntry {
   std::string name;
   std::uint32_t group = 0;
+  int index = 0;
+  unsigned arptype = 0;            // ARPHRD_* (1 = Ethernet, 772 = loopback)
+  std::string kind{};              // rtnl link type ("bridge", "veth", "tun"); empty for a device driver's NIC
+  std::array<std::uint8_t, 6> mac{};
+  unsigned flags = 0;              // IFF_*
+  int master = 0;                  // ifindex of the bridge it is a port of, or 0
 };
 Result<std::vector<LinkEntry>> list_links(Socket& s);
+
+// A bridge named `name`, up, with no address, group or fixed MAC, in the socket's namespace
+// (the index is looked up through the socket, so this works from any namespace); its index.
+Result<int> create_bridge_here(Socket& s, const std::string& name);
+// Makes link `ifindex` a port of bridge `master_ifindex` and brings it up (one request).
+Error attach_up(Socket& s, int ifindex, int master_ifindex, const std::string& what);
+Error set_down(Socket& s, int ifindex, const std::string& what);
+// Renames link `ifindex` to `name` (empty: keep the name) and sets its MAC; the link must be down.
+Error set_name_and_mac(Socket& s, int ifindex, const std::string& name, const std::array<std::uint8_t, 6>& mac,
+                       const std::string& what);
+// Removes every IPv4 address from link `ifindex`.
+Error flush_ipv4(Socket& s, int ifindex, const std::string& what);
+// The IPv4 addresses on link `ifindex` as "a.b.c.d/p".
+Result<std::vector<std::string>> ipv4_addresses(Socket& s, int ifindex);
 
 }  // namespace sf::netlink
