@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "clone-core/vm_identity.hpp"
 #include "sfd/guest_io.hpp"
 
 extern char** environ;
@@ -127,6 +128,14 @@ int guest_agent_main() {
   const std::string work = spec.value("work_dir", std::string());
   const std::string hostname = spec.value("hostname", std::string("sf-vm"));
   sethostname(hostname.data(), hostname.size());
+  // The cluster network (docs/sfd.md, "Network"): lo up; the NIC named, its MAC and address set.
+  if (const auto net = spec.find("net"); net != spec.end() && net->is_object()) {
+    if (sf::Error e = sf::apply_vm_identity(net->value("interface", std::string("sf0")), net->value("mac", std::string()),
+                                            net->value("address", std::string()), net->value("hostname", hostname))) {
+      send_error_and_exit_status(port, "cannot set up the network: " + e.message, 125);
+      power_off();
+    }
+  }
   if (argv.empty()) {
     send_error_and_exit_status(port, "empty command", 125);
     power_off();

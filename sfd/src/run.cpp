@@ -19,6 +19,7 @@
 #include "sfd/guest_io.hpp"
 #include "sfd/paths.hpp"
 #include "sfd/vm.hpp"
+#include "sfd/vm_network.hpp"
 
 namespace sfd {
 namespace gio = guest_io;
@@ -69,18 +70,6 @@ unsigned max_clones_from_env() {
   return n > 0 && n <= 253 ? static_cast<unsigned>(n) : 64;
 }
 
-NodeIdentity vm_node_identity(unsigned id, const std::string& master_hostname) {
-  NodeIdentity n;
-  n.id = id;
-  n.address = "10.213.0." + std::to_string(1 + id);
-  n.prefix = 24;
-  char mac[18];
-  std::snprintf(mac, sizeof mac, "52:54:00:53:46:%02x", id & 0xff);
-  n.mac = mac;
-  n.hostname = id == 0 ? master_hostname : master_hostname + "-sf" + std::to_string(id);
-  return n;
-}
-
 }  // namespace
 
 int run_in_vm(const RunOptions& o) {
@@ -124,11 +113,23 @@ int run_in_vm(const RunOptions& o) {
   cfg.cpus = o.cpus;
   cfg.agent = o.agent;
   cfg.work_dir = o.cwd;
-  const std::string spec = command_spec(o).dump();
+  // The cluster network (vm_network.hpp): a private namespace with a bridge; the master is
+  // node 0 on it, each clone gets its own tap when the family starts it.
+  auto network = VmNetwork::create();
+  if (!network) return fail(network.error().message);
+  auto node0 = vm_node_identity(0, "sf-vm");
+  if (!node0) return fail(node0.error().message);
+  auto tap0 = (*network)->add_tap(0);
+  if (!tap0) return fail(tap0.error().message);
+  cfg.nic = *tap0;
+  nlohmann::json spec_json = command_spec(o);
+  spec_json["net"] = net_spec(*node0);
+  const std::string spec = spec_json.dump();
   if (spec.size() > gio::kMaxPayload) return fail("run: the command and environment exceed 1 MiB; trim the environment");
   auto launched = QemuVm::launch(cfg);
   if (!launched) return fail(launched.error().message);
   QemuVm& vm = **launched;
+  cfg.nic.reset();  // QEMU holds the master's tap now; it goes with the master
   spdlog::info("VM {} started (pid {}, {} MiB, {} vCPU, RAM {})", vm.paths().run_dir.filename().string(), vm.pid(), o.mem_mib, o.cpus,
                vm.paths().ram_file.string());
 
@@ -136,8 +137,18 @@ int run_in_vm(const RunOptions& o) {
   family.mem_mib = o.mem_mib;
   family.spec = spec;
   family.max_clones = max_clones_from_env();
-  family.config_for = [&cfg](unsigned) -> Result<VmConfig> { return cfg; };
-  family.identity = vm_node_identity;
+  family.config_for = [&cfg, &network](unsigned id) -> Result<VmConfig> {
+    VmConfig c = cfg;
+    auto tap = (*network)->add_tap(id);
+    if (!tap) return tap.error();
+    c.nic = *tap;
+    return c;
+  };
+  // Cannot fail: ids stay below max_clones + 1 <= 254 and the subnet is the default one.
+  family.identity = [](unsigned id, const std::string& master_hostname) {
+    auto n = vm_node_identity(id, master_hostname);
+    return n ? *n : NodeIdentity{};
+  };
   return run_family(std::move(*launched), family, signal_fd);
 }
 

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "sfd/paths.hpp"
+#include "sfd/vm_network.hpp"
 
 namespace sfd {
 namespace fs = std::filesystem;
@@ -45,10 +46,15 @@ std::vector<std::string> qemu_command_line(const VmConfig& c, const VmPaths& p, 
       // it copy-on-write into clones (ARCHITECTURE.md §3).
       "-object", "memory-backend-file,id=ram,size=" + mem + ",mem-path=" + p.ram_file.string() + (c.ram_shared ? ",share=on" : ",share=off"),
       "-kernel", c.image.kernel.string(), "-initrd", c.image.initramfs.string(), "-append", append,
-      // No network at all: guests must never get a route out.
-      "-nic", "none",
       "-chardev", "socket,id=qmp,fd=" + std::to_string(qmp_fd), "-mon", "chardev=qmp,mode=control",
   };
+  if (c.nic) {
+    // The cluster network: a tap on a bridge in sfd's private namespace (vm_network.hpp), fd 7
+    // in QEMU (see launch()).
+    a.insert(a.end(), {"-netdev", "tap,id=n0,fd=7", "-device", "virtio-net-pci,netdev=n0,mac=" + c.nic->mac});
+  } else {
+    a.insert(a.end(), {"-nic", "none"});  // no network device at all
+  }
   if (c.incoming_defer) a.insert(a.end(), {"-incoming", "defer"});
   if (c.console_to_socket) {
     a.insert(a.end(), {"-chardev", "socket,id=con,fd=" + std::to_string(console_fd)});
@@ -115,13 +121,14 @@ Result<std::unique_ptr<QemuVm>> QemuVm::launch(const VmConfig& config) {
       (config.console_to_socket && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, con_pair) != 0))
     return make_error(std::string("vm: socketpair: ") + std::strerror(errno));
   // In the child the QEMU ends are moved to fixed numbers 3 (QMP), 4 (I/O), 5 (console),
-  // 6 (control port).
+  // 6 (control port), 7 (the tap, if any).
   const auto argv_strings = qemu_command_line(config, vm->paths_, 3, 4, 5, 6);
   std::vector<char*> argv;
   for (const auto& s : argv_strings) argv.push_back(const_cast<char*>(s.c_str()));
   argv.push_back(nullptr);
   const std::string log = vm->paths_.qemu_log.string();
   const pid_t parent = getpid();
+  const int tap_fd = config.nic ? config.nic->fd : -1;
 
   const pid_t pid = fork();
   if (pid < 0) return make_error(std::string("vm: fork: ") + std::strerror(errno));
@@ -134,12 +141,12 @@ Result<std::unique_ptr<QemuVm>> QemuVm::launch(const VmConfig& config) {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     if (getppid() != parent) _exit(127);  // sfd died before prctl took effect
-    int fds[4] = {qmp_pair[1], io_pair[1], con_pair[1], ctl_pair[1]};
+    int fds[5] = {qmp_pair[1], io_pair[1], con_pair[1], ctl_pair[1], tap_fd};
     // Move the ends above 6 first so dup2 onto 3..6 cannot clobber one we still need.
     for (int& fd : fds) {
       if (fd >= 0) fd = fcntl(fd, F_DUPFD, 10);
     }
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < 5; ++i) {
       if (fds[i] >= 0) dup2(fds[i], 3 + i);
     }
     const int null_fd = open("/dev/null", O_RDONLY);
@@ -150,7 +157,7 @@ Result<std::unique_ptr<QemuVm>> QemuVm::launch(const VmConfig& config) {
       dup2(log_fd, 2);
     }
     if (!config.console_to_socket) close(5);
-    close_range(7, ~0U, 0);
+    close_range(tap_fd >= 0 ? 8 : 7, ~0U, 0);
     execvp(argv[0], argv.data());
     _exit(127);
   }

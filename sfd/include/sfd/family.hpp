@@ -15,17 +15,9 @@
 
 #include "sfd/result.hpp"
 #include "sfd/vm.hpp"
+#include "sfd/vm_network.hpp"  // NodeIdentity, vm_node_identity()
 
 namespace sfd {
-
-// Network identity of node i of a VM cluster (node 0 = the master).
-struct NodeIdentity {
-  unsigned id = 0;
-  std::string address;   // dotted quad
-  unsigned prefix = 24;
-  std::string mac;       // aa:bb:cc:dd:ee:ff
-  std::string hostname;
-};
 
 struct FamilyConfig {
   std::uint64_t mem_mib = 256;

@@ -19,6 +19,8 @@
 
 namespace sfd {
 
+struct TapDevice;  // vm_network.hpp
+
 enum class Accel { kvm, tcg };
 std::string to_string(Accel a);
 
@@ -30,6 +32,9 @@ struct VmConfig {
   std::string mode = "run";                     // sf.mode= for the guest init: run | probe
   std::filesystem::path agent;                  // host path of the sfd binary (the guest agent)
   std::optional<std::filesystem::path> work_dir;  // shared read-write as 9p tag "sfwork"
+  // The NIC on the VMs' cluster network (vm_network.hpp): QEMU gets a copy of the tap's fd (as
+  // fd 7) and a virtio-net NIC with the tap's MAC. Without one the VM has no network device.
+  std::shared_ptr<const TapDevice> nic;
   bool console_to_socket = false;               // console on console_fd() instead of a log file
   // Cloning (clone.hpp): map an existing frozen RAM file (not created, not deleted by this
   // VM), privately (share=off: copy-on-write), and wait for a descriptor (-incoming defer).
