@@ -6,6 +6,7 @@
 
 #include "clone-core/clone.hpp"
 #include "clone-core/fake_driver.hpp"
+#include "qemu_driver.hpp"
 #include "sandbox_driver.hpp"
 
 namespace sf {
@@ -25,6 +26,14 @@ std::string own_hostname() {
 
 Result<std::unique_ptr<Driver>> make_driver(const std::string& name) {
   if (name == "fake") return std::unique_ptr<Driver>(std::make_unique<FakeDriver>());
+  if (name == "qemu" || name == "auto") {
+    // Inside a SnowFlock VM the machine to clone is the VM: auto picks qemu there.
+    auto driver = make_qemu_driver();
+    Probe probe = driver->probe();
+    if (probe.available) return driver;
+    if (name == "qemu")
+      return make_error(Errc::driver_unavailable, "clone-core: driver 'qemu': " + probe.reason);
+  }
   if (name == "sandbox" || name == "auto") {
     auto driver = make_sandbox_driver();
     Probe probe = driver->probe();
@@ -34,7 +43,7 @@ Result<std::unique_ptr<Driver>> make_driver(const std::string& name) {
     return driver;
   }
   return make_error(Errc::invalid_argument,
-                    "clone-core: unknown driver '" + name + "'; use sandbox, auto or fake");
+                    "clone-core: unknown driver '" + name + "'; use sandbox, qemu, auto or fake");
 }
 
 Result<Ticket> Ticket::request(const TicketRequest& request) {

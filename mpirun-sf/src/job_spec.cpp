@@ -224,8 +224,8 @@ JobSpec parse_command_line(const std::vector<std::string>& args,
     }
     if (has("driver")) {
       spec.driver = str("driver");
-      if (spec.driver != "auto" && spec.driver != "sandbox" && spec.driver != "none")
-        throw UsageError("--driver " + spec.driver + ": expected sandbox, auto or none");
+      if (spec.driver != "auto" && spec.driver != "sandbox" && spec.driver != "qemu" && spec.driver != "none")
+        throw UsageError("--driver " + spec.driver + ": expected sandbox, qemu, auto or none");
     }
     if (has("cluster-subnet")) spec.subnet = str("cluster-subnet");
     for (const char* k : {"host", "H", "hostfile", "machinefile"})
@@ -265,7 +265,8 @@ Processes and placement
   --oversubscribe           allow more processes than slots; --nooversubscribe forbids it
   --clones N                machines to run on, this one counted (--clones 4: this + 3 clones)
   --procs-per-clone P       processes per machine (also --map-by ppr:P:node, --npernode P)
-  --driver sandbox|auto|none  how to clone (none: run everything on this machine)
+  --driver sandbox|qemu|auto|none  how to clone (auto: qemu inside a SnowFlock VM,
+                              sandbox elsewhere; none: run everything on this machine)
   --cluster-subnet CIDR     address range of the cluster network (default 10.213.0.0/16)
   --display-map             print where every rank runs
 Environment and files

@@ -45,7 +45,7 @@ struct JobSpec {
   // Impromptu cluster.
   int clones = 0;            // --clones N: machines in all, the launching one counted; 0: plan
   int procs_per_clone = 0;   // --procs-per-clone P or --map-by ppr:P:node; 0: the cores
-  std::string driver = "auto";  // --driver sandbox|auto|none
+  std::string driver = "auto";  // --driver sandbox|qemu|auto|none
   std::string subnet;           // --cluster-subnet CIDR; empty: the driver's default
 };
 

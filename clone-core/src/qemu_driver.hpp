@@ -1,0 +1,24 @@
+// clone-core: the qemu driver's guest side (ARCHITECTURE.md §3). Inside a SnowFlock VM the
+// clone API asks the host's sfd over the virtio-serial port "sf.ctl"
+// (docs/protocols/vm-clone.md); sfd pauses the VM, clones it, and answers in every copy with
+// that copy's ID. The guest side then gives the copy its network identity.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "clone-core/driver.hpp"
+
+namespace sf {
+
+inline constexpr const char* kVmControlPort = "sf.ctl";
+
+// /dev/vportNpM of the virtio-serial port named `name`, found through
+// /sys/class/virtio-ports (there is no udev in the guest), under `sysfs_root` for tests.
+std::optional<std::string> find_virtio_port(const std::string& name,
+                                            const std::string& sysfs_root = "/sys/class/virtio-ports");
+
+std::unique_ptr<Driver> make_qemu_driver();
+
+}  // namespace sf
