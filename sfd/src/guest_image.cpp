@@ -66,7 +66,8 @@ bool has_modules(const fs::path& modules_dir, const std::vector<std::string>& wa
 std::string_view guest_init_script() { return generated::kGuestInitScript; }
 
 std::vector<std::string> default_guest_modules() {
-  return {"virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_console", "virtio_net"};
+  return {"virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_console", "virtio_net", "virtio_blk",
+          "crc32c_generic", "erofs"};  // erofs needs libcrc32c, which needs a crc32c (softdep)
 }
 
 Result<std::vector<std::string>> resolve_module_order(const fs::path& modules_dir,

@@ -1,5 +1,5 @@
 // sfd: the SnowFlock host daemon's command line.
-//   sfd run [--mem M] [--cpus C] [-v] -- COMMAND...   run COMMAND in a fresh VM
+//   sfd run [--mem M] [--cpus C] [--root disk|9p] [-v] -- COMMAND...   run COMMAND in a fresh VM
 //   sfd build-guest [-v]                              build (or find) the cached guest image
 //   sfd accel [-v] [--reprobe]                        say whether VMs use KVM or TCG, and why
 //   sfd decode-frames < FILE                          print a guest I/O frame stream
@@ -30,7 +30,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kUsage =
-    "usage: sfd run [--mem M] [--cpus C] [-v] -- COMMAND [ARG...]\n"
+    "usage: sfd run [--mem M] [--cpus C] [--root disk|9p] [-v] -- COMMAND [ARG...]\n"
     "       sfd build-guest [-v]\n"
     "       sfd accel [-v] [--reprobe]\n"
     "       sfd decode-frames < FILE\n";
@@ -52,8 +52,12 @@ int cmd_run(int argc, char** argv) {
   po::options_description opts("sfd run");
   std::string mem = "256M";
   int cpus = 1;
+  std::string root = "disk";
   opts.add_options()("mem,m", po::value(&mem), "guest RAM, e.g. 256M or 1G (default 256M)")(
-      "cpus,c", po::value(&cpus), "vCPUs (default 1)")("verbose,v", "say what sfd does")("help,h", "this help")(
+      "cpus,c", po::value(&cpus), "vCPUs (default 1)")(
+      "root", po::value(&root),
+      "disk (default): the host's files on read-only disks, cwd writes stay in the VM, clonable; "
+      "9p: the host's / over 9p, cwd shared read-write, not clonable")("verbose,v", "say what sfd does")("help,h", "this help")(
       "command", po::value<std::vector<std::string>>(), "the command");
   po::positional_options_description pos;
   pos.add("command", -1);
@@ -83,7 +87,13 @@ int cmd_run(int argc, char** argv) {
     std::fprintf(stderr, "sfd run: --cpus must be 1..64\n");
     return 2;
   }
+  auto root_mode = sfd::parse_root_mode(root);
+  if (!root_mode) {
+    std::fprintf(stderr, "sfd run: %s\n", root_mode.error().message.c_str());
+    return 2;
+  }
   sfd::RunOptions o;
+  o.root = *root_mode;
   o.mem_mib = *mib;
   o.cpus = cpus;
   o.verbose = vm.count("verbose") != 0;

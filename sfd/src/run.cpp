@@ -18,10 +18,12 @@
 #include "sfd/guest_image.hpp"
 #include "sfd/guest_io.hpp"
 #include "sfd/paths.hpp"
+#include "sfd/rootfs.hpp"
 #include "sfd/vm.hpp"
 #include "sfd/vm_network.hpp"
 
 namespace sfd {
+namespace fs = std::filesystem;
 namespace gio = guest_io;
 
 std::vector<std::string> guest_environment(char** env) {
@@ -56,7 +58,9 @@ Result<std::uint64_t> parse_mem_mib(const std::string& text) {
 }
 
 nlohmann::json command_spec(const RunOptions& o) {
-  return {{"argv", o.argv}, {"env", o.env}, {"cwd", o.cwd.string()}, {"work_dir", o.cwd.string()}, {"hostname", "sf-vm"}};
+  // work_dir: the 9p share the guest agent mounts (none with the root on disks).
+  const std::string work_dir = o.root == RootMode::ninep ? o.cwd.string() : std::string();
+  return {{"argv", o.argv}, {"env", o.env}, {"cwd", o.cwd.string()}, {"work_dir", work_dir}, {"hostname", "sf-vm"}};
 }
 
 int shell_status(int code, int signal) { return signal != 0 ? 128 + signal : code; }
@@ -68,6 +72,30 @@ unsigned max_clones_from_env() {
   if (v == nullptr || *v == '\0') return 64;
   const long n = std::strtol(v, nullptr, 10);
   return n > 0 && n <= 253 ? static_cast<unsigned>(n) : 64;
+}
+
+// The system image (cached) and this run's work image (rootfs.hpp).
+Result<SystemImage> prepare_root_disks(const RunOptions& o, std::unique_ptr<WorkImage>* work_image) {
+  auto spec = host_system_image_spec();
+  if (!spec) return spec.error();
+  auto system = ensure_system_image(*spec, cache_dir());
+  if (!system) return system.error();
+  spdlog::info("system image {} ({} MiB){}", system->file.string(), system->bytes >> 20, system->built_now ? ", built now" : "");
+  std::string path_env;
+  for (const auto& kv : o.env) {
+    if (kv.rfind("PATH=", 0) == 0) path_env.assign(kv, 5);  // not substr: GCC 12 -Wrestrict false positive at -O3
+  }
+  const auto paths = work_image_paths(o.cwd, o.argv.empty() ? std::string() : o.argv.front(), path_env, o.agent, *spec);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto work = WorkImage::build(paths);
+  if (!work) return work.error();
+  std::string list;
+  for (const auto& p : paths) list += " " + p.string();
+  std::error_code ec;
+  spdlog::info("work image {} ({} KiB, {} ms):{}", (*work)->file().string(), fs::file_size((*work)->file(), ec) >> 10,
+               std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count(), list);
+  *work_image = std::move(*work);
+  return system;
 }
 
 }  // namespace
@@ -112,7 +140,15 @@ int run_in_vm(const RunOptions& o) {
   cfg.mem_mib = o.mem_mib;
   cfg.cpus = o.cpus;
   cfg.agent = o.agent;
-  cfg.work_dir = o.cwd;
+  std::unique_ptr<WorkImage> work_image;  // outlives every VM of the family (clones use it too)
+  if (o.root == RootMode::disk) {
+    auto disks = prepare_root_disks(o, &work_image);
+    if (!disks) return fail(disks.error().message);
+    cfg.system_disk = disks->file;
+    cfg.work_disk = work_image->file();
+  } else {
+    cfg.work_dir = o.cwd;
+  }
   // The cluster network (vm_network.hpp): a private namespace with a bridge; the master is
   // node 0 on it, each clone gets its own tap when the family starts it.
   auto network = VmNetwork::create();

@@ -29,11 +29,34 @@ std::string qemu_binary() {
   return (v != nullptr && *v != '\0') ? v : "qemu-system-x86_64";
 }
 
+namespace {
+
+// The read-only root disks (rootfs.hpp). readonly=on on the drive: QEMU opens the image
+// O_RDONLY with a shared lock, so the master and all its clones use one file; the host's page
+// cache (cache=writeback, the default) serves them all. Commas in a path are doubled (QEMU's
+// option syntax).
+void append_root_disks(std::vector<std::string>& a, const VmConfig& c) {
+  const auto escape = [](const std::filesystem::path& p) {
+    std::string out;
+    for (char ch : p.string()) out += ch == ',' ? std::string(",,") : std::string(1, ch);
+    return out;
+  };
+  const auto disk = [&](const std::filesystem::path& file, const std::string& id) {
+    a.insert(a.end(), {"-drive", "file=" + escape(file) + ",format=raw,if=none,readonly=on,cache=writeback,id=" + id,
+                       "-device", "virtio-blk-pci,drive=" + id + ",serial=" + id});
+  };
+  disk(*c.system_disk, "sfsys");
+  if (c.work_disk) disk(*c.work_disk, "sfwork");
+}
+
+}  // namespace
+
 std::vector<std::string> qemu_command_line(const VmConfig& c, const VmPaths& p, int qmp_fd,
                                            int io_fd, int console_fd, int ctl_fd) {
   const std::string mem = std::to_string(c.mem_mib) + "M";
   std::string append = "console=ttyS0 panic=-1 quiet loglevel=3 sf.mode=" + c.mode;
   if (!c.agent.empty()) append += " sf.agent=" + c.agent.string();
+  if (c.system_disk) append += " sf.root=disk";
   std::vector<std::string> a = {
       qemu_binary(), "-name", p.run_dir.filename().string(),
       "-nodefaults", "-no-user-config", "-nographic",
@@ -70,11 +93,17 @@ std::vector<std::string> qemu_command_line(const VmConfig& c, const VmPaths& p, 
         // The clone API's requests from the guest (docs/protocols/vm-clone.md).
         "-chardev", "socket,id=sfctl,fd=" + std::to_string(ctl_fd),
         "-device", "virtserialport,bus=vser.0,chardev=sfctl,name=sf.ctl",
-        // The host's root, read-only on the host side (readonly=on), as the overlay's lower.
-        "-fsdev", "local,id=fsroot,path=/,security_model=none,readonly=on,multidevs=remap",
-        "-device", "virtio-9p-pci,fsdev=fsroot,mount_tag=sfroot",
     });
-    if (c.work_dir) {
+    if (c.system_disk) {
+      append_root_disks(a, c);
+    } else {
+      a.insert(a.end(), {
+          // The host's root, read-only on the host side (readonly=on), as the overlay's lower.
+          "-fsdev", "local,id=fsroot,path=/,security_model=none,readonly=on,multidevs=remap",
+          "-device", "virtio-9p-pci,fsdev=fsroot,mount_tag=sfroot",
+      });
+    }
+    if (c.work_dir && !c.system_disk) {
       a.insert(a.end(), {
           "-fsdev", "local,id=fswork,path=" + c.work_dir->string() + ",security_model=none,multidevs=remap",
           "-device", "virtio-9p-pci,fsdev=fswork,mount_tag=sfwork",

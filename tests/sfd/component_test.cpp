@@ -9,11 +9,13 @@
 
 #include <cstdio>
 #include <fstream>
+#include <thread>
 
 #include "sfd/accel.hpp"
 #include "sfd/guest_image.hpp"
 #include "sfd/paths.hpp"
 #include "sfd/qmp_client.hpp"
+#include "sfd/rootfs.hpp"
 #include "sfd/vm.hpp"
 
 namespace fs = std::filesystem;
@@ -163,4 +165,94 @@ TEST(AccelChoice, ProbesOnceSaysWhyAndHonoursSfAccel) {
   unsetenv("SF_ACCEL");
   unsetenv("SF_CACHE_DIR");
   fs::remove_all(cache);
+}
+
+namespace {
+void write_text(const fs::path& p, const std::string& text) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary) << text;
+}
+}  // namespace
+
+// The system image from a small stand-in for the host's / (SF_GUEST_ROOT): built once, reused,
+// rebuilt (and the old one removed) when an included file changes, not when an excluded one
+// does; the image holds the included trees and the merged-/usr links, not the rest.
+TEST(SystemImage, ReusedUntilAnIncludedFileChangesThenRebuilt) {
+  const auto dir = make_temp_dir();
+  const auto root = dir / "root";
+  write_text(root / "usr/bin/prog", "program-v1");
+  write_text(root / "usr/share/doc/readme", "docs");
+  write_text(root / "etc/conf", "conf");
+  write_text(root / "var/log/big", "not a system tree");
+  fs::create_directory_symlink("usr/bin", root / "bin");
+  setenv("SF_GUEST_ROOT", root.c_str(), 1);
+  setenv("SF_GUEST_EXCLUDE", "usr/share/doc", 1);
+  auto spec = sfd::host_system_image_spec();
+  unsetenv("SF_GUEST_ROOT");
+  unsetenv("SF_GUEST_EXCLUDE");
+  ASSERT_TRUE(spec.ok()) << spec.error().message;
+  EXPECT_EQ(spec->trees, (std::vector<std::string>{"usr", "etc", "bin"}));
+  const auto cache = dir / "cache";
+
+  auto first = sfd::ensure_system_image(*spec, cache);
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  EXPECT_TRUE(first->built_now);
+  const auto out = dir / "extracted";
+  ASSERT_EQ(std::system(("fsck.erofs --extract=" + out.string() + " " + first->file.string() + " >/dev/null").c_str()), 0);
+  std::ifstream prog(out / "usr/bin/prog");
+  std::string text;
+  prog >> text;
+  EXPECT_EQ(text, "program-v1");
+  EXPECT_TRUE(fs::exists(out / "etc/conf"));
+  EXPECT_TRUE(fs::is_symlink(out / "bin"));
+  EXPECT_FALSE(fs::exists(out / "usr/share/doc"));
+  EXPECT_FALSE(fs::exists(out / "var"));
+
+  auto again = sfd::ensure_system_image(*spec, cache);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->built_now);
+  EXPECT_EQ(again->key, first->key);
+
+  write_text(root / "usr/share/doc/readme", "other docs");  // excluded: same key
+  EXPECT_EQ(*sfd::system_image_key(*spec), first->key);
+
+  // Same size, another mtime: a changed included file gives a new key and a rebuild.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  write_text(root / "usr/bin/prog", "program-v2");
+  auto rebuilt = sfd::ensure_system_image(*spec, cache);
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.error().message;
+  EXPECT_TRUE(rebuilt->built_now);
+  EXPECT_NE(rebuilt->key, first->key);
+  EXPECT_FALSE(fs::exists(first->file)) << "the old image was not removed";
+  EXPECT_TRUE(fs::exists(rebuilt->file));
+  fs::remove_all(dir);
+}
+
+TEST(WorkImage, PacksThePathsAndRefusesTooMuchData) {
+  const auto dir = make_temp_dir();
+  write_text(dir / "job/input", "0123456789");
+  write_text(dir / "tools/t", "tool");
+  write_text(dir / "unrelated", "no");
+  setenv("SF_RUNTIME_DIR", (dir / "run").c_str(), 1);
+  fs::path file;
+  {
+    auto img = sfd::WorkImage::build({dir / "job", dir / "tools"});
+    ASSERT_TRUE(img.ok()) << img.error().message;
+    file = (*img)->file();
+    EXPECT_TRUE(fs::exists(file));
+    const auto out = dir / "extracted";
+    ASSERT_EQ(std::system(("fsck.erofs --extract=" + out.string() + " " + file.string() + " >/dev/null").c_str()), 0);
+    const auto rel = dir.relative_path();
+    EXPECT_TRUE(fs::exists(out / rel / "job/input"));
+    EXPECT_TRUE(fs::exists(out / rel / "tools/t"));
+    EXPECT_FALSE(fs::exists(out / rel / "unrelated"));
+    EXPECT_FALSE(fs::exists(out / rel / "run"));
+  }
+  EXPECT_FALSE(fs::exists(file)) << "the work image outlived its owner";
+  auto big = sfd::WorkImage::build({dir / "job"}, 5);
+  ASSERT_FALSE(big.ok());
+  EXPECT_NE(big.error().message.find("cd into a smaller directory"), std::string::npos) << big.error().message;
+  EXPECT_TRUE(fs::is_empty(dir / "run"));
+  unsetenv("SF_RUNTIME_DIR");
+  fs::remove_all(dir);
 }

@@ -26,9 +26,10 @@ TEST(SfdRun, ACommandKilledBySignalGives128PlusN) {
 
 // Output arrives while the command runs: the guest waits for a file that the test creates
 // only after it has seen the first line, so the order proves streaming without any timing.
-TEST(SfdRun, OutputIsStreamedWhileTheCommandRuns) {
+// With --root 9p the working directory is shared both ways (host file seen, guest file kept).
+TEST(SfdRun, OutputIsStreamedWhileTheCommandRunsAndThe9pRootSharesTheCwd) {
   TestDirs dirs;
-  SfdProcess p({"--", "sh", "-c", "echo first; while [ ! -e go ]; do sleep 0.2; done; echo second"}, dirs);
+  SfdProcess p({"--root", "9p", "--", "sh", "-c", "echo first; while [ ! -e go ]; do sleep 0.2; done; echo second; echo guest-wrote > output.txt"}, dirs);
   ASSERT_TRUE(p.read_until("first\n")) << "stdout: " << p.out() << "\nstderr: " << p.err();
   EXPECT_EQ(p.out().find("second"), std::string::npos);
   std::ofstream(dirs.work / "go") << "";
@@ -36,6 +37,16 @@ TEST(SfdRun, OutputIsStreamedWhileTheCommandRuns) {
   ASSERT_TRUE(st.has_value()) << p.err();
   EXPECT_EQ(*st, 0) << p.err();
   EXPECT_EQ(p.out(), "first\nsecond\n");
+  EXPECT_EQ(read_file(dirs.work / "output.txt"), "guest-wrote\n");
+}
+
+TEST(SfdRun, AnUnknownRootModeIsAUsageError) {
+  TestDirs dirs;
+  SfdProcess p({"--root", "nfs", "--", "true"}, dirs);
+  const auto st = p.finish(std::chrono::seconds(30));
+  ASSERT_TRUE(st.has_value());
+  EXPECT_EQ(*st, 2);
+  EXPECT_NE(p.err().find("use disk"), std::string::npos) << p.err();
 }
 
 TEST(SfdRun, SigtermToSfdStopsTheVmAndCleansUp) {

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <thread>
 
@@ -12,6 +13,7 @@
 #include "sfd/guest_io.hpp"
 #include "sfd/paths.hpp"
 #include "sfd/qmp_client.hpp"
+#include "sfd/rootfs.hpp"
 #include "sfd/run.hpp"
 #include "sfd/vm.hpp"
 
@@ -117,7 +119,46 @@ TEST(RunOptions, CommandSpecCarriesArgvEnvAndCwd) {
   EXPECT_EQ(j["argv"], nlohmann::json(o.argv));
   EXPECT_EQ(j["env"][0], "A=b");
   EXPECT_EQ(j["cwd"], "/work/x");
-  EXPECT_EQ(j["work_dir"], "/work/x");
+  // The default root is on disks: no 9p share for the agent to mount.
+  EXPECT_EQ(j["work_dir"], "");
+  o.root = sfd::RootMode::ninep;
+  EXPECT_EQ(sfd::command_spec(o)["work_dir"], "/work/x");
+}
+
+TEST(RootFs, RootModeParses) {
+  EXPECT_EQ(*sfd::parse_root_mode("disk"), sfd::RootMode::disk);
+  EXPECT_EQ(*sfd::parse_root_mode("9p"), sfd::RootMode::ninep);
+  EXPECT_FALSE(sfd::parse_root_mode("nfs").ok());
+}
+
+TEST(RootFs, ExcludesKeepOnlyTheIncludedPathsAndTheirAncestors) {
+  const auto dir = make_temp_dir();
+  for (const char* f : {"usr/bin/sh", "usr/share/doc/x", "etc/passwd", "var/log/l", "home/u/job/a", "home/u/other/b", "home/v/c"})
+    write_file(dir / f, "x");
+  auto ex = sfd::erofs_excludes_for(dir, {"usr", "etc", "home/u/job"}, {"usr/share/doc"});
+  std::sort(ex.begin(), ex.end());
+  EXPECT_EQ(ex, (std::vector<std::string>{"home/u/other", "home/v", "usr/share/doc", "var"}));
+  fs::remove_all(dir);
+}
+
+TEST(RootFs, WorkImagePathsAddTheCommandsAndSfdsDirectoriesWhenElsewhere) {
+  const auto dir = make_temp_dir();
+  write_file(dir / "job/sub/prog", "x");
+  write_file(dir / "tools/bin/tool", "x");
+  fs::permissions(dir / "tools/bin/tool", fs::perms::owner_all);
+  write_file(dir / "build/sfd/sfd", "x");
+  sfd::SystemImageSpec sys;
+  sys.trees = {"usr", "etc"};
+  sys.excludes = {"usr/src"};
+  const auto job = dir / "job";
+  // A command inside cwd and sfd in the system trees: cwd only.
+  EXPECT_EQ(sfd::work_image_paths(job, "./sub/prog", "", "/usr/bin/sfd", sys), (std::vector<fs::path>{job}));
+  // A command found in PATH elsewhere, sfd in a build directory, a system command.
+  auto p = sfd::work_image_paths(job, "tool", "/nonexistent:" + (dir / "tools/bin").string(), dir / "build/sfd/sfd", sys);
+  EXPECT_EQ(p, (std::vector<fs::path>{dir / "build/sfd", job, dir / "tools/bin"}));
+  EXPECT_EQ(sfd::work_image_paths(job, "/usr/bin/env", "", "/usr/src/sfd/sfd", sys),
+            (std::vector<fs::path>{job, "/usr/src/sfd"}));  // an excluded part of /usr is not in the system image
+  fs::remove_all(dir);
 }
 
 TEST(GuestImage, ModuleOrderPutsDependenciesFirst) {
@@ -171,6 +212,29 @@ TEST(GuestImage, InitScriptIsCompiledIn) {
   EXPECT_EQ(init.rfind("#!/bin/busybox sh", 0), 0u);
   EXPECT_NE(init.find(sfd::kGuestProbeMarker), std::string_view::npos);
   EXPECT_NE(init.find("switch_root"), std::string_view::npos);
+}
+
+TEST(QemuCommandLine, RootOnReadOnlyDisksHasNo9p) {
+  sfd::VmConfig c;
+  c.image.kernel = "/k";
+  c.image.initramfs = "/i";
+  c.agent = "/usr/bin/sfd";
+  c.work_dir = "/home/u/job";  // ignored with the root on disks
+  c.system_disk = "/cache/rootfs/k/system.erofs";
+  c.work_disk = "/run/a,b/work.erofs";
+  sfd::VmPaths p;
+  p.run_dir = "/run/snowflock/sf-vm-1-0";
+  p.ram_file = "/dev/shm/sf-vm-1-0.ram";
+  p.console_log = "/run/snowflock/sf-vm-1-0/console.log";
+  std::string all;
+  for (const auto& s : sfd::qemu_command_line(c, p, 3, 4, 5, 6)) all += s + " ";
+  EXPECT_NE(all.find("file=/cache/rootfs/k/system.erofs,format=raw,if=none,readonly=on"), std::string::npos) << all;
+  EXPECT_NE(all.find("virtio-blk-pci,drive=sfsys,serial=sfsys"), std::string::npos) << all;
+  EXPECT_NE(all.find("file=/run/a,,b/work.erofs,"), std::string::npos) << all;
+  EXPECT_NE(all.find("serial=sfwork"), std::string::npos) << all;
+  EXPECT_NE(all.find("sf.root=disk"), std::string::npos) << all;
+  EXPECT_EQ(all.find("9p"), std::string::npos) << all;
+  EXPECT_EQ(all.find("-fsdev"), std::string::npos) << all;
 }
 
 TEST(QemuCommandLine, SharedFileRamReadOnlyRootAndNoNetwork) {

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sfd/result.hpp"
+#include "sfd/rootfs.hpp"
 
 namespace sfd {
 
@@ -22,7 +23,10 @@ struct RunOptions {
   int cpus = 1;
   bool verbose = false;
   std::vector<std::string> argv;             // the command
-  std::filesystem::path cwd;                 // run there in the guest; shared read-write
+  std::filesystem::path cwd;                 // run there in the guest (see `root`)
+  // disk: the host's files on read-only EROFS disks, cwd included, writes stay in the VM
+  // (clonable); 9p: the host's / over 9p and cwd shared read-write (not clonable).
+  RootMode root = RootMode::disk;
   std::vector<std::string> env;              // NAME=value, already filtered
   std::filesystem::path agent;               // the sfd binary the guest runs as its agent
 };

@@ -32,6 +32,11 @@ struct VmConfig {
   std::string mode = "run";                     // sf.mode= for the guest init: run | probe
   std::filesystem::path agent;                  // host path of the sfd binary (the guest agent)
   std::optional<std::filesystem::path> work_dir;  // shared read-write as 9p tag "sfwork"
+  // The root on read-only disks (rootfs.hpp): the system and work EROFS images, as virtio-blk
+  // disks with serials sfsys and sfwork. With system_disk set the VM gets no 9p device at all
+  // (a mounted 9p export blocks migration, so cloning) and work_dir is not used.
+  std::optional<std::filesystem::path> system_disk;
+  std::optional<std::filesystem::path> work_disk;
   // The NIC on the VMs' cluster network (vm_network.hpp): QEMU gets a copy of the tap's fd (as
   // fd 7) and a virtio-net NIC with the tap's MAC. Without one the VM has no network device.
   std::shared_ptr<const TapDevice> nic;
