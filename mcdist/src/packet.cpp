@@ -2,15 +2,19 @@
 #include "mcdist/packet.hpp"
 
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack: no allocation per packet
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <unordered_map>
 
 namespace mcdist {
 namespace {
@@ -95,40 +99,110 @@ Result<ClusterKey> ClusterKey::from_file(const std::string& path) {
   return key;
 }
 
+// Per-stream AES-256-GMAC (docs/protocols/mcdist.md section 3). A stream is one sending
+// instance: (cluster, session, origin). Its key is HMAC-SHA256(cluster key, label || cluster ||
+// session || origin), derived once and cached; the 96-bit nonce is the packet's sequence number
+// (unique within the stream) followed by four zero bytes.
+namespace {
+constexpr std::size_t kMaxStreams = 4096;  // cached stream keys (the server has <= 4096 peers)
+constexpr char kStreamLabel[] = "mcdist v2 stream key";
+
+[[noreturn]] void crypto_failure(const char* what) {
+  // OpenSSL without AES-GCM / HMAC-SHA256, or a failing EVP call, is not a state we can run in
+  // (a silently wrong MAC would either drop everything or accept forgeries): fail loudly.
+  std::fprintf(stderr, "mcdist: OpenSSL %s failed; check the OpenSSL 3 installation\n", what);
+  std::abort();
+}
+
+struct StreamId {
+  std::uint64_t cluster = 0, session = 0, origin = 0;
+  bool operator==(const StreamId&) const = default;
+};
+struct StreamIdHash {
+  std::size_t operator()(const StreamId& s) const {
+    return std::hash<std::uint64_t>()(s.session * 0x9E3779B97F4A7C15ULL ^ s.origin ^ (s.cluster << 1));
+  }
+};
+}  // namespace
+
 struct PacketAuthenticator::Impl {
-  EVP_MAC* mac = nullptr;
-  EVP_MAC_CTX* ctx = nullptr;
+  EVP_MAC* hmac = nullptr;
+  EVP_MAC_CTX* kdf = nullptr;  // HMAC-SHA256 keyed with the cluster key
+  EVP_CIPHER* gcm = nullptr;   // AES-256-GCM, used with AAD only (= GMAC)
+  std::unordered_map<StreamId, EVP_CIPHER_CTX*, StreamIdHash> streams;
+  StreamId last_id;
+  EVP_CIPHER_CTX* last = nullptr;
+
+  ~Impl() {
+    for (auto& [id, ctx] : streams) EVP_CIPHER_CTX_free(ctx);
+    EVP_CIPHER_free(gcm);
+    EVP_MAC_CTX_free(kdf);
+    EVP_MAC_free(hmac);
+  }
+
+  EVP_CIPHER_CTX* stream(const StreamId& id) {
+    if (last && id == last_id) return last;
+    auto it = streams.find(id);
+    if (it == streams.end()) {
+      if (streams.size() >= kMaxStreams) {  // forged packets with made-up streams: evict one
+        EVP_CIPHER_CTX_free(streams.begin()->second);
+        streams.erase(streams.begin());
+      }
+      std::array<std::uint8_t, sizeof kStreamLabel - 1 + 24> info{};
+      std::memcpy(info.data(), kStreamLabel, sizeof kStreamLabel - 1);
+      put<std::uint64_t>(info.data() + sizeof kStreamLabel - 1, id.cluster);
+      put<std::uint64_t>(info.data() + sizeof kStreamLabel - 1 + 8, id.session);
+      put<std::uint64_t>(info.data() + sizeof kStreamLabel - 1 + 16, id.origin);
+      std::array<std::uint8_t, 32> key{};
+      std::size_t len = 0;
+      if (EVP_MAC_init(kdf, nullptr, 0, nullptr) != 1 ||
+          EVP_MAC_update(kdf, info.data(), info.size()) != 1 ||
+          EVP_MAC_final(kdf, key.data(), &len, key.size()) != 1 || len != key.size())
+        crypto_failure("HMAC-SHA256 (stream key derivation)");
+      EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+      if (!ctx || EVP_EncryptInit_ex2(ctx, gcm, key.data(), nullptr, nullptr) != 1)
+        crypto_failure("AES-256-GCM key setup");
+      OPENSSL_cleanse(key.data(), key.size());
+      it = streams.emplace(id, ctx).first;
+    }
+    last_id = id;
+    last = it->second;
+    return last;
+  }
 };
 
 PacketAuthenticator::PacketAuthenticator(const ClusterKey& key) : impl_(new Impl) {
-  impl_->mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
-  impl_->ctx = impl_->mac ? EVP_MAC_CTX_new(impl_->mac) : nullptr;
+  impl_->hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  impl_->kdf = impl_->hmac ? EVP_MAC_CTX_new(impl_->hmac) : nullptr;
   char digest[] = "SHA256";
   OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
                          OSSL_PARAM_construct_end()};
   // The key is set once; later EVP_MAC_init calls with a null key reuse it (cheap re-init).
-  if (!impl_->ctx || EVP_MAC_init(impl_->ctx, key.bytes.data(), key.bytes.size(), params) != 1) {
-    // OpenSSL without HMAC/SHA256 is not a configuration we can run in; fail loudly.
-    std::fprintf(stderr, "mcdist: OpenSSL HMAC-SHA256 unavailable\n");
-    std::abort();
-  }
+  if (!impl_->kdf || EVP_MAC_init(impl_->kdf, key.bytes.data(), key.bytes.size(), params) != 1)
+    crypto_failure("HMAC-SHA256");
+  impl_->gcm = EVP_CIPHER_fetch(nullptr, "AES-256-GCM", nullptr);
+  if (!impl_->gcm) crypto_failure("AES-256-GCM");
 }
 
-PacketAuthenticator::~PacketAuthenticator() {
-  EVP_MAC_CTX_free(impl_->ctx);
-  EVP_MAC_free(impl_->mac);
-}
+PacketAuthenticator::~PacketAuthenticator() = default;
 
 std::array<std::uint8_t, kMacSize> PacketAuthenticator::mac(std::span<const std::uint8_t> h,
                                                             std::span<const std::uint8_t> p) {
-  std::array<std::uint8_t, 32> full{};
-  std::size_t len = 0;
-  EVP_MAC_init(impl_->ctx, nullptr, 0, nullptr);
-  EVP_MAC_update(impl_->ctx, h.data(), h.size());
-  if (!p.empty()) EVP_MAC_update(impl_->ctx, p.data(), p.size());
-  EVP_MAC_final(impl_->ctx, full.data(), &len, full.size());
+  // h is the header's first 80 bytes: cluster, session, origin and sequence are in it.
+  StreamId id{get<std::uint64_t>(h.data() + 16), get<std::uint64_t>(h.data() + 24),
+              get<std::uint64_t>(h.data() + 32)};
+  EVP_CIPHER_CTX* ctx = impl_->stream(id);
+  std::array<std::uint8_t, 12> nonce{};
+  std::memcpy(nonce.data(), h.data() + 40, 8);  // the sequence, already little-endian
   std::array<std::uint8_t, kMacSize> out{};
-  std::memcpy(out.data(), full.data(), kMacSize);
+  int len = 0;
+  if (EVP_EncryptInit_ex2(ctx, nullptr, nullptr, nonce.data(), nullptr) != 1 ||
+      EVP_EncryptUpdate(ctx, nullptr, &len, h.data(), static_cast<int>(h.size())) != 1 ||
+      (!p.empty() &&
+       EVP_EncryptUpdate(ctx, nullptr, &len, p.data(), static_cast<int>(p.size())) != 1) ||
+      EVP_EncryptFinal_ex(ctx, out.data(), &len) != 1 ||
+      EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, kMacSize, out.data()) != 1)
+    crypto_failure("AES-256-GMAC");
   return out;
 }
 
@@ -211,10 +285,14 @@ Verdict validate(std::span<const std::uint8_t> d, std::uint64_t cluster_id,
   Header& h = parsed.value();
   if (h.cluster_id != cluster_id) return Verdict::kForeign;
   auto payload = d.subspan(kHeaderSize);
-  if (checksum_of(d.first(72), payload) != h.checksum) return Verdict::kCorrupt;
   auto mac = auth.mac(d.first(80), payload);
   // Constant-time compare: a timing side channel on the MAC must not leak how many bytes match.
-  if (CRYPTO_memcmp(mac.data(), d.data() + 80, kMacSize) != 0) return Verdict::kUnauthenticated;
+  if (CRYPTO_memcmp(mac.data(), d.data() + 80, kMacSize) != 0) {
+    // Only a packet that fails the MAC pays for the checksum, which tells damage in transit
+    // (corrupt) apart from a wrong key or a forgery (unauthenticated) in the counters.
+    return checksum_of(d.first(72), payload) != h.checksum ? Verdict::kCorrupt
+                                                          : Verdict::kUnauthenticated;
+  }
   *out = h;
   return Verdict::kAccepted;
 }

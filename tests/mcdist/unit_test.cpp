@@ -1,7 +1,9 @@
 // mcdist unit tests: the wire format, validation order, request ranges and the replay window.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "mcdist/packet.hpp"
 
@@ -83,6 +85,109 @@ TEST(McdistPacket, ForgedChecksumStillFailsTheMac) {
   EXPECT_EQ(validate(forged, 7, auth, &h), Verdict::kUnauthenticated);
 }
 
+// Known answer, computed independently with Python (hmac, hashlib, cryptography's AESGCM):
+//   sk  = HMAC-SHA256(key, b"mcdist v2 stream key" + le64(cluster) + le64(session) + le64(origin))
+//   tag = AESGCM(sk).encrypt(le64(seq) + 4 zero bytes, b"", header80 + payload)
+TEST(McdistMac, KnownAnswerAes256GmacWithDerivedStreamKey) {
+  ClusterKey key;
+  for (std::size_t i = 0; i < key.bytes.size(); ++i) key.bytes[i] = static_cast<std::uint8_t>(i);
+  std::array<std::uint8_t, 80> h{};
+  for (std::size_t i = 0; i < h.size(); ++i) h[i] = static_cast<std::uint8_t>(i * 3);
+  auto put64 = [&](std::size_t off, std::uint64_t v) {
+    for (int i = 0; i < 8; ++i) h[off + i] = static_cast<std::uint8_t>(v >> (8 * i));
+  };
+  put64(16, 42);                     // cluster
+  put64(24, 0x1122334455667788ULL);  // session
+  put64(32, 0);                      // origin (the server)
+  put64(40, 7);                      // sequence
+  std::vector<std::uint8_t> payload(4096);
+  for (std::size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<std::uint8_t>(i * 7);
+  auto hex = [](const std::array<std::uint8_t, kMacSize>& m) {
+    std::string out;
+    char b[3];
+    for (auto c : m) std::snprintf(b, sizeof b, "%02x", c), out += b;
+    return out;
+  };
+  PacketAuthenticator auth(key);
+  EXPECT_EQ(hex(auth.mac(h, payload)), "657f4c39df966c8ccac21a82609ab94a");
+  EXPECT_EQ(hex(auth.mac(h, {})), "0709a8e51700530413fa19b50a754019");
+  // The cached stream context gives the same answer the second time.
+  EXPECT_EQ(hex(auth.mac(h, payload)), "657f4c39df966c8ccac21a82609ab94a");
+}
+
+// Re-encodes the header of pkt (same payload) after `edit`, with the given key.
+std::vector<std::uint8_t> reencode(std::vector<std::uint8_t> pkt, const ClusterKey& key,
+                                   void (*edit)(Header&)) {
+  auto h = parse_header(pkt);
+  EXPECT_TRUE(h.ok());
+  Header hh = h.value();
+  edit(hh);
+  PacketAuthenticator auth(key);
+  std::span<const std::uint8_t> payload(pkt.data() + kHeaderSize, pkt.size() - kHeaderSize);
+  std::array<std::uint8_t, kHeaderSize> head{};
+  encode_header(hh, payload, auth, head);
+  std::memcpy(pkt.data(), head.data(), kHeaderSize);
+  return pkt;
+}
+
+TEST(McdistMac, TagIsBoundToTheStreamAndTheSequence) {
+  auto key = key_of(1);
+  auto pkt = data_packet(7, key, 3);
+  PacketAuthenticator auth(key);
+  Header h;
+  // Another session / origin / sequence (checksum recomputed, the old tag kept): forged.
+  for (auto edit : {+[](Header& x) { x.session_id = 100; }, +[](Header& x) { x.origin = 5; },
+                    +[](Header& x) { x.sequence = 4; }, +[](Header& x) { x.flags = flags::kPushDone; }}) {
+    auto other = reencode(pkt, key, edit);
+    EXPECT_EQ(validate(other, 7, auth, &h), Verdict::kAccepted);  // honestly re-MACed: fine
+    std::memcpy(other.data() + 80, pkt.data() + 80, kMacSize);    // the original tag: forged
+    EXPECT_EQ(validate(other, 7, auth, &h), Verdict::kUnauthenticated);
+  }
+  // The same fields in two streams never share a tag.
+  auto a = reencode(pkt, key, +[](Header& x) { x.session_id = 1; });
+  auto b = reencode(pkt, key, +[](Header& x) { x.session_id = 2; });
+  EXPECT_NE(std::memcmp(a.data() + 80, b.data() + 80, kMacSize), 0);
+}
+
+TEST(McdistMac, ForgedReplayedAndForeignPacketsAreDropped) {
+  auto key = key_of(1);
+  PacketAuthenticator auth(key);
+  Header h;
+  // Forged: a payload byte changed and the checksum recomputed, but no key for the MAC.
+  auto forged = reencode(data_packet(7, key, 1), key_of(9), +[](Header&) {});
+  forged[kHeaderSize + 7] ^= 0x40;
+  forged = reencode(forged, key_of(9), +[](Header&) {});
+  EXPECT_EQ(validate(forged, 7, auth, &h), Verdict::kUnauthenticated);
+  // Corrupted in transit (checksum no longer matches): counted apart from forgeries.
+  auto damaged = data_packet(7, key, 2);
+  damaged[kHeaderSize + 9] ^= 0x01;
+  EXPECT_EQ(validate(damaged, 7, auth, &h), Verdict::kCorrupt);
+  // Replayed: an authentic packet passes the MAC again; the replay window drops it.
+  auto pkt = data_packet(7, key, 3);
+  ReplayWindow window;
+  ASSERT_EQ(validate(pkt, 7, auth, &h), Verdict::kAccepted);
+  EXPECT_TRUE(window.accept(h.sequence));
+  ASSERT_EQ(validate(pkt, 7, auth, &h), Verdict::kAccepted);
+  EXPECT_FALSE(window.accept(h.sequence));
+  // Foreign: another cluster id (even with our key) is dropped before the MAC.
+  EXPECT_EQ(validate(data_packet(8, key, 4), 7, auth, &h), Verdict::kForeign);
+}
+
+TEST(McdistMac, ManyStreamsBeyondTheKeyCacheStillVerify) {
+  auto key = key_of(1);
+  PacketAuthenticator sender(key), receiver(key);
+  auto pkt = data_packet(7, key, 1);
+  Header h;
+  static std::uint64_t origin;
+  for (origin = 1; origin <= 5000; ++origin) {  // more streams than the 4096 cached keys
+    auto p = reencode(pkt, key, +[](Header& x) { x.origin = origin; });
+    ASSERT_EQ(validate(p, 7, receiver, &h), Verdict::kAccepted) << origin;
+  }
+  origin = 3;  // long evicted or still cached: either way the same answer
+  auto p = reencode(pkt, key, +[](Header& x) { x.origin = origin; });
+  EXPECT_EQ(validate(p, 7, receiver, &h), Verdict::kAccepted);
+}
+
 TEST(McdistPacket, SizeCapsAndVersionAreEnforced) {
   auto key = key_of(1);
   PacketAuthenticator auth(key);
@@ -94,7 +199,7 @@ TEST(McdistPacket, SizeCapsAndVersionAreEnforced) {
   truncated.resize(pkt.size() - 1);
   EXPECT_EQ(validate(truncated, 7, auth, &h), Verdict::kMalformed);
   auto version = pkt;
-  version[4] = 2;
+  version[4] = 1;  // the previous (HMAC-SHA256) version
   EXPECT_EQ(validate(version, 7, auth, &h), Verdict::kMalformed);
   auto oversize = pkt;
   oversize.resize(kHeaderSize + kMaxPayload + 1);

@@ -1,4 +1,4 @@
-// mcdist: the version-1 wire format (docs/protocols/mcdist.md): header layout, encoding,
+// mcdist: the version-2 wire format (docs/protocols/mcdist.md): header layout, encoding,
 // validation in the documented order, and the replay window. Pure functions, no sockets, so
 // the unit tests and the `mcdist decode` printer use exactly what the sender and receivers use.
 #pragma once
@@ -16,7 +16,7 @@
 namespace mcdist {
 
 inline constexpr std::uint32_t kMagic = 0x5344434D;  // "MCDS" in little-endian byte order
-inline constexpr std::uint8_t kVersion = 1;
+inline constexpr std::uint8_t kVersion = 2;
 inline constexpr std::size_t kHeaderSize = 96;
 inline constexpr std::size_t kMaxPayload = 16384;
 inline constexpr std::size_t kMaxRanges = 64;
@@ -78,7 +78,9 @@ enum class Verdict { kAccepted, kMalformed, kForeign, kCorrupt, kUnauthenticated
 const char* to_string(Verdict v);
 const char* to_string(PacketType t);
 
-// Computes HMAC-SHA256 truncated to 16 bytes with a reusable keyed context (one per thread).
+// Computes a packet's 16-byte AES-256-GMAC (docs/protocols/mcdist.md section 3): the key of the
+// packet's stream (cluster, session, origin) is derived from the cluster key with HMAC-SHA256
+// once and cached; the nonce is the packet's sequence number. One instance per thread.
 class PacketAuthenticator {
  public:
   explicit PacketAuthenticator(const ClusterKey& key);
