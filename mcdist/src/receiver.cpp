@@ -30,6 +30,12 @@ constexpr std::size_t kRecvBatch = 32;
 constexpr std::size_t kBufSize = 65536;  // a whole GRO batch (or one datagram)
 constexpr auto kStatusEvery = std::chrono::milliseconds(100);
 constexpr auto kRepairEvery = std::chrono::milliseconds(20);
+// stats() is refreshed this often (waiters are woken at once on completion or failure).
+constexpr auto kPublishEvery = std::chrono::milliseconds(10);
+// While the stream flows and no fault waits, the thread lets this much of it collect in the
+// socket buffer before it wakes again: one wakeup per ~60 pages instead of one per GSO batch
+// (many clones share few cores). A request() wakes it at once.
+constexpr auto kCoalesce = std::chrono::milliseconds(2);
 
 std::uint64_t random64() {
   std::uint64_t v = 0;
@@ -83,10 +89,12 @@ struct MulticastReceiver::Impl {
     return std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::time_point{}).count();
   }
 
-  void publish() {
+  // Copies the thread's counters for stats(); `wake` also wakes wait_complete() (only on
+  // completion and failure: waking the waiter on every packet batch costs a context switch).
+  void publish(bool wake) {
     std::lock_guard lock(mu);
     published = local;
-    cv.notify_all();
+    if (wake) cv.notify_all();
   }
 
   void fail(std::string message) {
@@ -97,7 +105,7 @@ struct MulticastReceiver::Impl {
       std::lock_guard lock(mu);
       failure = e;
     }
-    publish();
+    publish(true);
     if (on_failure) on_failure(e);
   }
 
@@ -158,7 +166,7 @@ struct MulticastReceiver::Impl {
   void become_complete() {
     local.complete = true;
     for (int i = 0; i < 3; ++i) send_status();
-    publish();
+    publish(true);
   }
 
   void handle(std::span<const std::uint8_t> d, const sockaddr_in& from) {
@@ -235,7 +243,8 @@ struct MulticastReceiver::Impl {
 
   // With UDP_GRO on the socket, one buffer may hold several datagrams of equal size
   // (the sender's GSO batch arrives whole); the control message says the segment size.
-  void receive_all() {
+  // Returns the number of datagrams handled.
+  std::size_t receive_all() {
     static thread_local std::vector<std::uint8_t> storage(kRecvBatch * kBufSize);
     std::array<iovec, kRecvBatch> iov;
     std::array<sockaddr_in, kRecvBatch> from;
@@ -244,6 +253,7 @@ struct MulticastReceiver::Impl {
       alignas(cmsghdr) char bytes[CMSG_SPACE(sizeof(int))];
     };
     std::array<Control, kRecvBatch> control;
+    std::size_t handled = 0;
     for (int rounds = 0; rounds < 64; ++rounds) {
       for (std::size_t i = 0; i < kRecvBatch; ++i) {
         iov[i] = {storage.data() + i * kBufSize, kBufSize};
@@ -256,7 +266,8 @@ struct MulticastReceiver::Impl {
         msgs[i].msg_hdr.msg_controllen = sizeof control[i].bytes;
       }
       int n = recvmmsg(gfd, msgs.data(), kRecvBatch, MSG_DONTWAIT, nullptr);
-      if (n <= 0) return;
+      if (n <= 0) return handled;
+      handled += static_cast<std::size_t>(n);
       for (int i = 0; i < n; ++i) {
         if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
           ++local.malformed;
@@ -274,8 +285,9 @@ struct MulticastReceiver::Impl {
         for (std::size_t off = 0; off < len; off += seg)
           handle({base + off, std::min(seg, len - off)}, from[i]);
       }
-      if (n < static_cast<int>(kRecvBatch)) return;
+      if (n < static_cast<int>(kRecvBatch)) return handled;
     }
+    return handled;
   }
 
   void serve_demand(Clock::time_point now) {
@@ -324,6 +336,7 @@ struct MulticastReceiver::Impl {
 
   void run() {
     start_time = last_server_packet = last_status = last_repair = Clock::now();
+    auto last_publish = start_time;
     while (running.load(std::memory_order_relaxed)) {
       pollfd pfd[2] = {{gfd, POLLIN, 0}, {evfd, POLLIN, 0}};
       poll(pfd, 2, 10);
@@ -331,7 +344,7 @@ struct MulticastReceiver::Impl {
         std::uint64_t v;
         [[maybe_unused]] auto r = read(evfd, &v, sizeof v);
       }
-      receive_all();
+      std::size_t received = receive_all();
       auto now = Clock::now();
       if (!local.failed) {
         serve_demand(now);
@@ -356,8 +369,19 @@ struct MulticastReceiver::Impl {
                std::to_string(cfg.join_timeout.count()) +
                " ms: is the sender running on this link with the same cluster id and key?");
       }
-      publish();
+      if (now - last_publish >= kPublishEvery) {
+        publish(false);
+        last_publish = now;
+      }
+      // The stream is flowing and nothing waits for a particular page: let a few ms of it
+      // collect (the socket buffer holds ~1 s). A request() ends the pause at once.
+      bool streaming = received > 0 && !push_done && !local.failed && !local.complete;
+      if (streaming && demand_outstanding.empty()) {
+        pollfd ev{evfd, POLLIN, 0};
+        poll(&ev, 1, static_cast<int>(kCoalesce.count()));
+      }
     }
+    publish(true);
   }
 };
 

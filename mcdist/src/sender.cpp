@@ -60,7 +60,6 @@ struct MulticastSender::Impl {
   std::uint64_t sequence = 0;
   std::unique_ptr<PacketAuthenticator> auth;
   std::vector<std::uint8_t> padded_tail;
-  std::vector<std::uint8_t> gso_buf;
   bool gso_ok = true;
 
   // Scheduling state, owned by the thread.
@@ -180,18 +179,19 @@ struct MulticastSender::Impl {
   bool send_segmented(const std::array<std::uint8_t, kHeaderSize>* heads,
                       const std::array<iovec, 2>* iovs, std::size_t n) {
     std::size_t seg = kHeaderSize + cfg.page_size;
-    gso_buf.resize(seg * kBatch);
+    // Header and page of every packet straight from where they are (no staging copy): the
+    // kernel cuts the concatenation into segments of `seg` bytes.
+    std::array<iovec, 2 * kBatch> v;
     for (std::size_t i = 0; i < n; ++i) {
-      std::memcpy(gso_buf.data() + i * seg, heads[i].data(), kHeaderSize);
-      std::memcpy(gso_buf.data() + i * seg + kHeaderSize, iovs[i][1].iov_base, cfg.page_size);
+      v[2 * i] = {const_cast<std::uint8_t*>(heads[i].data()), kHeaderSize};
+      v[2 * i + 1] = iovs[i][1];
     }
-    iovec v{gso_buf.data(), n * seg};
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(std::uint16_t))] = {};
     msghdr m{};
     m.msg_name = &group;
     m.msg_namelen = sizeof group;
-    m.msg_iov = &v;
-    m.msg_iovlen = 1;
+    m.msg_iov = v.data();
+    m.msg_iovlen = 2 * n;
     m.msg_control = control;
     m.msg_controllen = sizeof control;
     cmsghdr* c = CMSG_FIRSTHDR(&m);
