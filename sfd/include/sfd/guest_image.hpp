@@ -1,7 +1,8 @@
 // sfd: the guest image builder. Makes a bootable guest out of the host's own packages: Debian's
 // kernel plus an initramfs of busybox-static and the few modules the guest needs. The guest's
-// root is the host's / shared read-only over virtio-9p under a private tmpfs overlay, so the
-// guest runs the host's Open MPI, the project's build and the user's programs unchanged.
+// root is the host's files read-only (EROFS images on virtio-blk disks, rootfs.hpp, or the
+// host's / over virtio-9p) under a private tmpfs overlay, so the guest runs the host's Open
+// MPI, the project's build and the user's programs unchanged.
 // Images are cached under cache_dir()/guest/<key>, key = hash of every input; a changed
 // kernel, module, busybox or init script gives a new key and so a rebuild.
 #pragma once
@@ -33,7 +34,7 @@ struct GuestImage {
 };
 
 // The modules the guest init loads (before dependencies): PCI virtio transport, virtio-9p,
-// overlayfs, virtio-serial.
+// overlayfs, virtio-serial, virtio-net, virtio-blk, erofs (and crc32c for its libcrc32c).
 std::vector<std::string> default_guest_modules();
 
 // Picks the inputs on this host: $SF_GUEST_KERNEL if set, else the newest /boot/vmlinuz-*
@@ -64,6 +65,7 @@ Result<GuestImage> ensure_host_guest_image();
 //                   descriptor/cloning benchmark: a mounted 9p export blocks migration)
 //   sf.mode=run     mount the root overlay and exec sf.agent as PID 1 ("sfd guest-agent")
 //   sf.agent=PATH   the sfd binary, a host path (seen through the read-only root)
+//   sf.root=disk    the root from the EROFS disks with serials sfsys and sfwork (else 9p)
 std::string_view guest_init_script();
 inline constexpr std::string_view kGuestProbeMarker = "SF-GUEST-PROBE-OK";
 
