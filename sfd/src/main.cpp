@@ -20,6 +20,7 @@
 #include "sfd/guest_image.hpp"
 #include "sfd/guest_io.hpp"
 #include "sfd/paths.hpp"
+#include "sfd/remote_clone.hpp"
 #include "sfd/run.hpp"
 
 extern char** environ;
@@ -33,6 +34,7 @@ constexpr const char* kUsage =
     "usage: sfd run [--mem M] [--cpus C] [--root disk|9p] [-v] -- COMMAND [ARG...]\n"
     "       sfd build-guest [-v]\n"
     "       sfd accel [-v] [--reprobe]\n"
+    "       sfd remote-clone --ticket FILE --iface IF [--id N] [-v]\n"
     "       sfd decode-frames < FILE\n";
 
 void setup_logging(bool verbose) {
@@ -197,6 +199,10 @@ int main(int argc, char** argv) {
   }
   if (cmd == "build-guest") return cmd_build_guest(argc - 1, argv + 1);
   if (cmd == "accel") return cmd_accel(argc - 1, argv + 1);
+  if (cmd == "remote-clone") {
+    setup_logging(false);
+    return sfd::remote_clone_command(argc - 1, argv + 1);
+  }
   if (cmd == "decode-frames") return cmd_decode_frames();
   if (cmd == "guest-agent") {
     if (getpid() != 1) {
