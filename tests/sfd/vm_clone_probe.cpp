@@ -5,7 +5,8 @@
 //   clone reached node 0 over the cluster network, whether an address outside the cluster is
 //   unreachable (no route: nothing is sent); the parent prints each clone's status after join.
 // mode "crash" makes clone 1 die of SIGSEGV (the parent must see it as signaled);
-// mode "kill" makes the parent kill() the cluster while the clones sleep.
+// mode "kill" makes the parent kill() the cluster while the clones sleep; mode "hold" makes
+// every node print "holding" and wait for ever (the test then kills sfd).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -93,6 +94,10 @@ int main(int argc, char** argv) {
     close(listener);
     if (mode == "crash" && me == 1) raise(SIGSEGV);
     if (mode == "kill") pause();
+    if (mode == "hold") {
+      std::printf("node%u.holding\n", me);
+      for (;;) pause();
+    }
     const int err = connect_to(parent_address, kPort, me);
     std::printf("node%u.reached_parent=%s\n", me, err == 0 ? "yes" : std::strerror(err));
     // 192.0.2.1 (TEST-NET-1) is outside the cluster: there must be no route to it.
@@ -101,6 +106,10 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     ticket->sync(0);
     return 1;  // not reached
+  }
+  if (mode == "hold") {
+    std::printf("node0.holding\n");
+    for (;;) pause();
   }
   if (mode == "kill") {
     sleep(1);

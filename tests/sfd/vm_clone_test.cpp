@@ -1,0 +1,167 @@
+// VM cloning from inside the guest (issue 6): `sfd run` a program that calls the clone API
+// (qemu driver), and `mpirun-sf` inside a VM forking it into a cluster of VMs. Real TCG
+// guests; each test boots once and clones. Deadlines are bounds against hangs only.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <regex>
+#include <set>
+
+#include "e2e_support.hpp"
+
+namespace {
+
+// Copies a host program into the test's working directory (the VM's work disk).
+std::string stage(const TestDirs& dirs, const std::string& path) {
+  const fs::path to = dirs.work / fs::path(path).filename();
+  fs::copy_file(path, to, fs::copy_options::overwrite_existing);
+  return "./" + to.filename().string();
+}
+
+std::map<std::string, std::string> facts(const std::string& out) {
+  std::map<std::string, std::string> f;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto eq = line.find('=');
+    if (eq != std::string::npos) f[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  return f;
+}
+
+bool wait_no_qemu(pid_t sfd_pid) {
+  for (int i = 0; i < 600; ++i) {
+    if (!qemu_running_for(sfd_pid)) return true;
+    usleep(100000);
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST(VmClone, ThreeClonesEachWithItsOwnIdAddressAndMemory) {
+  TestDirs dirs;
+  SfdProcess p({"--", stage(dirs, VM_CLONE_PROBE), "3"}, dirs);
+  const auto st = p.finish();
+  ASSERT_TRUE(st.has_value()) << p.err();
+  ASSERT_EQ(*st, 0) << p.out() << p.err();
+  auto f = facts(p.out());
+  EXPECT_EQ(f["driver"], "qemu");
+  EXPECT_EQ(f["granted"], "3");
+  EXPECT_EQ(f["subnet"], "10.213.0.0/24");
+  std::set<std::string> heard;
+  for (int i = 0; i <= 3; ++i) {
+    const std::string n = "node" + std::to_string(i);
+    EXPECT_EQ(f[n + ".hostname"], i == 0 ? "sf-vm" : "sf-vm-sf" + std::to_string(i)) << p.out();
+    EXPECT_EQ(f[n + ".address"], "10.213.0." + std::to_string(1 + i)) << p.out();
+    // Written before the clone: seen everywhere; written after: private to each copy.
+    EXPECT_EQ(f[n + ".before"], "4242") << p.out();
+    EXPECT_EQ(f[n + ".after"], std::to_string(1000 + i)) << p.out();
+    if (i == 0) continue;
+    EXPECT_EQ(f[n + ".reached_parent"], "yes") << p.out();
+    EXPECT_EQ(f[n + ".outside"], "unreachable") << p.out();
+    EXPECT_EQ(f["clone" + std::to_string(i) + ".end"], "synced:0") << p.out();
+  }
+  EXPECT_EQ(f["node0.final"], "1000");
+  EXPECT_EQ(std::count(p.out().begin(), p.out().end(), '\n'), 3 + 4 * 4 + 3 * 2 + 3 + 3 + 1) << p.out();
+  EXPECT_FALSE(qemu_running_for(p.pid()));
+  std::string what;
+  EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
+}
+
+TEST(VmClone, ACrashingCloneIsReportedAndTheOthersSync) {
+  TestDirs dirs;
+  SfdProcess p({"--", stage(dirs, VM_CLONE_PROBE), "2", "crash"}, dirs);
+  const auto st = p.finish();
+  ASSERT_TRUE(st.has_value()) << p.err();
+  ASSERT_EQ(*st, 0) << p.out() << p.err();
+  auto f = facts(p.out());
+  EXPECT_EQ(f["clone1.end"], "signaled:11") << p.out();
+  EXPECT_EQ(f["clone2.end"], "synced:0") << p.out();
+  std::string what;
+  EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
+}
+
+TEST(VmClone, KillEndsEveryCloneAndLeavesNothing) {
+  TestDirs dirs;
+  SfdProcess p({"--", stage(dirs, VM_CLONE_PROBE), "2", "kill"}, dirs);
+  const auto st = p.finish();
+  ASSERT_TRUE(st.has_value()) << p.err();
+  ASSERT_EQ(*st, 0) << p.out() << p.err();
+  EXPECT_EQ(facts(p.out())["killed"], "ok") << p.out();
+  EXPECT_FALSE(qemu_running_for(p.pid()));
+  std::string what;
+  EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
+}
+
+TEST(VmClone, SigkillOfSfdTakesEveryVmAlongAndTheNextRunSweeps) {
+  TestDirs dirs;
+  const std::string probe = stage(dirs, VM_CLONE_PROBE);
+  SfdProcess p({"--", probe, "2", "hold"}, dirs);
+  ASSERT_TRUE(p.read_until("node2.holding")) << p.out() << p.err();
+  ASSERT_TRUE(p.read_until("node1.holding")) << p.out() << p.err();
+  kill(p.pid(), SIGKILL);
+  ASSERT_TRUE(p.finish(std::chrono::seconds(60)).has_value());
+  EXPECT_TRUE(wait_no_qemu(p.pid())) << "a QEMU outlived its SIGKILLed sfd";
+  std::string what;
+  EXPECT_TRUE(dirs.vm_files_left(&what));  // the RAM image, descriptor, run dirs: swept next
+  SfdProcess next({"--", "true"}, dirs);
+  const auto st = next.finish();
+  ASSERT_TRUE(st.has_value());
+  EXPECT_EQ(*st, 0) << next.err();
+  what.clear();
+  EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
+}
+
+TEST(VmMpi, MpirunSfInsideAVmForksItIntoFourVms) {
+  TestDirs dirs;
+  const std::string hello = stage(dirs, HELLO_EXAMPLE);
+  SfdProcess p({"--mem", "512M", "--", MPIRUN_SF, "--allow-run-as-root", "-np", "8", "--clones", "4", hello}, dirs);
+  const auto st = p.finish();
+  ASSERT_TRUE(st.has_value()) << p.err();
+  ASSERT_EQ(*st, 0) << p.out() << p.err();
+  std::set<std::string> hosts;
+  std::set<int> ranks;
+  std::regex line("Hello from rank ([0-9]+) of 8 on ([^ ]+)");
+  for (std::sregex_iterator it(p.out().begin(), p.out().end(), line), end; it != end; ++it) {
+    ranks.insert(std::stoi((*it)[1].str()));
+    hosts.insert((*it)[2].str());
+  }
+  EXPECT_EQ(ranks.size(), 8u) << p.out();
+  EXPECT_EQ(hosts, (std::set<std::string>{"sf-vm", "sf-vm-sf1", "sf-vm-sf2", "sf-vm-sf3"})) << p.out();
+  std::string what;
+  EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
+}
+
+TEST(VmMpi, AllreduceRingAndAbortCodeAcrossVms) {
+  TestDirs dirs;
+  const std::string pi = stage(dirs, PI_EXAMPLE), ring = stage(dirs, RING_EXAMPLE), abort = stage(dirs, ABORT_EXAMPLE);
+  // One VM runs the three jobs one after the other; each clones its own cluster... but one
+  // sfd run grants one ticket, so each job gets its own `sfd run`.
+  {
+    SfdProcess p({"--mem", "512M", "--", MPIRUN_SF, "--allow-run-as-root", "-np", "4", "--clones", "2", pi}, dirs);
+    const auto st = p.finish();
+    ASSERT_TRUE(st.has_value()) << p.err();
+    EXPECT_EQ(*st, 0) << p.out() << p.err();
+    EXPECT_NE(p.out().find("pi = 3.14159"), std::string::npos) << p.out();
+  }
+  {
+    SfdProcess p({"--mem", "512M", "--", MPIRUN_SF, "--allow-run-as-root", "-np", "4", "--clones", "2", ring, "3"}, dirs);
+    const auto st = p.finish();
+    ASSERT_TRUE(st.has_value()) << p.err();
+    EXPECT_EQ(*st, 0) << p.out() << p.err();
+    EXPECT_NE(p.out().find("ring: 4 ranks"), std::string::npos) << p.out();
+    EXPECT_NE(p.out().find(" OK"), std::string::npos) << p.out();
+  }
+  {
+    // Rank 3 lives on the clone; its MPI_Abort(9) ends every VM with mpirun's code.
+    SfdProcess p({"--mem", "512M", "--", MPIRUN_SF, "--allow-run-as-root", "-np", "4", "--clones", "2", abort, "3", "9"}, dirs);
+    const auto st = p.finish();
+    ASSERT_TRUE(st.has_value()) << p.err();
+    EXPECT_EQ(*st, 9) << p.out() << p.err();
+    EXPECT_NE(p.err().find("MPI_ABORT was invoked on rank 3"), std::string::npos) << p.err();
+    EXPECT_FALSE(qemu_running_for(p.pid()));
+  }
+  std::string what;
+  EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
+}
