@@ -8,16 +8,22 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -137,6 +143,34 @@ Status wait_migration(QmpClient& qmp, Clock::time_point deadline) {
     if (Clock::now() > deadline) return make_error("migration did not complete in time (status " + status + ")");
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
+}
+
+// QEMU madvise()s all guest RAM MADV_HUGEPAGE (physmem.c, unconditionally). On a file mapping
+// that makes every page fault read ahead two 2 MiB-aligned huge pages (mm/filemap.c,
+// do_sync_mmap_readahead: "Use the readahead code, even if readahead is disabled"): through
+// memtap's FUSE file that is 512-1024 pages fetched per fault instead of the export's 8. This
+// seccomp filter makes madvise(..., MADV_HUGEPAGE) fail with EINVAL (QEMU ignores the result)
+// in the calling thread and every process it starts from now on (filters are inherited across
+// fork and exec and cannot be removed: call it only where that is wanted, as here, in the
+// thread that launches the clone's QEMU).
+Status refuse_madv_hugepage_for_children() {
+  struct sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 0, 3),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),  // low half (LE)
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, MADV_HUGEPAGE, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EINVAL & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {static_cast<unsigned short>(sizeof f / sizeof f[0]), f};
+  if (::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) == 0) return ok_status();
+  if (errno == EACCES && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+      ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) == 0)
+    return ok_status();
+  return make_error(std::string("remote clone: cannot install the MADV_HUGEPAGE filter for QEMU (seccomp): ") + std::strerror(errno));
 }
 
 }  // namespace
@@ -571,6 +605,7 @@ Result<std::unique_ptr<RemoteClone>> RemoteClone::start(const RemoteCloneOptions
   cfg.ram_file = ram;
   cfg.ram_shared = false;
   cfg.incoming_defer = true;
+  if (auto st = refuse_madv_hugepage_for_children(); !st) return st.error();
   auto vm = QemuVm::launch(cfg);
   if (!vm) return make_error("remote clone: " + vm.error().message);
   rc->vm_ = std::move(*vm);
