@@ -54,7 +54,9 @@ void append_root_disks(std::vector<std::string>& a, const VmConfig& c) {
 std::vector<std::string> qemu_command_line(const VmConfig& c, const VmPaths& p, int qmp_fd,
                                            int io_fd, int console_fd, int ctl_fd) {
   const std::string mem = std::to_string(c.mem_mib) + "M";
-  std::string append = "console=ttyS0 panic=-1 quiet loglevel=3 sf.mode=" + c.mode;
+  // init_on_free=1: the guest kernel zeroes every page it frees, so free guest memory is
+  // all-zero in a frozen RAM image and in memtap's no-fetch map (remote clones never fetch it).
+  std::string append = "console=ttyS0 panic=-1 quiet loglevel=3 init_on_free=1 sf.mode=" + c.mode;
   if (!c.agent.empty()) append += " sf.agent=" + c.agent.string();
   if (c.system_disk) append += " sf.root=disk";
   std::vector<std::string> a = {
