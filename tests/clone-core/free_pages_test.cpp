@@ -100,3 +100,20 @@ TEST(FreePages, RangesRoundTripThroughTheTextForm) {
   }
   EXPECT_FALSE(sf::decode_page_ranges("1+1,3+1,5+1", 2).ok());
 }
+
+// The running kernel's own kpageflags (this host's, as a guest's would be read): free memory is
+// found, ranges are sorted and disjoint, and the total is within MemTotal.
+TEST(FreePages, TheRunningKernelHasFreeBuddyBlocks) {
+  if (access("/proc/kpageflags", R_OK) != 0) GTEST_SKIP() << "/proc/kpageflags needs root";
+  auto r = sf::scan_free_pages();
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_GT(r->buddy_blocks, 0u);
+  EXPECT_GT(r->free_pages, 0u);
+  EXPECT_LE(r->free_pages, r->frames_scanned);
+  for (std::size_t i = 1; i < r->ranges.size(); ++i) {
+    EXPECT_GT(r->ranges[i].first, r->ranges[i - 1].first + r->ranges[i - 1].count);  // merged: never adjacent
+  }
+  auto back = sf::decode_page_ranges(sf::encode_page_ranges(r->ranges));
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(back->size(), r->ranges.size());
+}
