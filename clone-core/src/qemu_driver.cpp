@@ -13,6 +13,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "clone-core/free_pages.hpp"
 #include "clone-core/vm_identity.hpp"
 
 namespace sf {
@@ -180,7 +181,14 @@ class QemuCluster final : public ClusterInstance {
     }
   }
   Result<unsigned> clone_impl() {
-    auto reply = port_->call({{"op", "clone"}});
+    json request = {{"op", "clone"}};
+    // The free-page report for the no-fetch map of remote clones (a hint, checked by sfd);
+    // without it (e.g. no /proc/kpageflags) every page is simply fetched.
+    if (auto report = scan_free_pages()) {
+      request["free_pages"] = encode_page_ranges(report->ranges);
+      request["free_page_count"] = report->free_pages;
+    }
+    auto reply = port_->call(request);
     if (!reply) return reply.error();
     const unsigned id = reply->value("id", 0u);
     if (id > layout_.clones()) return make_error(Errc::system, "clone-core: qemu driver: sfd sent clone id " + std::to_string(id) + " beyond the ticket");

@@ -31,13 +31,14 @@ Status wait_migration(QmpClient& qmp, Clock::time_point deadline, const std::str
 
 }  // namespace
 
-FrozenImage::FrozenImage(fs::path ram_file, fs::path descriptor)
-    : ram_file_(std::move(ram_file)), descriptor_(std::move(descriptor)) {}
+FrozenImage::FrozenImage(fs::path ram_file, fs::path descriptor, fs::path metadata)
+    : ram_file_(std::move(ram_file)), descriptor_(std::move(descriptor)), metadata_(std::move(metadata)) {}
 
 FrozenImage::~FrozenImage() {
   std::error_code ec;
   fs::remove(ram_file_, ec);
   fs::remove(descriptor_, ec);
+  if (!metadata_.empty()) fs::remove(metadata_, ec);
 }
 
 Result<DescriptorStats> save_descriptor(QemuVm& vm, const fs::path& path, std::chrono::milliseconds timeout) {

@@ -24,6 +24,7 @@
 #include "sfd/clone.hpp"
 #include "sfd/guest_io.hpp"
 #include "sfd/paths.hpp"
+#include "sfd/remote_clone.hpp"
 #include "sfd/run.hpp"
 
 namespace sfd {
@@ -54,6 +55,22 @@ unsigned grant_clones(unsigned requested, unsigned max_clones, std::uint64_t gue
     return 0;
   }
   return requested;
+}
+
+json descriptor_metadata(const FamilyConfig& config, const std::string& stream_name, std::uint64_t stream_bytes,
+                         const std::string& free_pages, std::uint64_t free_page_count,
+                         const std::vector<NodeIdentity>& nodes) {
+  const RamLayout layout = pc_ram_layout(config.mem_mib);
+  json n = json::array();
+  for (const auto& node : nodes)
+    n.push_back({{"id", node.id}, {"address", node.address}, {"prefix", node.prefix}, {"mac", node.mac}, {"hostname", node.hostname}});
+  return {{"format", "snowflock-vm-descriptor"},
+          {"version", 1},
+          {"qemu_stream", {{"file", stream_name}, {"bytes", stream_bytes}, {"capabilities", {"x-ignore-shared"}}}},
+          {"machine", {{"type", "pc"}, {"accel", config.accel}, {"cpus", config.cpus}, {"mem_mib", config.mem_mib}}},
+          {"ram", {{"bytes", layout.ram_bytes}, {"below_4g", layout.below_4g}, {"page_size", 4096}}},
+          {"free_pages", {{"ranges", free_pages}, {"pages", free_page_count}}},
+          {"network", {{"subnet", config.subnet}, {"nodes", n}}}};
 }
 
 namespace {
@@ -139,7 +156,7 @@ class Family {
     if (!write_all(m.ctl, line.data(), line.size())) spdlog::info("VM {}: control port write failed", m.id);
   }
   void refuse(Member& m, const std::string& why) { reply(m, {{"ok", false}, {"error", why}}); }
-  void do_clone(Member& parent);
+  void do_clone(Member& parent, const json& request);
   void end_clone(Member& m, int end, int value);
   void stop_vm(Member& m, std::chrono::milliseconds grace);
   void reap_all();
@@ -326,22 +343,14 @@ void Family::handle_request(Member& m, const json& req) {
       const NodeIdentity& n = nodes_.back();
       nodes.push_back({{"id", i}, {"address", n.address}, {"prefix", n.prefix}, {"mac", n.mac}, {"hostname", n.hostname}});
     }
-    const NodeIdentity& n0 = nodes_.front();
-    const std::uint32_t mask = n0.prefix == 0 ? 0 : ~0u << (32 - n0.prefix);
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    std::sscanf(n0.address.c_str(), "%u.%u.%u.%u", &a, &b, &c, &d);
-    const std::uint32_t net = ((a << 24) | (b << 16) | (c << 8) | d) & mask;
-    const std::string subnet = std::to_string(net >> 24) + "." + std::to_string((net >> 16) & 255) + "." +
-                               std::to_string((net >> 8) & 255) + "." + std::to_string(net & 255) + "/" +
-                               std::to_string(n0.prefix);
     spdlog::info("ticket: {} clone(s) granted", g);
-    return reply(m, {{"ok", true}, {"granted", g}, {"subnet", subnet}, {"nodes", nodes}});
+    return reply(m, {{"ok", true}, {"granted", g}, {"subnet", cfg_.subnet}, {"nodes", nodes}});
   }
   if (op == "clone") {
     if (m.id != 0) return refuse(m, "nested clusters are not supported: a clone cannot clone");
     if (granted_ == 0) return refuse(m, "clone without a ticket: request a ticket first");
     if (cloned_) return refuse(m, "this ticket was already used to clone");
-    return do_clone(m);
+    return do_clone(m, req);
   }
   if (op == "sync") {
     if (m.id == 0) return refuse(m, "sync() is for clones; the parent calls join()");
@@ -367,7 +376,7 @@ void Family::handle_request(Member& m, const json& req) {
   refuse(m, "unknown request '" + op + "'");
 }
 
-void Family::do_clone(Member& parent_member) {
+void Family::do_clone(Member& parent_member, const json& request) {
   const auto t0 = Clock::now();
   QemuVm& parent = *parent_member.vm;
   if (auto st = parent.qmp().stop(); !st) return refuse(parent_member, "cannot pause the VM: " + st.error().message);
@@ -381,9 +390,19 @@ void Family::do_clone(Member& parent_member) {
     (void)parent.qmp().cont();
     return refuse(parent_member, "cannot save the VM's descriptor: " + stats.error().message);
   }
+  // Our metadata beside QEMU's stream: what a remote host needs besides the device state.
+  const fs::path meta = desc.string() + ".json";
+  const std::string free_pages = request.value("free_pages", std::string());
+  const std::uint64_t free_count = request.value("free_page_count", std::uint64_t{0});
+  {
+    std::ofstream out(meta);
+    out << descriptor_metadata(cfg_, desc.filename().string(), stats->bytes, free_pages, free_count, nodes_).dump(1) << "\n";
+  }
+  std::error_code meta_ec;
+  const std::uint64_t meta_bytes = fs::file_size(meta, meta_ec);
   const auto t1 = Clock::now();
   // Freeze the RAM file; from here the old parent is gone for good.
-  image_ = std::make_unique<FrozenImage>(parent.release_ram_file(), desc);
+  image_ = std::make_unique<FrozenImage>(parent.release_ram_file(), desc, meta);
   const gio::FrameDecoder decoder = parent_member.decoder;  // a partial frame continues in every copy
   members_.clear();
   replaced_ = true;
@@ -412,10 +431,11 @@ void Family::do_clone(Member& parent_member) {
     reply(*m, {{"ok", true}, {"id", i}});
     members_.push_back(std::move(m));
   }
-  using std::chrono::duration_cast;
   using ms = std::chrono::duration<double, std::milli>;
+  spdlog::info("descriptor {} ({} bytes of QEMU device state + {} bytes of metadata; the guest reported {} free pages)",
+               desc.string(), stats->bytes, meta_bytes, free_count);
   spdlog::info("cloned into {} clone(s) in {:.0f} ms: pause+descriptor {:.0f} ms ({} bytes), start {:.0f} ms, load {:.0f} ms, resume {:.0f} ms",
-               granted_, ms(Clock::now() - t0).count(), ms(t1 - t0).count(), stats->bytes,
+               granted_, ms(Clock::now() - t0).count(), ms(t1 - t0).count(), stats->bytes + meta_bytes,
                ms(timings.start).count(), ms(timings.load).count(), ms(timings.resume).count());
 }
 

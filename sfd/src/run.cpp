@@ -171,8 +171,11 @@ int run_in_vm(const RunOptions& o) {
 
   FamilyConfig family;
   family.mem_mib = o.mem_mib;
+  family.cpus = o.cpus;
+  family.accel = to_string(cfg.accel);
   family.spec = spec;
   family.max_clones = max_clones_from_env();
+  family.subnet = kVmSubnet;
   family.config_for = [&cfg, &network](unsigned id) -> Result<VmConfig> {
     VmConfig c = cfg;
     auto tap = (*network)->add_tap(id);

@@ -345,3 +345,26 @@ TEST(CloneGrant, AllOrNothingWithinMemoryAndTheLimit) {
   EXPECT_NE(why.find("SF_MAX_CLONES"), std::string::npos) << why;
   EXPECT_EQ(sfd::grant_clones(0, 64, 256, 1u << 30, &why), 0u);
 }
+
+TEST(DescriptorMetadata, CarriesShapeLayoutFreePagesAndNetwork) {
+  sfd::FamilyConfig c;
+  c.mem_mib = 512;
+  c.cpus = 2;
+  c.accel = "tcg";
+  c.subnet = "10.213.0.0/24";
+  std::vector<sfd::NodeIdentity> nodes(2);
+  nodes[0] = {0, "10.213.0.1", 24, "52:54:00:53:46:00", "sf-vm"};
+  nodes[1] = {1, "10.213.0.2", 24, "52:54:00:53:46:01", "sf-vm-sf1"};
+  const auto j = sfd::descriptor_metadata(c, "x.desc", 755316, "100+400", 1024, nodes);
+  EXPECT_EQ(j["format"], "snowflock-vm-descriptor");
+  EXPECT_EQ(j["version"], 1);
+  EXPECT_EQ(j["qemu_stream"]["bytes"], 755316);
+  EXPECT_EQ(j["machine"]["cpus"], 2);
+  EXPECT_EQ(j["ram"]["bytes"], 512ull << 20);
+  EXPECT_EQ(j["ram"]["below_4g"], 512ull << 20);
+  EXPECT_EQ(j["free_pages"]["ranges"], "100+400");
+  EXPECT_EQ(j["free_pages"]["pages"], 1024);
+  ASSERT_EQ(j["network"]["nodes"].size(), 2u);
+  EXPECT_EQ(j["network"]["nodes"][1]["hostname"], "sf-vm-sf1");
+  EXPECT_EQ(j["network"]["subnet"], "10.213.0.0/24");
+}

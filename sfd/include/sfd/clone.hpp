@@ -19,20 +19,23 @@
 
 namespace sfd {
 
-// The frozen state clones start from: the RAM file and the descriptor. Deletes both when
+// The frozen state clones start from: the RAM file and the descriptor (and, if given, the
+// descriptor's SnowFlock metadata, docs/formats/vm-descriptor.md). Deletes them when
 // destroyed; destroy it only after every VM that maps it.
 class FrozenImage {
  public:
-  FrozenImage(std::filesystem::path ram_file, std::filesystem::path descriptor);
+  FrozenImage(std::filesystem::path ram_file, std::filesystem::path descriptor, std::filesystem::path metadata = {});
   ~FrozenImage();
   FrozenImage(const FrozenImage&) = delete;
   FrozenImage& operator=(const FrozenImage&) = delete;
   const std::filesystem::path& ram_file() const { return ram_file_; }
   const std::filesystem::path& descriptor() const { return descriptor_; }
+  const std::filesystem::path& metadata() const { return metadata_; }
 
  private:
   std::filesystem::path ram_file_;
   std::filesystem::path descriptor_;
+  std::filesystem::path metadata_;
 };
 
 struct DescriptorStats {

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "sfd/result.hpp"
 #include "sfd/vm.hpp"
 #include "sfd/vm_network.hpp"  // NodeIdentity, vm_node_identity()
@@ -21,10 +23,13 @@ namespace sfd {
 
 struct FamilyConfig {
   std::uint64_t mem_mib = 256;
+  int cpus = 1;
+  std::string accel = "tcg";
   std::string spec;  // the command spec (JSON) sent to the master's guest agent
   // VM i's configuration (its own tap on the cluster network); i = 0 for the re-instantiated
   // master. The RAM file and incoming flags are set by the clone path.
   std::function<Result<VmConfig>(unsigned id)> config_for;
+  std::string subnet;  // the cluster network, e.g. "10.213.0.0/24"
   // Identity of node i of a cluster whose master is named `master_hostname`.
   std::function<NodeIdentity(unsigned id, const std::string& master_hostname)> identity;
   // Most clones one request may get (SF_MAX_CLONES, default 64), besides the memory limit.
@@ -39,6 +44,13 @@ std::uint64_t clone_memory_estimate_mib(std::uint64_t guest_mem_mib);
 // (the guest side asks for what its own allocator planned). Returns 0 with `why` set if none.
 unsigned grant_clones(unsigned requested, unsigned max_clones, std::uint64_t guest_mem_mib,
                       std::uint64_t available_mib, std::string* why);
+
+// The descriptor's SnowFlock metadata, version 1 (docs/formats/vm-descriptor.md): machine
+// shape, RAM layout, the guest's free-page report (encoded ranges, a hint for the no-fetch map
+// of remote clones) and the cluster's network identities.
+nlohmann::json descriptor_metadata(const FamilyConfig& config, const std::string& stream_name, std::uint64_t stream_bytes,
+                                   const std::string& free_pages, std::uint64_t free_page_count,
+                                   const std::vector<NodeIdentity>& nodes);
 
 // Runs the family until the master's command exits (its status), sfd gets SIGINT/SIGTERM/
 // SIGHUP (128 + n), or something fails (kSfdFailureExit, with a message). `master` has been
