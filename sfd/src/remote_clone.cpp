@@ -577,11 +577,14 @@ Result<std::unique_ptr<RemoteClone>> RemoteClone::start(const RemoteCloneOptions
       std::fprintf(stderr, "sfd remote-clone: memtap page server %s: %s\n", memtap_server.c_str(), tcp.error().message.c_str());
       _exit(5);
     }
+    spdlog::info("remote clone: memtap page server {}: {} pages, {} no-fetch", memtap_server, (*tcp)->metadata().page_count(),
+                 (*tcp)->metadata().no_fetch_count());
     auto mc = memtap::McdistPageSource::start((*tcp)->metadata(), mo);
     if (!mc) {
       std::fprintf(stderr, "sfd remote-clone: mcdist on %s: %s\n", mo.interface.c_str(), mc.error().message.c_str());
       _exit(6);
     }
+    spdlog::info("remote clone: joined mcdist {}:{} on {}", mo.group, mo.port, mo.interface);
     memtap::FuseExportOptions fo;
     auto st = memtap::run_fuse_export(*mc, rc->mountpoint_.string(), fo);
     if (!st) std::fprintf(stderr, "sfd remote-clone: FUSE export: %s\n", st.error().message.c_str());
