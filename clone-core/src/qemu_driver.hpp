@@ -5,19 +5,14 @@
 #pragma once
 
 #include <memory>
-#include <optional>
 #include <string>
 
 #include "clone-core/driver.hpp"
+#include "clone-core/virtio_port.hpp"
 
 namespace sf {
 
 inline constexpr const char* kVmControlPort = "sf.ctl";
-
-// /dev/vportNpM of the virtio-serial port named `name`, found through
-// /sys/class/virtio-ports (there is no udev in the guest), under `sysfs_root` for tests.
-std::optional<std::string> find_virtio_port(const std::string& name,
-                                            const std::string& sysfs_root = "/sys/class/virtio-ports");
 
 std::unique_ptr<Driver> make_qemu_driver();
 

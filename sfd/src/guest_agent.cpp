@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "clone-core/virtio_port.hpp"
 #include "clone-core/vm_identity.hpp"
 #include "sfd/guest_io.hpp"
 
@@ -40,17 +41,10 @@ void say(const std::string& msg) { std::fprintf(stderr, "sfd guest-agent: %s\n",
   for (;;) pause();
 }
 
-// The device node of the virtio-serial port named `name` (no udev in the guest, so look in
-// sysfs rather than /dev/virtio-ports/).
+// The device node of the virtio-serial port named `name`, waiting up to 10 s for the driver.
 std::string find_port(const std::string& name) {
   for (int attempt = 0; attempt < 100; ++attempt) {
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator("/sys/class/virtio-ports", ec)) {
-      std::ifstream in(e.path() / "name");
-      std::string n;
-      std::getline(in, n);
-      if (n == name) return "/dev/" + e.path().filename().string();
-    }
+    if (auto port = sf::find_virtio_port(name)) return *port;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return {};
