@@ -2,6 +2,8 @@
 #include "netlink_links.hpp"
 
 #include <linux/if_link.h>
+#include <linux/if_bridge.h>
+#include <linux/neighbour.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <netlink/netlink.h>
@@ -211,6 +213,57 @@ Error attach_up(Socket& s, int ifindex, int master_ifindex, const std::string& w
   rtnl_link_set_flags(change.p, IFF_UP);
   int err = rtnl_link_change(s.get(), change.p, change.p, 0);
   if (err < 0) return make_error(Errc::network_setup, "clone-core: attaching " + what + " to its bridge: " + nl_message(err));
+  return {};
+}
+
+namespace {
+
+// Sends a hand-built request and waits for the kernel's ack; libnl's own objects do not
+// cover bridge port flags and FDB entries well.
+int send_and_ack(Socket& s, nl_msg* msg) {
+  int err = nl_send_auto_complete(s.get(), msg);
+  nlmsg_free(msg);
+  if (err >= 0) err = nl_wait_for_ack(s.get());
+  return err;
+}
+
+}  // namespace
+
+Error pin_bridge_port(Socket& s, int ifindex, const std::array<std::uint8_t, 6>& mac, const std::string& what) {
+  // Learning off: RTM_SETLINK, family AF_BRIDGE, IFLA_PROTINFO { IFLA_BRPORT_LEARNING = 0 }.
+  nl_msg* msg = nlmsg_alloc_simple(RTM_SETLINK, 0);
+  if (!msg) return make_error(Errc::system, "clone-core: netlink: out of memory");
+  ifinfomsg ifi{};
+  ifi.ifi_family = AF_BRIDGE;
+  ifi.ifi_index = ifindex;
+  int err = nlmsg_append(msg, &ifi, sizeof ifi, NLMSG_ALIGNTO);
+  nlattr* pi = err >= 0 ? nla_nest_start(msg, IFLA_PROTINFO | NLA_F_NESTED) : nullptr;
+  if (!pi) err = -NLE_NOMEM;
+  if (err >= 0) err = nla_put_u8(msg, IFLA_BRPORT_LEARNING, 0);
+  if (err >= 0) err = nla_nest_end(msg, pi);
+  if (err < 0) {
+    nlmsg_free(msg);
+    return make_error(Errc::system, "clone-core: netlink: building a bridge port request: " + nl_message(err));
+  }
+  err = send_and_ack(s, msg);
+  if (err < 0) return make_error(Errc::network_setup, "clone-core: turning MAC learning off on " + what + ": " + nl_message(err));
+
+  // The static FDB entry: RTM_NEWNEIGH, family AF_BRIDGE, NTF_MASTER, NUD_NOARP, NDA_LLADDR.
+  msg = nlmsg_alloc_simple(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE);
+  if (!msg) return make_error(Errc::system, "clone-core: netlink: out of memory");
+  ndmsg ndm{};
+  ndm.ndm_family = AF_BRIDGE;
+  ndm.ndm_ifindex = ifindex;
+  ndm.ndm_state = NUD_NOARP;
+  ndm.ndm_flags = NTF_MASTER;
+  err = nlmsg_append(msg, &ndm, sizeof ndm, NLMSG_ALIGNTO);
+  if (err >= 0) err = nla_put(msg, NDA_LLADDR, 6, mac.data());
+  if (err < 0) {
+    nlmsg_free(msg);
+    return make_error(Errc::system, "clone-core: netlink: building an FDB request: " + nl_message(err));
+  }
+  err = send_and_ack(s, msg);
+  if (err < 0) return make_error(Errc::network_setup, "clone-core: adding the static FDB entry of " + what + ": " + nl_message(err));
   return {};
 }
 

@@ -69,6 +69,10 @@ Result<std::vector<LinkEntry>> list_links(Socket& s);
 Result<int> create_bridge_here(Socket& s, const std::string& name);
 // Makes link `ifindex` a port of bridge `master_ifindex` and brings it up (one request).
 Error attach_up(Socket& s, int ifindex, int master_ifindex, const std::string& what);
+// Pins `mac` to bridge port `ifindex` (a static FDB entry, as `bridge fdb add MAC dev PORT
+// master static`) and turns MAC learning off on the port, so frames to `mac` reach that port
+// only, whatever source MACs the guests send (a fresh VM clone still sends its parent's MAC).
+Error pin_bridge_port(Socket& s, int ifindex, const std::array<std::uint8_t, 6>& mac, const std::string& what);
 Error set_down(Socket& s, int ifindex, const std::string& what);
 // Renames link `ifindex` to `name` (empty: keep the name) and sets its MAC; the link must be down.
 Error set_name_and_mac(Socket& s, int ifindex, const std::string& name, const std::array<std::uint8_t, 6>& mac,

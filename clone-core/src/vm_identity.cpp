@@ -133,8 +133,15 @@ Error apply_vm_identity(const std::string& interface, const std::string& mac_tex
     if (Error e = netlink::set_name_and_mac(*s, nic->index, nic->name == interface ? "" : interface, *mac, nic->name))
       return e;
   }
-  if (Error e = netlink::flush_ipv4(*s, nic->index, interface)) return e;
-  if (Error e = netlink::add_ipv4(*s, nic->index, cidr->address, cidr->prefix, interface)) return e;
+  // Idempotent: an interface that already has exactly this address keeps it (a re-applied
+  // identity, e.g. clone 0 = the parent, must not break its open connections).
+  auto current = netlink::ipv4_addresses(*s, nic->index);
+  if (!current) return current.error();
+  const std::string want = address_cidr.substr(0, address_cidr.find('/')) + "/" + std::to_string(cidr->prefix);
+  if (*current != std::vector<std::string>{want} && *current != std::vector<std::string>{address_cidr}) {
+    if (Error e = netlink::flush_ipv4(*s, nic->index, interface)) return e;
+    if (Error e = netlink::add_ipv4(*s, nic->index, cidr->address, cidr->prefix, interface)) return e;
+  }
   if (Error e = netlink::set_up(*s, nic->index, interface)) return e;
   if (!hostname.empty() && sethostname(hostname.data(), hostname.size()) != 0)
     return make_error(Errc::namespace_setup, "clone-core: setting the hostname to " + hostname + ": " + errno_text(errno));

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "clone-core/cluster_layout.hpp"
+#include "clone-core/vm_identity.hpp"
 #include "netlink_links.hpp"
 
 namespace sfd {
@@ -138,6 +139,12 @@ Result<std::shared_ptr<const TapDevice>> VmNetwork::add_tap(unsigned node) {
   auto index = sf::netlink::link_index(nl_->sock, tap->name);
   if (!index) return make_error("network: " + index.error().message);
   if (sf::Error err = sf::netlink::attach_up(nl_->sock, *index, bridge_index_, tap->name))
+    return make_error("network: " + err.message);
+  // Frames to node i's MAC go to node i's tap only: a clone resumes sending its parent's MAC
+  // until the guest applies its own, and must not draw the parent's traffic meanwhile.
+  auto mac = sf::parse_mac(tap->mac);
+  if (!mac) return make_error("network: " + mac.error().message);
+  if (sf::Error err = sf::netlink::pin_bridge_port(nl_->sock, *index, *mac, tap->name))
     return make_error("network: " + err.message);
   return std::shared_ptr<const TapDevice>(std::move(tap));
 }

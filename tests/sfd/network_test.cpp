@@ -88,6 +88,18 @@ std::string vm_links_in_host_namespace() {
   return out;
 }
 
+// stdout of a shell command (popen forks from the calling thread: its namespace).
+std::string command_output(const std::string& cmd) {
+  std::string out;
+  if (FILE* f = popen(cmd.c_str(), "r")) {
+    char buf[4096];
+    std::size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+    pclose(f);
+  }
+  return out;
+}
+
 // A non-loopback IPv4 address of this host (never contacted: the guest must find no route).
 std::string host_ipv4() {
   ifaddrs* ifs = nullptr;
@@ -126,6 +138,18 @@ TEST(VmNetwork, BridgeAndTapsLiveOnlyInAPrivateNamespaceAndVanish) {
     EXPECT_TRUE(has((*t0)->name));
     EXPECT_TRUE(has((*t1)->name));
     EXPECT_EQ(vm_links_in_host_namespace(), "");
+    // Each tap's MAC is pinned to its port (static FDB entry), learning is off on the ports.
+    std::string fdb, ports;
+    std::thread look([&] {
+      if (setns((*net)->netns_fd(), CLONE_NEWNET) != 0) return;
+      fdb = command_output("bridge fdb show br sfvmbr 2>&1");  // runs in this thread's namespace
+      ports = command_output("bridge -d link show 2>&1");
+    });
+    look.join();
+    EXPECT_NE(fdb.find("52:54:00:53:46:00 dev " + (*t0)->name + " master sfvmbr static"), std::string::npos) << fdb;
+    EXPECT_NE(fdb.find("52:54:00:53:46:01 dev " + (*t1)->name + " master sfvmbr static"), std::string::npos) << fdb;
+    EXPECT_NE(ports.find("learning off"), std::string::npos) << ports;
+    EXPECT_EQ(ports.find("learning on"), std::string::npos) << ports;
     // A tap goes away with its last fd.
     const std::string gone = (*t1)->name;
     t1 = sfd::Result<std::shared_ptr<const sfd::TapDevice>>(std::shared_ptr<const sfd::TapDevice>());
@@ -162,6 +186,8 @@ TEST(VmIdentity, AppliesNameMacAndAddressesToALinkInANamespace) {
     auto idx = sf::netlink::link_index(*s, "sf0");
     // The parent's address, as a clone inherits it.
     if (sf::Error e = sf::netlink::add_ipv4(*s, *idx, (10u << 24) | (213u << 16) | 1u, 24, "sf0")) failure = e.message;
+    if (sf::Error e = sf::apply_vm_identity("sf0", "52:54:00:53:46:07", "10.213.0.8/24", "")) failure = e.message;
+    // Applying the same identity again changes nothing (clone 0 re-applies the parent's).
     if (sf::Error e = sf::apply_vm_identity("sf0", "52:54:00:53:46:07", "10.213.0.8/24", "")) failure = e.message;
     auto a = sf::netlink::ipv4_addresses(*s, *idx);
     if (a) addrs = *a;

@@ -21,13 +21,15 @@ struct Ipv4Cidr {
 };
 Result<Ipv4Cidr> parse_ipv4_cidr(const std::string& text);
 
-// Gives the VM's NIC this identity, in the caller's network namespace:
+// Gives the VM's NIC this identity, in the caller's network namespace. Call it in every VM
+// after a clone, clone 0 (the parent) included: its gratuitous ARP is cheap and harmless.
 //  - brings `lo` up;
 //  - finds the NIC: the link named `interface`, else the Ethernet link (a device driver's,
 //    not a bridge/veth/tun) whose MAC is `mac`, else the first such link (waiting up to 5 s
 //    for the driver to create it);
 //  - if its name or MAC differ: takes it down, renames it to `interface` and sets `mac`;
-//  - replaces all of its IPv4 addresses by `address_cidr` and brings it up;
+//  - replaces all of its IPv4 addresses by `address_cidr` (unless that is already its only
+//    one: applying the same identity again changes nothing) and brings it up;
 //  - sets the hostname (if not empty);
 //  - sends one gratuitous ARP (best effort) so peers and the bridge learn the new MAC at once.
 // Needs CAP_NET_ADMIN (and CAP_SYS_ADMIN for the hostname): the guest runs it as root.
