@@ -26,7 +26,10 @@
 namespace mcdist {
 namespace {
 using Clock = std::chrono::steady_clock;
-constexpr std::size_t kRecvBatch = 32;
+// GRO buffers per recvmmsg: 4 x 64 KiB, so the pages just copied in are still in the L2 cache
+// when they are checked and stored (32 buffers, 2 MiB, cost ~30 % more CPU per receiver with
+// 16 receivers on 2 cores).
+constexpr std::size_t kRecvBatch = 4;
 constexpr std::size_t kBufSize = 65536;  // a whole GRO batch (or one datagram)
 constexpr auto kStatusEvery = std::chrono::milliseconds(100);
 constexpr auto kRepairEvery = std::chrono::milliseconds(20);
