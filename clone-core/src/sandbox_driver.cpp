@@ -659,8 +659,9 @@ class SandboxDriver final : public Driver {
     if (slot_count(*pool) == 0)
       return make_error(Errc::invalid_argument, "clone-core: subnet pool " + pool->to_string() + " is smaller than a /24");
     if (Error e = slots::ensure_run_dir()) return e;
-    // Stale clusters of crashed runs go first (their locks are free).
-    cleanup_stale_clusters();
+    // Stale clusters of crashed runs go first (their locks are free). Best effort: what it
+    // cannot remove stays for `mpirun-sf --cleanup`, and does not stop this cluster.
+    (void)cleanup_stale_clusters();
     auto host = netlink::Socket::open();
     if (!host) return host.error();
     auto lock = slots::acquire(slot_count(*pool), *host);

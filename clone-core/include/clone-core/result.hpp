@@ -1,11 +1,14 @@
 // clone-core: errors as values. Every fallible clone-core operation returns an Error (or a
 // Result<T>) that names the failing step and what to do about it; nothing throws across the
-// C API. std::expected is C++23 and we build as C++20, so Result<T> is a small variant.
+// C API. std::expected is C++23 and we build as C++20, so Result<T> is
+// sf-common's small variant.
 #pragma once
 
 #include <string>
 #include <utility>
 #include <variant>
+
+#include "sf-common/result.hpp"
 
 namespace sf {
 
@@ -38,26 +41,8 @@ struct Error {
 
 inline Error make_error(Errc code, std::string message) { return Error{code, std::move(message)}; }
 
+// A value or an Error (sf-common's Result).
 template <class T>
-class Result {
- public:
-  Result(T value) : v_(std::move(value)) {}          // NOLINT: implicit by design
-  Result(Error error) : v_(std::move(error)) {}      // NOLINT: implicit by design
-
-  bool ok() const noexcept { return v_.index() == 0; }
-  explicit operator bool() const noexcept { return ok(); }
-  T& value() & { return std::get<0>(v_); }
-  const T& value() const& { return std::get<0>(v_); }
-  T&& value() && { return std::get<0>(std::move(v_)); }
-  T& operator*() & { return value(); }
-  const T& operator*() const& { return value(); }
-  T&& operator*() && { return std::move(*this).value(); }
-  T* operator->() { return &value(); }
-  const T* operator->() const { return &value(); }
-  const Error& error() const { return std::get<1>(v_); }
-
- private:
-  std::variant<T, Error> v_;
-};
+using Result = sfcommon::Result<T, Error>;
 
 }  // namespace sf

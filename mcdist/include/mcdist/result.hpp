@@ -6,28 +6,17 @@
 #include <utility>
 #include <variant>
 
+#include "sf-common/result.hpp"
+
 namespace mcdist {
 
 struct Error {
   std::string message;
 };
 
-// A value or the Error of the step that failed (C++20 has no std::expected yet).
+// A value or the Error of the step that failed.
 template <typename T>
-class [[nodiscard]] Result {
- public:
-  Result(T value) : state_(std::move(value)) {}  // NOLINT: implicit by design
-  Result(Error error) : state_(std::move(error)) {}  // NOLINT: implicit by design
-
-  bool ok() const { return std::holds_alternative<T>(state_); }
-  explicit operator bool() const { return ok(); }
-  T& value() { return std::get<T>(state_); }
-  const T& value() const { return std::get<T>(state_); }
-  const Error& error() const { return std::get<Error>(state_); }
-
- private:
-  std::variant<T, Error> state_;
-};
+using Result = sfcommon::Result<T, Error>;
 
 // For steps that return nothing on success.
 struct Ok {};

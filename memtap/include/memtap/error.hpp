@@ -6,6 +6,8 @@
 #include <utility>
 #include <variant>
 
+#include "sf-common/result.hpp"
+
 namespace memtap {
 
 enum class ErrorCode {
@@ -29,26 +31,9 @@ struct Error {
   std::string message;
 };
 
-// A value or an Error. Small on purpose: C++20 has no std::expected.
+// A value or an Error (sf-common's Result).
 template <class T>
-class [[nodiscard]] Result {
- public:
-  Result(T value) : v_(std::move(value)) {}      // NOLINT: implicit by design
-  Result(Error error) : v_(std::move(error)) {}  // NOLINT: implicit by design
-
-  bool ok() const { return v_.index() == 0; }
-  explicit operator bool() const { return ok(); }
-  T& value() & { return std::get<0>(v_); }
-  const T& value() const& { return std::get<0>(v_); }
-  T&& value() && { return std::get<0>(std::move(v_)); }
-  T& operator*() & { return value(); }
-  T* operator->() { return &std::get<0>(v_); }
-  const T* operator->() const { return &std::get<0>(v_); }
-  const Error& error() const { return std::get<1>(v_); }
-
- private:
-  std::variant<T, Error> v_;
-};
+using Result = sfcommon::Result<T, Error>;
 
 using Status = Result<std::monostate>;
 inline Status ok_status() { return Status(std::monostate{}); }
