@@ -3,11 +3,15 @@
 #include "memtap/mcdist_page_source.hpp"
 
 #include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
@@ -43,20 +47,36 @@ struct McdistPageSource::State {
 
   mutable std::mutex mutex;
   std::condition_variable arrived;
-  // page_count * page_size, anonymous and lazily zero (a std::vector would zero-fill, and so
-  // touch, the whole image size up front: ~0.2 s and the image's size in RSS per client).
-  struct AnonStore {
-    std::byte* p = nullptr;
+  // page_count * page_size in a memory file (memfd): pages are stored with pwrite and read
+  // through a shared read-only mapping. Sparse, so only pages that arrived take memory (a
+  // std::vector would zero-fill, and so touch, the whole image up front), and a whole-page
+  // write into tmpfs is not zeroed first, which first touches of anonymous memory are (with
+  // the push streaming the whole image into every clone's host, that zeroing was as much CPU
+  // as the copy; see docs/benchmarks/mcdist.md).
+  struct PageStore {
+    int fd = -1;
+    const std::byte* p = nullptr;
     std::size_t n = 0;
-    AnonStore() = default;
-    AnonStore(const AnonStore&) = delete;
-    AnonStore& operator=(const AnonStore&) = delete;
-    ~AnonStore() {
-      if (p != nullptr) ::munmap(p, n);
+    PageStore() = default;
+    PageStore(const PageStore&) = delete;
+    PageStore& operator=(const PageStore&) = delete;
+    ~PageStore() {
+      if (p != nullptr) ::munmap(const_cast<std::byte*>(p), n);
+      if (fd >= 0) ::close(fd);
     }
-    std::byte* data() { return p; }
+    const std::byte* data() const { return p; }
+    bool write(std::size_t off, std::span<const std::byte> bytes) {
+      while (!bytes.empty()) {
+        ssize_t w = ::pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(off));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return false;
+        bytes = bytes.subspan(static_cast<std::size_t>(w));
+        off += static_cast<std::size_t>(w);
+      }
+      return true;
+    }
   } store;
-  std::vector<std::uint8_t> present;   // 1: stored and verified; 2: arrived but failed its checksum
+  std::vector<std::uint8_t> present;   // 1: stored and verified; 2: arrived but failed its checksum; 3: could not be stored
   std::unordered_map<std::uint64_t, int> wanted;  // pages a fetch() waits for -> waiters
   std::optional<std::string> failure;
   std::uint64_t pages_stored = 0, pages_unsolicited = 0, pages_corrupt = 0, fetch_timeouts = 0;
@@ -86,13 +106,14 @@ struct McdistPageSource::State {
     {
       std::lock_guard lock(mutex);
       if (present[page] != 0) return;
-      if (good) {
-        std::memcpy(store.data() + page * ps, bytes.data(), ps);
+      if (!good) {
+        present[page] = 2;
+        ++pages_corrupt;
+      } else if (store.write(page * ps, bytes)) {
         present[page] = 1;
         ++pages_stored;
       } else {
-        present[page] = 2;
-        ++pages_corrupt;
+        present[page] = 3;  // no memory for it: a fetch of it fails naming the page
       }
       if (wanted.count(page)) {
         arrived.notify_all();
@@ -133,9 +154,13 @@ Result<std::shared_ptr<McdistPageSource>> McdistPageSource::start(ImageMetadata 
   state->options = options;
   state->name = where(options);
   state->store.n = state->md.page_count() * state->md.page_size();
-  void* mem = ::mmap(nullptr, state->store.n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (mem == MAP_FAILED) return make_error(ErrorCode::kIo, "cannot map " + std::to_string(state->store.n) + " bytes for the page store");
-  state->store.p = static_cast<std::byte*>(mem);
+  state->store.fd = ::memfd_create("memtap-mcdist-pages", MFD_CLOEXEC);
+  if (state->store.fd < 0 || ::ftruncate(state->store.fd, static_cast<off_t>(state->store.n)) != 0)
+    return make_error(ErrorCode::kIo, "cannot make a memory file of " + std::to_string(state->store.n) +
+                                          " bytes for the page store: " + std::strerror(errno));
+  void* mem = ::mmap(nullptr, state->store.n, PROT_READ, MAP_SHARED, state->store.fd, 0);
+  if (mem == MAP_FAILED) return make_error(ErrorCode::kIo, "cannot map " + std::to_string(state->store.n) + " bytes for the page store: " + std::strerror(errno));
+  state->store.p = static_cast<const std::byte*>(mem);
   state->present.assign(state->md.page_count(), 0);
 
   mcdist::ReceiverConfig c;
@@ -215,6 +240,10 @@ Status McdistPageSource::fetch(std::span<const PageRange> ranges, std::span<std:
       return make_error(ErrorCode::kCorrupt, s.name + ": page " + std::to_string(pages[i]) +
                                                  " does not match its checksum (the server multicasts another image "
                                                  "under this key and cluster id)");
+    }
+    if (s.present[pages[i]] == 3) {
+      return make_error(ErrorCode::kIo, s.name + ": page " + std::to_string(pages[i]) +
+                                            " arrived but could not be stored (no memory left for the page store)");
     }
     std::memcpy(out.data() + i * ps, s.store.data() + pages[i] * ps, ps);
   }
