@@ -7,7 +7,10 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,6 +22,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <spdlog/spdlog.h>
 
 #include "sfd/clone.hpp"
@@ -127,7 +131,7 @@ struct Member {
 
 class Family {
  public:
-  Family(const FamilyConfig& config, int signal_fd) : cfg_(config), signal_fd_(signal_fd) {}
+  Family(const FamilyConfig& config, int signal_fd) : cfg_(config), signal_fd_(signal_fd), stdin_fd_(config.stdin_fd) {}
   ~Family() {
     // Members (their QEMUs) before the image they map.
     members_.clear();
@@ -157,6 +161,11 @@ class Family {
   }
   void refuse(Member& m, const std::string& why) { reply(m, {{"ok", false}, {"error", why}}); }
   void do_clone(Member& parent, const json& request);
+  // sfd's stdin to the master's command: one stdin frame at a time, written without blocking
+  // (the loop keeps forwarding output while the guest is slow to take it).
+  void read_stdin();
+  void write_to_guest(Member& m0);
+  bool settle_stdin(Member& m0, std::chrono::milliseconds limit);
   void end_clone(Member& m, int end, int value);
   void stop_vm(Member& m, std::chrono::milliseconds grace);
   void reap_all();
@@ -178,6 +187,8 @@ class Family {
 
   const FamilyConfig& cfg_;
   int signal_fd_;
+  int stdin_fd_;                       // until its end is forwarded
+  std::vector<std::uint8_t> to_guest_;  // the rest of the stdin frame being written
   std::unique_ptr<FrozenImage> image_;
   std::vector<std::unique_ptr<Member>> members_;
   std::vector<NodeIdentity> nodes_;  // after a ticket
@@ -284,7 +295,8 @@ void Family::read_io(Member& m, bool drain) {
           }
           break;
         }
-        case gio::FrameType::spec: break;
+        case gio::FrameType::spec:
+        case gio::FrameType::stdin_data: break;  // host -> guest only
       }
     }
     if (!drain) return;
@@ -376,9 +388,50 @@ void Family::handle_request(Member& m, const json& req) {
   refuse(m, "unknown request '" + op + "'");
 }
 
+void Family::read_stdin() {
+  std::array<std::uint8_t, 65536> buf{};
+  const ssize_t n = ::read(stdin_fd_, buf.data(), buf.size());
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  if (n > 0) {
+    to_guest_ = gio::encode(gio::FrameType::stdin_data, std::span<const std::uint8_t>(buf.data(), static_cast<std::size_t>(n)));
+  } else {  // end of input (or an unreadable stdin): the command sees end of file
+    to_guest_ = gio::encode(gio::FrameType::stdin_data, std::string());
+    stdin_fd_ = -1;
+  }
+}
+
+void Family::write_to_guest(Member& m0) {
+  if (to_guest_.empty() || m0.io < 0) return;
+  const ssize_t n = ::send(m0.io, to_guest_.data(), to_guest_.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (n > 0) {
+    to_guest_.erase(to_guest_.begin(), to_guest_.begin() + n);
+  } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+    spdlog::info("VM 0: cannot forward stdin ({}); the command's stdin ends", std::strerror(errno));
+    to_guest_.clear();
+    stdin_fd_ = -1;
+  }
+}
+
+// Before a clone: the stdin frame being written is finished and QEMU has taken every byte of
+// it into the guest (a byte still in the socket would be lost with the old QEMU).
+bool Family::settle_stdin(Member& m0, std::chrono::milliseconds limit) {
+  const auto deadline = Clock::now() + limit;
+  for (;;) {
+    write_to_guest(m0);
+    int queued = 0;
+    if (m0.io < 0 || (to_guest_.empty() && ::ioctl(m0.io, SIOCOUTQ, &queued) == 0 && queued == 0)) return true;
+    if (Clock::now() > deadline) return false;
+    pollfd p{m0.io, static_cast<short>(to_guest_.empty() ? 0 : POLLOUT), 0};
+    ::poll(&p, 1, 10);
+  }
+}
+
 void Family::do_clone(Member& parent_member, const json& request) {
   const auto t0 = Clock::now();
   QemuVm& parent = *parent_member.vm;
+  if (parent_member.id == 0 && !settle_stdin(parent_member, std::chrono::milliseconds(2000)))
+    return refuse(parent_member, "standard input sent to the VM is not taken by the guest; clone again once the "
+                                 "command reads its input (or run sfd with --stdin none)");
   if (auto st = parent.qmp().stop(); !st) return refuse(parent_member, "cannot pause the VM: " + st.error().message);
   // Output the guest wrote before the pause is forwarded before the parent's QEMU goes.
   read_io(parent_member, true);
@@ -481,10 +534,14 @@ int Family::run(std::unique_ptr<QemuVm> master) {
 
     replaced_ = false;
     std::vector<pollfd> fds{{signal_fd_, POLLIN, 0}};
-    std::vector<std::pair<unsigned, bool>> who;  // member id, is control port
+    // stdin is read when the last frame is written (and not once the command has exited).
+    const bool read_input = stdin_fd_ >= 0 && to_guest_.empty() && !exit_code_ && m0->io >= 0;
+    fds.push_back({read_input ? stdin_fd_ : -1, POLLIN, 0});
+    std::vector<std::pair<unsigned, bool>> who{{0, false}};  // member id, is control port
     for (auto& m : members_) {
       if (m->io >= 0) {
-        fds.push_back({m->io, POLLIN, 0});
+        const bool out = m->id == 0 && !to_guest_.empty();
+        fds.push_back({m->io, static_cast<short>(POLLIN | (out ? POLLOUT : 0)), 0});
         who.emplace_back(m->id, false);
       }
       if (m->ctl >= 0) {
@@ -511,7 +568,11 @@ int Family::run(std::unique_ptr<QemuVm> master) {
       }
       reap_all();
     }
-    for (std::size_t i = 1; i < fds.size(); ++i) {
+    if (fds[1].revents != 0) read_stdin();
+    for (std::size_t i = 2; i < fds.size(); ++i) {
+      if (fds[i].revents & POLLOUT) {
+        if (Member* m = member(who[i - 1].first); m != nullptr && m->io == fds[i].fd) write_to_guest(*m);
+      }
       if ((fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
       Member* m = member(who[i - 1].first);
       if (m == nullptr) continue;  // replaced by cloning in this round

@@ -3,6 +3,7 @@
 #include "sfd/guest_agent.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <poll.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -143,9 +144,12 @@ int guest_agent_main() {
     }
   }
 
-  // 3. The command, with stdout and stderr on pipes we forward as frames.
-  int out_pipe[2], err_pipe[2];
-  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) {
+  // 3. The command, with stdout and stderr on pipes we forward as frames, and stdin from the
+  // host's stdin frames (spec "stdin": true) or /dev/null.
+  const bool forward_stdin = spec.value("stdin", false);
+  int out_pipe[2], err_pipe[2], in_pipe[2] = {-1, -1};
+  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0 ||
+      (forward_stdin && pipe2(in_pipe, O_CLOEXEC) != 0)) {
     send_error_and_exit_status(port, std::string("pipe: ") + std::strerror(errno), 125);
     power_off();
   }
@@ -157,8 +161,7 @@ int guest_agent_main() {
   const pid_t child = fork();
   if (child == 0) {
     setsid();
-    const int null_fd = open("/dev/null", O_RDONLY);
-    dup2(null_fd, 0);
+    dup2(forward_stdin ? in_pipe[0] : open("/dev/null", O_RDONLY), 0);
     dup2(out_pipe[1], 1);
     dup2(err_pipe[1], 2);
     if (chdir(cwd.c_str()) != 0) {
@@ -173,19 +176,75 @@ int guest_agent_main() {
   }
   close(out_pipe[1]);
   close(err_pipe[1]);
+  if (forward_stdin) {
+    close(in_pipe[0]);
+    fcntl(in_pipe[1], F_SETFL, O_NONBLOCK);
+    signal(SIGPIPE, SIG_IGN);  // here only: the command keeps the default
+  }
   if (child < 0) {
     send_error_and_exit_status(port, std::string("fork: ") + std::strerror(errno), 125);
     power_off();
   }
 
-  pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+  // stdin: frames from the port are queued (up to kStdinQueue, then the port is left unread so
+  // the host holds back) and written to the command's pipe as it takes them; an empty frame
+  // closes the pipe once the queue is written. A command that closes its stdin discards the rest.
+  constexpr std::size_t kStdinQueue = 4 << 20;
+  std::string to_command;
+  int in_w = forward_stdin ? in_pipe[1] : -1;
+  bool in_eof = false, port_open = forward_stdin;
+  auto take_stdin_frames = [&] {
+    for (;;) {
+      auto f = decoder.next();
+      if (!f) {
+        say("stdin from the host: " + f.error().message);
+        port_open = false;
+        in_eof = true;
+        return;
+      }
+      if (!*f) return;
+      if ((*f)->type != gio::FrameType::stdin_data) continue;
+      if ((*f)->payload.empty()) in_eof = true;
+      else if (in_w >= 0) to_command.append((*f)->payload.begin(), (*f)->payload.end());
+    }
+  };
+  take_stdin_frames();  // frames that came with the spec
+
+  pollfd fds[4] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLOUT, 0}};
   bool open_fds[2] = {true, true};
   int status = 0;
   bool child_done = false;
   std::chrono::steady_clock::time_point child_done_at;
   for (;;) {
     for (int i = 0; i < 2; ++i) fds[i].fd = open_fds[i] ? (i == 0 ? out_pipe[0] : err_pipe[0]) : -1;
-    poll(fds, 2, 100);
+    if (in_w >= 0 && to_command.empty() && in_eof) {
+      close(in_w);
+      in_w = -1;
+    }
+    fds[2].fd = port_open && !in_eof && to_command.size() < kStdinQueue ? port : -1;
+    fds[3].fd = in_w >= 0 && !to_command.empty() ? in_w : -1;
+    poll(fds, 4, 100);
+    if (fds[2].fd >= 0 && fds[2].revents != 0) {
+      std::uint8_t buf[65536];
+      const ssize_t n = read(port, buf, sizeof buf);
+      if (n > 0) {
+        decoder.feed({buf, static_cast<std::size_t>(n)});
+        take_stdin_frames();
+      } else if (n == 0 || errno != EINTR) {
+        port_open = false;  // the host went away: the command's stdin ends
+        in_eof = true;
+      }
+    }
+    if (fds[3].fd >= 0 && fds[3].revents != 0) {
+      const ssize_t n = write(in_w, to_command.data(), to_command.size());
+      if (n > 0) {
+        to_command.erase(0, static_cast<std::size_t>(n));
+      } else if (n < 0 && errno != EAGAIN && errno != EINTR) {  // EPIPE: the command closed its stdin
+        to_command.clear();
+        close(in_w);
+        in_w = -1;
+      }
+    }
     for (int i = 0; i < 2; ++i) {
       if (!open_fds[i] || fds[i].revents == 0) continue;
       char buf[65536];

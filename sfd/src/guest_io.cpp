@@ -59,7 +59,7 @@ Result<std::optional<Frame>> FrameDecoder::next() {
     return make_error("guest I/O: frame version " + std::to_string(h[2]) + " (this sfd speaks " +
                       std::to_string(kVersion) + "); use the same sfd build on both sides");
   const auto type = h[3];
-  if (type < 1 || type > 5) return make_error("guest I/O: unknown frame type " + std::to_string(type));
+  if (type < 1 || type > 6) return make_error("guest I/O: unknown frame type " + std::to_string(type));
   const auto len = static_cast<std::uint32_t>(get_le(h + 4, 4));
   if (len > kMaxPayload)
     return make_error("guest I/O: frame of " + std::to_string(len) + " bytes exceeds the cap of " +

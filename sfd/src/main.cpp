@@ -1,5 +1,5 @@
 // sfd: the SnowFlock host daemon's command line.
-//   sfd run [--mem M] [--cpus C] [--root disk|9p] [-v] -- COMMAND...   run COMMAND in a fresh VM
+//   sfd run [--mem M] [--cpus C] [--root disk|9p] [--stdin none] [-v] -- COMMAND...   run COMMAND in a fresh VM
 //   sfd build-guest [-v]                              build (or find) the cached guest image
 //   sfd accel [-v] [--reprobe]                        say whether VMs use KVM or TCG, and why
 //   sfd decode-frames < FILE                          print a guest I/O frame stream
@@ -31,7 +31,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kUsage =
-    "usage: sfd run [--mem M] [--cpus C] [--root disk|9p] [-v] -- COMMAND [ARG...]\n"
+    "usage: sfd run [--mem M] [--cpus C] [--root disk|9p] [--stdin none] [-v] -- COMMAND [ARG...]\n"
     "       sfd build-guest [-v]\n"
     "       sfd accel [-v] [--reprobe]\n"
     "       sfd remote-clone --ticket FILE --iface IF [--id N] [-v]\n"
@@ -55,11 +55,13 @@ int cmd_run(int argc, char** argv) {
   std::string mem = "256M";
   int cpus = 1;
   std::string root = "disk";
+  std::string stdin_mode = "forward";
   opts.add_options()("mem,m", po::value(&mem), "guest RAM, e.g. 256M or 1G (default 256M)")(
       "cpus,c", po::value(&cpus), "vCPUs (default 1)")(
       "root", po::value(&root),
       "disk (default): the host's files on read-only disks, cwd writes stay in the VM, clonable; "
-      "9p: the host's / over 9p, cwd shared read-write, not clonable")("verbose,v", "say what sfd does")("help,h", "this help")(
+      "9p: the host's / over 9p, cwd shared read-write, not clonable")(
+      "stdin", po::value(&stdin_mode), "forward (default): sfd's stdin goes to the command, like mpirun's to rank 0; none: the command reads /dev/null")("verbose,v", "say what sfd does")("help,h", "this help")(
       "command", po::value<std::vector<std::string>>(), "the command");
   po::positional_options_description pos;
   pos.add("command", -1);
@@ -94,7 +96,12 @@ int cmd_run(int argc, char** argv) {
     std::fprintf(stderr, "sfd run: %s\n", root_mode.error().message.c_str());
     return 2;
   }
+  if (stdin_mode != "forward" && stdin_mode != "none") {
+    std::fprintf(stderr, "sfd run: --stdin must be forward or none, not '%s'\n", stdin_mode.c_str());
+    return 2;
+  }
   sfd::RunOptions o;
+  o.forward_stdin = stdin_mode == "forward";
   o.root = *root_mode;
   o.mem_mib = *mib;
   o.cpus = cpus;
@@ -157,7 +164,7 @@ int cmd_accel(int argc, char** argv) {
 int cmd_decode_frames() {
   sfd::guest_io::FrameDecoder dec;
   std::vector<std::uint8_t> buf(65536);
-  static const char* names[] = {"?", "spec", "stdout", "stderr", "exit", "error"};
+  static const char* names[] = {"?", "spec", "stdout", "stderr", "exit", "error", "stdin"};
   for (;;) {
     const ssize_t n = read(0, buf.data(), buf.size());
     if (n <= 0) break;

@@ -60,7 +60,8 @@ Result<std::uint64_t> parse_mem_mib(const std::string& text) {
 nlohmann::json command_spec(const RunOptions& o) {
   // work_dir: the 9p share the guest agent mounts (none with the root on disks).
   const std::string work_dir = o.root == RootMode::ninep ? o.cwd.string() : std::string();
-  return {{"argv", o.argv}, {"env", o.env}, {"cwd", o.cwd.string()}, {"work_dir", work_dir}, {"hostname", "sf-vm"}};
+  return {{"argv", o.argv},         {"env", o.env},           {"cwd", o.cwd.string()},
+          {"work_dir", work_dir}, {"hostname", "sf-vm"}, {"stdin", o.forward_stdin}};
 }
 
 int shell_status(int code, int signal) { return signal != 0 ? 128 + signal : code; }
@@ -174,6 +175,7 @@ int run_in_vm(const RunOptions& o) {
   family.cpus = o.cpus;
   family.accel = to_string(cfg.accel);
   family.spec = spec;
+  family.stdin_fd = o.forward_stdin ? STDIN_FILENO : -1;
   family.max_clones = max_clones_from_env();
   family.subnet = kVmSubnet;
   family.config_for = [&cfg, &network](unsigned id) -> Result<VmConfig> {

@@ -56,7 +56,8 @@ struct TestDirs {
 
 class SfdProcess {
  public:
-  SfdProcess(const std::vector<std::string>& args, const TestDirs& dirs) {
+  // sfd's stdin is `stdin_path` (default /dev/null: sfd forwards its stdin to the command).
+  SfdProcess(const std::vector<std::string>& args, const TestDirs& dirs, const std::string& stdin_path = "/dev/null") {
     int out[2], err[2];
     EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
     EXPECT_EQ(pipe2(err, O_CLOEXEC), 0);
@@ -67,6 +68,9 @@ class SfdProcess {
     cargv.push_back(nullptr);
     pid_ = fork();
     if (pid_ == 0) {
+      const int in = open(stdin_path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (in < 0) _exit(119);
+      dup2(in, 0);
       dup2(out[1], 1);
       dup2(err[1], 2);
       if (chdir(dirs.work.c_str()) != 0) _exit(120);

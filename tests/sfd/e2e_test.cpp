@@ -3,6 +3,8 @@
 // never measurements.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "e2e_support.hpp"
 
 TEST(SfdRun, EchoHiPrintsHiAndExitsZero) {
@@ -12,6 +14,39 @@ TEST(SfdRun, EchoHiPrintsHiAndExitsZero) {
   ASSERT_TRUE(st.has_value()) << "sfd run did not finish; stderr: " << p.err();
   EXPECT_EQ(*st, 0) << p.err();
   EXPECT_EQ(p.out(), "hi\n");
+  std::string what;
+  EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
+}
+
+// sfd's stdin reaches the command byte for byte (3 MB, more than any buffer on the way, so
+// flow control is exercised), ends with end of file; --stdin none gives /dev/null.
+TEST(SfdRun, StdinIsForwardedToTheCommandAndNoneGivesEndOfFile) {
+  TestDirs dirs;
+  const fs::path data = dirs.work / "stdin.bin";
+  {
+    std::ofstream out(data, std::ios::binary);
+    std::uint32_t x = 2463534242u;
+    for (int i = 0; i < 3000000; ++i) {
+      x ^= x << 13;
+      x ^= x >> 17;
+      x ^= x << 5;
+      out.put(static_cast<char>(x));
+    }
+  }
+  {
+    // The data file is also on the VM's work disk (the working directory): cmp compares.
+    SfdProcess p({"--", "cmp", "-", "stdin.bin"}, dirs, data.string());
+    const auto st = p.finish();
+    ASSERT_TRUE(st.has_value()) << p.err();
+    EXPECT_EQ(*st, 0) << p.out() << p.err();
+  }
+  {
+    SfdProcess p({"--stdin", "none", "--", "sh", "-c", "echo bytes=$(wc -c)"}, dirs, data.string());
+    const auto st = p.finish();
+    ASSERT_TRUE(st.has_value()) << p.err();
+    EXPECT_EQ(*st, 0) << p.err();
+    EXPECT_EQ(p.out(), "bytes=0\n");
+  }
   std::string what;
   EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
 }

@@ -54,6 +54,22 @@ TEST(GuestIo, RoundTripsFramesFedByteByByte) {
   EXPECT_EQ(d.buffered(), 0u);
 }
 
+TEST(GuestIo, StdinFramesRoundTripAndAnEmptyOneIsEndOfInput) {
+  auto a = gio::encode(gio::FrameType::stdin_data, std::string("line\n"));
+  auto b = gio::encode(gio::FrameType::stdin_data, std::string());
+  a.insert(a.end(), b.begin(), b.end());
+  gio::FrameDecoder d;
+  d.feed(a);
+  auto f = d.next();
+  ASSERT_TRUE(f.ok()) << f.error().message;
+  ASSERT_TRUE(f->has_value());
+  EXPECT_EQ((*f)->type, gio::FrameType::stdin_data);
+  EXPECT_EQ((*f)->text(), "line\n");
+  f = d.next();
+  ASSERT_TRUE(f.ok() && f->has_value());
+  EXPECT_TRUE((*f)->payload.empty());
+}
+
 TEST(GuestIo, EmptyPayloadIsAFrame) {
   auto a = gio::encode(gio::FrameType::stderr_data, std::string());
   gio::FrameDecoder d;

@@ -133,6 +133,25 @@ TEST(VmMpi, MpirunSfInsideAVmForksItIntoFourVms) {
   EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
 }
 
+// mpirun forwards its stdin to rank 0; so does mpirun-sf inside a VM that it forks, with the
+// input coming through sfd (its stdin) and the guest agent.
+TEST(VmMpi, SfdStdinReachesRankZeroAfterTheVmIsCloned) {
+  TestDirs dirs;
+  const std::string probe = stage(dirs, PROBE_EXAMPLE);
+  const fs::path input = dirs.work / "input";
+  std::ofstream(input) << std::string(100000, 'x');
+  SfdProcess p({"--mem", "512M", "--", MPIRUN_SF, "--allow-run-as-root", "-np", "4", "--clones", "2", probe, "--stdin"}, dirs,
+               input.string());
+  const auto st = p.finish();
+  ASSERT_TRUE(st.has_value()) << p.err();
+  ASSERT_EQ(*st, 0) << p.out() << p.err();
+  EXPECT_NE(p.out().find("rank=0 size=4"), std::string::npos) << p.out();
+  EXPECT_NE(p.out().find("stdin_bytes=100000"), std::string::npos) << p.out();
+  EXPECT_NE(p.out().find("host=sf-vm-sf1"), std::string::npos) << p.out();
+  std::string what;
+  EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
+}
+
 TEST(VmMpi, AllreduceRingAndAbortCodeAcrossVms) {
   TestDirs dirs;
   const std::string pi = stage(dirs, PI_EXAMPLE), ring = stage(dirs, RING_EXAMPLE), abort = stage(dirs, ABORT_EXAMPLE);

@@ -26,6 +26,8 @@ struct FamilyConfig {
   int cpus = 1;
   std::string accel = "tcg";
   std::string spec;  // the command spec (JSON) sent to the master's guest agent
+  // Forwarded to the master's command as stdin frames (end of input: an empty frame); -1: none.
+  int stdin_fd = -1;
   // VM i's configuration (its own tap on the cluster network); i = 0 for the re-instantiated
   // master. The RAM file and incoming flags are set by the clone path.
   std::function<Result<VmConfig>(unsigned id)> config_for;

@@ -26,6 +26,7 @@ enum class FrameType : std::uint8_t {
   stderr_data = 3,
   exit = 4,    // guest -> host: JSON {code, signal}
   error = 5,   // guest -> host: JSON {message}; the agent could not run the command
+  stdin_data = 6,  // host -> guest: bytes for the command's stdin; an empty payload ends it
 };
 
 struct Frame {

@@ -29,6 +29,9 @@ struct RunOptions {
   RootMode root = RootMode::disk;
   std::vector<std::string> env;              // NAME=value, already filtered
   std::filesystem::path agent;               // the sfd binary the guest runs as its agent
+  // sfd's stdin is forwarded to the command (as mpirun forwards it to rank 0); false: the
+  // command reads /dev/null (`--stdin none`).
+  bool forward_stdin = true;
 };
 
 // The caller's environment minus what only makes sense on the host (agent sockets, display,
