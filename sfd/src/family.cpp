@@ -138,7 +138,7 @@ class Family {
     image_.reset();
   }
 
-  int run(std::unique_ptr<QemuVm> master);
+  int run(std::unique_ptr<QemuVm> master, std::vector<BootedNode> nodes);
 
  private:
   void adopt(Member& m, QemuVm& vm) {
@@ -194,6 +194,7 @@ class Family {
   std::vector<NodeIdentity> nodes_;  // after a ticket
   unsigned granted_ = 0;
   bool cloned_ = false;
+  bool static_cluster_ = false;  // booted nodes (--nodes): no cloning
   bool pending_join_ = false;
   bool replaced_ = false;  // set by do_clone: every Member pointer taken before is gone
   std::optional<int> exit_code_;  // the master's command
@@ -213,11 +214,14 @@ void Family::end_clone(Member& m, int end, int value) {
   m.ended = true;
   m.end = end;
   m.value = value;
-  spdlog::info("clone {} ended: {} {}", m.id, end_name(end), value);
+  if (static_cluster_ && end != kKilled)  // a node's service should run until the master ends
+    spdlog::warn("node {} stopped early ({} {}): the master's command cannot use it", m.id, end_name(end), value);
+  else
+    spdlog::info("{} {} ended: {} {}", static_cluster_ ? "node" : "clone", m.id, end_name(end), value);
   stop_vm(m, std::chrono::milliseconds(2000));
   m.close_fds();
   m.vm.reset();
-  if (Member* p = member(0)) {
+  if (Member* p = member(0); p != nullptr && !static_cluster_) {
     reply(*p, {{"event", "ended"}, {"id", m.id}, {"end", end_name(end)}, {"value", value}});
     if (pending_join_ && all_clones_ended()) {
       pending_join_ = false;
@@ -341,6 +345,8 @@ void Family::handle_request(Member& m, const json& req) {
   const std::string op = req.value("op", "");
   if (op == "ticket") {
     if (m.id != 0) return refuse(m, "nested clusters are not supported: a clone cannot request a ticket");
+    if (static_cluster_)
+      return refuse(m, "this VM is node 0 of a static cluster (sfd run --nodes): it cannot be cloned; run without --nodes to clone");
     if (granted_ != 0) return refuse(m, "one ticket per sfd run: this VM has already been given one");
     const unsigned asked = req.value("clones", 0u);
     std::string why;
@@ -492,15 +498,25 @@ void Family::do_clone(Member& parent_member, const json& request) {
                ms(timings.start).count(), ms(timings.load).count(), ms(timings.resume).count());
 }
 
-int Family::run(std::unique_ptr<QemuVm> master) {
-  {
+int Family::run(std::unique_ptr<QemuVm> master, std::vector<BootedNode> nodes) {
+  // Each spec waits in its socket until the guest agent opens the port.
+  const auto add = [this](unsigned id, std::unique_ptr<QemuVm> vm, const std::string& spec) {
     auto m = std::make_unique<Member>();
-    m->vm = std::move(master);
+    m->id = id;
+    m->vm = std::move(vm);
     adopt(*m, *m->vm);
-    // The spec waits in the socket until the guest agent opens the port.
-    const auto frame = gio::encode(gio::FrameType::spec, cfg_.spec);
-    if (!write_all(m->io, frame.data(), frame.size())) return fail("run: cannot send the command to the VM");
+    const auto frame = gio::encode(gio::FrameType::spec, spec);
+    const bool sent = write_all(m->io, frame.data(), frame.size());
     members_.push_back(std::move(m));
+    return sent;
+  };
+  if (!add(0, std::move(master), cfg_.spec)) return fail("run: cannot send the command to the VM");
+  static_cluster_ = !nodes.empty();
+  for (auto& n : nodes) {
+    if (!add(n.id, std::move(n.vm), n.spec)) {
+      kill_clones();
+      return fail("run: cannot send node " + std::to_string(n.id) + " its command");
+    }
   }
   for (;;) {
     if (!failure_.empty()) {
@@ -589,8 +605,12 @@ int Family::run(std::unique_ptr<QemuVm> master) {
 }  // namespace
 
 int run_family(std::unique_ptr<QemuVm> master, const FamilyConfig& config, int signal_fd) {
+  return run_family(std::move(master), {}, config, signal_fd);
+}
+
+int run_family(std::unique_ptr<QemuVm> master, std::vector<BootedNode> nodes, const FamilyConfig& config, int signal_fd) {
   Family family(config, signal_fd);
-  return family.run(std::move(master));
+  return family.run(std::move(master), std::move(nodes));
 }
 
 }  // namespace sfd

@@ -1,5 +1,5 @@
 // sfd: the SnowFlock host daemon's command line.
-//   sfd run [--mem M] [--cpus C] [--root disk|9p] [--stdin none] [-v] -- COMMAND...   run COMMAND in a fresh VM
+//   sfd run [--mem M] [--cpus C] [--root disk|9p] [--stdin none] [--nodes N] [-v] -- COMMAND...   run COMMAND in a fresh VM
 //   sfd build-guest [-v]                              build (or find) the cached guest image
 //   sfd accel [-v] [--reprobe]                        say whether VMs use KVM or TCG, and why
 //   sfd decode-frames < FILE                          print a guest I/O frame stream
@@ -21,6 +21,7 @@
 #include "sfd/guest_io.hpp"
 #include "sfd/paths.hpp"
 #include "sfd/remote_clone.hpp"
+#include "sfd/static_cluster.hpp"
 #include "sfd/run.hpp"
 
 extern char** environ;
@@ -31,7 +32,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kUsage =
-    "usage: sfd run [--mem M] [--cpus C] [--root disk|9p] [--stdin none] [-v] -- COMMAND [ARG...]\n"
+    "usage: sfd run [--mem M] [--cpus C] [--root disk|9p] [--stdin none] [--nodes N] [-v] -- COMMAND [ARG...]\n"
+    "       sfd rsh HOST COMMAND...        (Open MPI's rsh agent inside `sfd run --nodes N`)\n"
     "       sfd build-guest [-v]\n"
     "       sfd accel [-v] [--reprobe]\n"
     "       sfd remote-clone --ticket FILE --iface IF [--id N] [-v]\n"
@@ -56,11 +58,15 @@ int cmd_run(int argc, char** argv) {
   int cpus = 1;
   std::string root = "disk";
   std::string stdin_mode = "forward";
+  unsigned nodes = 1;
   opts.add_options()("mem,m", po::value(&mem), "guest RAM, e.g. 256M or 1G (default 256M)")(
       "cpus,c", po::value(&cpus), "vCPUs (default 1)")(
       "root", po::value(&root),
       "disk (default): the host's files on read-only disks, cwd writes stay in the VM, clonable; "
       "9p: the host's / over 9p, cwd shared read-write, not clonable")(
+      "nodes", po::value(&nodes),
+      "boot N VMs (a static cluster, not clonable): COMMAND runs on node 0, the others serve SSH for Debian's mpirun "
+      "(node 0 gets SFD_HOSTS and Open MPI's rsh settings)")(
       "stdin", po::value(&stdin_mode), "forward (default): sfd's stdin goes to the command, like mpirun's to rank 0; none: the command reads /dev/null")("verbose,v", "say what sfd does")("help,h", "this help")(
       "command", po::value<std::vector<std::string>>(), "the command");
   po::positional_options_description pos;
@@ -100,7 +106,12 @@ int cmd_run(int argc, char** argv) {
     std::fprintf(stderr, "sfd run: --stdin must be forward or none, not '%s'\n", stdin_mode.c_str());
     return 2;
   }
+  if (nodes < 1 || nodes > 64) {
+    std::fprintf(stderr, "sfd run: --nodes must be 1..64\n");
+    return 2;
+  }
   sfd::RunOptions o;
+  o.nodes = nodes;
   o.forward_stdin = stdin_mode == "forward";
   o.root = *root_mode;
   o.mem_mib = *mib;
@@ -211,6 +222,7 @@ int main(int argc, char** argv) {
     return sfd::remote_clone_command(argc - 1, argv + 1);
   }
   if (cmd == "decode-frames") return cmd_decode_frames();
+  if (cmd == "rsh") return sfd::rsh_command(argc - 1, argv + 1);
   if (cmd == "guest-agent") {
     if (getpid() != 1) {
       std::fprintf(stderr, "sfd guest-agent runs only as PID 1 inside a SnowFlock guest\n");

@@ -1,6 +1,7 @@
 // sfd: `sfd run` (see run.hpp): checks, the guest image, the accelerator and the master VM;
 // then the VM family (family.hpp) runs it, serves its clone requests and cleans up.
 #include "sfd/run.hpp"
+#include "sfd/static_cluster.hpp"
 
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -161,6 +162,20 @@ int run_in_vm(const RunOptions& o) {
   cfg.nic = *tap0;
   nlohmann::json spec_json = command_spec(o);
   spec_json["net"] = net_spec(*node0);
+  // A static cluster (--nodes): the run's SSH key, and node 0 told where the nodes are.
+  std::string rsh_key;
+  if (o.nodes > 1) {
+    auto key = make_rsh_key_hex(runtime_dir().string());
+    if (!key) return fail(key.error().message);
+    rsh_key = *key;
+    std::vector<std::string> addresses;
+    for (unsigned i = 0; i < o.nodes; ++i) {
+      auto n = vm_node_identity(i, "sf-vm");
+      if (!n) return fail(n.error().message);
+      addresses.push_back(n->address);
+    }
+    for (auto& e : node0_environment(o.agent.string(), rsh_key, addresses, o.cpus)) spec_json["env"].push_back(e);
+  }
   const std::string spec = spec_json.dump();
   if (spec.size() > gio::kMaxPayload) return fail("run: the command and environment exceed 1 MiB; trim the environment");
   auto launched = QemuVm::launch(cfg);
@@ -185,12 +200,31 @@ int run_in_vm(const RunOptions& o) {
     c.nic = *tap;
     return c;
   };
+  // The other nodes of a static cluster boot now, alongside node 0.
+  std::vector<BootedNode> nodes;
+  for (unsigned i = 1; i < o.nodes; ++i) {
+    auto c = family.config_for(i);
+    if (!c) return fail(c.error().message);
+    auto ident = vm_node_identity(i, "sf-vm");
+    if (!ident) return fail(ident.error().message);
+    RunOptions node_options = o;
+    node_options.argv = compute_node_argv(o.agent.string(), ident->address);
+    node_options.forward_stdin = false;
+    nlohmann::json node_spec = command_spec(node_options);
+    node_spec["env"].push_back(std::string(kRshKeyEnv) + "=" + rsh_key);
+    node_spec["hostname"] = ident->hostname;
+    node_spec["net"] = net_spec(*ident);
+    auto vm_i = QemuVm::launch(*c);
+    if (!vm_i) return fail("run --nodes: node " + std::to_string(i) + ": " + vm_i.error().message);
+    spdlog::info("node {} started (pid {}, {})", i, (*vm_i)->pid(), ident->address);
+    nodes.push_back({i, std::move(*vm_i), node_spec.dump()});
+  }
   // Cannot fail: ids stay below max_clones + 1 <= 254 and the subnet is the default one.
   family.identity = [](unsigned id, const std::string& master_hostname) {
     auto n = vm_node_identity(id, master_hostname);
     return n ? *n : NodeIdentity{};
   };
-  return run_family(std::move(*launched), family, signal_fd);
+  return run_family(std::move(*launched), std::move(nodes), family, signal_fd);
 }
 
 }  // namespace sfd

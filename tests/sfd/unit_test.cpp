@@ -15,6 +15,7 @@
 #include "sfd/qmp_client.hpp"
 #include "sfd/rootfs.hpp"
 #include "sfd/run.hpp"
+#include "sfd/static_cluster.hpp"
 #include "sfd/vm.hpp"
 
 namespace fs = std::filesystem;
@@ -383,4 +384,33 @@ TEST(DescriptorMetadata, CarriesShapeLayoutFreePagesAndNetwork) {
   ASSERT_EQ(j["network"]["nodes"].size(), 2u);
   EXPECT_EQ(j["network"]["nodes"][1]["hostname"], "sf-vm-sf1");
   EXPECT_EQ(j["network"]["subnet"], "10.213.0.0/24");
+}
+
+TEST(StaticCluster, HexRoundTripsAnyBytesAndRejectsGarbage) {
+  std::string bytes;
+  for (int i = 0; i < 256; ++i) bytes.push_back(static_cast<char>(i));
+  const std::string hex = sfd::to_hex(bytes);
+  EXPECT_EQ(hex.substr(0, 8), "00010203");
+  EXPECT_EQ(*sfd::from_hex(hex), bytes);
+  EXPECT_EQ(*sfd::from_hex("ABff"), std::string("\xab\xff"));
+  EXPECT_FALSE(sfd::from_hex("abc").ok());
+  EXPECT_FALSE(sfd::from_hex("zz").ok());
+}
+
+TEST(StaticCluster, NodeZeroGetsTheHostsTheKeyAndOpenMpisRshSettings) {
+  const auto env = sfd::node0_environment("/opt/sf/sfd", "abcd", {"10.213.0.1", "10.213.0.2"}, 2);
+  auto has = [&](const std::string& e) { return std::find(env.begin(), env.end(), e) != env.end(); };
+  EXPECT_TRUE(has("SFD_RSH_KEY=abcd"));
+  EXPECT_TRUE(has("SFD_HOSTS=10.213.0.1:2,10.213.0.2:2"));
+  EXPECT_TRUE(has("OMPI_MCA_plm_rsh_agent=/opt/sf/sfd rsh"));
+  EXPECT_TRUE(has("OMPI_MCA_plm_rsh_no_tree_spawn=1"));
+  EXPECT_TRUE(has("OMPI_MCA_btl_tcp_if_include=sf0"));
+}
+
+TEST(StaticCluster, ComputeNodesServeSshOnlyOnTheirClusterAddress) {
+  const auto argv = sfd::compute_node_argv("/opt/sf/sfd", "10.213.0.3");
+  ASSERT_EQ(argv.size(), 3u);
+  EXPECT_EQ(argv[0], "/bin/sh");
+  EXPECT_NE(argv[2].find("dropbear -F -E -s -r /tmp/.sfd-rsh/key -p 10.213.0.3:22"), std::string::npos) << argv[2];
+  EXPECT_NE(argv[2].find("\"/opt/sf/sfd\" rsh --write-key /tmp/.sfd-rsh/key"), std::string::npos) << argv[2];
 }

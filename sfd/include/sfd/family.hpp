@@ -60,4 +60,14 @@ nlohmann::json descriptor_metadata(const FamilyConfig& config, const std::string
 // and SIGCHLD (blocked by the caller).
 int run_family(std::unique_ptr<QemuVm> master, const FamilyConfig& config, int signal_fd);
 
+// A VM of a static cluster (`sfd run --nodes N`): booted, not cloned, with its own command
+// spec. The family forwards its output like a clone's and stops it when the master's command
+// ends; the master's clone requests are refused.
+struct BootedNode {
+  unsigned id = 0;
+  std::unique_ptr<QemuVm> vm;
+  std::string spec;
+};
+int run_family(std::unique_ptr<QemuVm> master, std::vector<BootedNode> nodes, const FamilyConfig& config, int signal_fd);
+
 }  // namespace sfd

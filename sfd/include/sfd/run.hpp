@@ -32,6 +32,8 @@ struct RunOptions {
   // sfd's stdin is forwarded to the command (as mpirun forwards it to rank 0); false: the
   // command reads /dev/null (`--stdin none`).
   bool forward_stdin = true;
+  // > 1: a static cluster of freshly booted VMs (static_cluster.hpp) instead of one clonable VM.
+  unsigned nodes = 1;
 };
 
 // The caller's environment minus what only makes sense on the host (agent sockets, display,
