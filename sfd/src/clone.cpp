@@ -15,11 +15,12 @@ namespace {
 
 const std::map<std::string, bool> kIgnoreShared = {{"x-ignore-shared", true}};
 
-// Polls query-migrate until completed; failed/cancelled or the deadline are errors.
+}  // namespace
+
 Status wait_migration(QmpClient& qmp, Clock::time_point deadline, const std::string& what) {
   for (;;) {
     auto r = qmp.query_migrate();
-    if (!r) return r.error();
+    if (!r) return make_error(what + ": " + r.error().message);
     const std::string status = r->value("status", "");
     if (status == "completed") return ok_status();
     if (status == "failed" || status == "cancelled")
@@ -28,8 +29,6 @@ Status wait_migration(QmpClient& qmp, Clock::time_point deadline, const std::str
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
-
-}  // namespace
 
 FrozenImage::FrozenImage(fs::path ram_file, fs::path descriptor, fs::path metadata)
     : ram_file_(std::move(ram_file)), descriptor_(std::move(descriptor)), metadata_(std::move(metadata)) {}

@@ -38,6 +38,7 @@
 #include "memtap/mcdist_page_source.hpp"
 #include "memtap/page_server.hpp"
 #include "memtap/tcp_page_source.hpp"
+#include "sfd/clone.hpp"
 #include "sfd/paths.hpp"
 
 namespace sfd {
@@ -130,19 +131,6 @@ std::uint32_t get_le32(const unsigned char* p) {
   std::uint32_t v = 0;
   for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(p[i]) << (8 * i);
   return v;
-}
-
-Status wait_migration(QmpClient& qmp, Clock::time_point deadline) {
-  for (;;) {
-    auto r = qmp.query_migrate();
-    if (!r) return r.error();
-    const std::string status = r->value("status", "");
-    if (status == "completed") return ok_status();
-    if (status == "failed" || status == "cancelled")
-      return make_error("migration " + status + (r->contains("error-desc") ? ": " + (*r)["error-desc"].get<std::string>() : ""));
-    if (Clock::now() > deadline) return make_error("migration did not complete in time (status " + status + ")");
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
 }
 
 // QEMU madvise()s all guest RAM MADV_HUGEPAGE (physmem.c, unconditionally). On a file mapping
@@ -618,8 +606,8 @@ Result<std::unique_ptr<RemoteClone>> RemoteClone::start(const RemoteCloneOptions
   auto& q = rc->vm_->qmp();
   if (auto st = q.migrate_set_capabilities({{"x-ignore-shared", true}}); !st) return make_error("remote clone: " + st.error().message);
   if (auto st = q.migrate_incoming("exec:cat '" + desc.string() + "'"); !st) return make_error("remote clone: " + st.error().message);
-  if (auto st = wait_migration(q, deadline); !st)
-    return make_error("remote clone: loading the descriptor: " + st.error().message + rc->vm_->diagnostics());
+  if (auto st = wait_migration(q, deadline, "remote clone: loading the descriptor"); !st)
+    return make_error(st.error().message + rc->vm_->diagnostics());
   t.load = duration_cast<microseconds>(Clock::now() - t0);
   t0 = Clock::now();
   if (auto st = q.cont(); !st) return make_error("remote clone: cont: " + st.error().message);

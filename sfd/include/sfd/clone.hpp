@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "sfd/result.hpp"
@@ -37,6 +38,10 @@ class FrozenImage {
   std::filesystem::path descriptor_;
   std::filesystem::path metadata_;
 };
+
+// Polls QMP query-migrate until the migration completed; failed/cancelled or passing the
+// deadline are errors whose message starts with `what` (the migration's name for the user).
+Status wait_migration(QmpClient& qmp, std::chrono::steady_clock::time_point deadline, const std::string& what);
 
 struct DescriptorStats {
   std::uint64_t bytes = 0;
