@@ -28,6 +28,7 @@
 #include "sfd/clone.hpp"
 #include "sfd/guest_io.hpp"
 #include "sfd/paths.hpp"
+#include "clone-core/free_pages.hpp"
 #include "sfd/remote_clone.hpp"
 #include "sfd/run.hpp"
 
@@ -110,7 +111,8 @@ enum End { kSynced = 0, kExited, kSignaled, kKilled, kLost };
 
 struct Member {
   unsigned id = 0;
-  std::unique_ptr<QemuVm> vm;
+  std::unique_ptr<QemuVm> vm;                 // a VM on this host, or
+  std::unique_ptr<RemoteMemberLink> remote;  // a clone on another host (io, ctl: its TCP links)
   int io = -1;
   int ctl = -1;
   gio::FrameDecoder decoder;
@@ -133,8 +135,10 @@ class Family {
  public:
   Family(const FamilyConfig& config, int signal_fd) : cfg_(config), signal_fd_(signal_fd), stdin_fd_(config.stdin_fd) {}
   ~Family() {
-    // Members (their QEMUs) before the image they map.
+    // Members (their QEMUs) before the image they map (and remote ones before its server).
     members_.clear();
+    member_service_.reset();
+    origin_.reset();
     image_.reset();
   }
 
@@ -161,6 +165,12 @@ class Family {
   }
   void refuse(Member& m, const std::string& why) { reply(m, {{"ok", false}, {"error", why}}); }
   void do_clone(Member& parent, const json& request);
+  // The remote part of a clone (remote_member.hpp): serve the image, start the members and
+  // take their connections. Fills members `ids` (placed on remote hosts) of `added`.
+  Status start_remote_members(const std::vector<unsigned>& ids, const VmConfig& config, const json& request,
+                              std::vector<std::shared_ptr<const TapDevice>>& taps,
+                              std::vector<std::unique_ptr<Member>>& added);
+  void report_remote(Member& m);
   // sfd's stdin to the master's command: one stdin frame at a time, written without blocking
   // (the loop keeps forwarding output while the guest is slow to take it).
   void read_stdin();
@@ -190,6 +200,8 @@ class Family {
   int stdin_fd_;                       // until its end is forwarded
   std::vector<std::uint8_t> to_guest_;  // the rest of the stdin frame being written
   std::unique_ptr<FrozenImage> image_;
+  std::unique_ptr<RemoteCloneOrigin> origin_;        // serves image_ to remote members
+  std::unique_ptr<MemberService> member_service_;  // their I/O and control connections
   std::vector<std::unique_ptr<Member>> members_;
   std::vector<NodeIdentity> nodes_;  // after a ticket
   unsigned granted_ = 0;
@@ -204,6 +216,12 @@ class Family {
 };
 
 void Family::stop_vm(Member& m, std::chrono::milliseconds grace) {
+  if (m.remote) {
+    m.remote->stop(grace);
+    report_remote(m);
+    m.remote.reset();
+    return;
+  }
   if (!m.vm || m.vm->try_reap()) return;
   (void)m.vm->qmp().quit(std::chrono::milliseconds(1000));
   if (!m.vm->wait_exit(grace)) m.vm->terminate(std::chrono::milliseconds(500));
@@ -238,7 +256,8 @@ void Family::kill_clones() {
 
 void Family::reap_all() {
   for (auto& m : members_) {
-    if (!m->vm || !m->vm->try_reap()) continue;
+    const bool gone = m->vm ? m->vm->try_reap().has_value() : m->remote && m->remote->try_reap().has_value();
+    if (!gone) continue;
     if (m->id == 0) continue;  // handled by the loop (the run ends)
     // A clone's QEMU went away: output already queued is still read, then it is lost.
     read_io(*m, true);
@@ -466,14 +485,32 @@ void Family::do_clone(Member& parent_member, const json& request) {
   members_.clear();
   replaced_ = true;
   cloned_ = true;
+  // Placement: the master (clone 0) here; the others here too, or all on the --remote hosts.
   std::vector<VmConfig> configs;
+  std::vector<unsigned> local_ids;
+  std::vector<unsigned> remote_ids;
+  std::vector<std::shared_ptr<const TapDevice>> remote_taps;
   for (unsigned i = 0; i <= granted_; ++i) {
     auto c = cfg_.config_for(i);
     if (!c) {
       failure_ = "clone: " + c.error().message;
       return;
     }
-    configs.push_back(std::move(*c));
+    if (i > 0 && cfg_.remote.enabled()) {
+      remote_ids.push_back(i);
+      remote_taps.push_back(c->nic);  // relayed to the remote clone's NIC
+    } else {
+      local_ids.push_back(i);
+      configs.push_back(std::move(*c));
+    }
+  }
+  std::vector<std::unique_ptr<Member>> added;
+  if (!remote_ids.empty()) {
+    // Before the local clones start, so the remote hosts work meanwhile.
+    if (auto st = start_remote_members(remote_ids, configs.front(), request, remote_taps, added); !st) {
+      failure_ = "clone: " + st.error().message;
+      return;
+    }
   }
   CloneTimings timings;
   auto vms = start_clones(std::move(configs), *image_, &timings);
@@ -481,13 +518,41 @@ void Family::do_clone(Member& parent_member, const json& request) {
     failure_ = "clone: " + vms.error().message;
     return;
   }
-  for (unsigned i = 0; i < vms->size(); ++i) {
+  for (unsigned k = 0; k < vms->size(); ++k) {
     auto m = std::make_unique<Member>();
-    m->id = i;
-    m->vm = std::move((*vms)[i]);
+    m->id = local_ids[k];
+    m->vm = std::move((*vms)[k]);
     adopt(*m, *m->vm);
+    added.push_back(std::move(m));
+  }
+  if (!remote_ids.empty()) {
+    auto conns = member_service_->accept_members(remote_ids, Clock::now() + std::chrono::seconds(60), [&]() -> std::optional<std::string> {
+      for (auto& m : added) {
+        if (m->remote && m->remote->try_reap()) {
+          const int st = *m->remote->try_reap();
+          const std::string how = WIFEXITED(st) ? "exited with status " + std::to_string(WEXITSTATUS(st))
+                                                : "was killed by signal " + std::to_string(WTERMSIG(st));
+          return "clone " + std::to_string(m->id) + " on '" + m->remote->host() + "': the agent " + how +
+                 " before the member connected (its messages, if any, are above); check that --remote runs a command "
+                 "on the other host and that it reaches this host on --remote-iface";
+        }
+      }
+      return std::nullopt;
+    });
+    if (!conns) {
+      failure_ = "clone: " + conns.error().message;
+      return;
+    }
+    for (auto& m : added) {
+      if (!m->remote) continue;
+      m->io = (*conns)[m->id].first;
+      m->ctl = (*conns)[m->id].second;
+    }
+  }
+  std::sort(added.begin(), added.end(), [](const auto& a, const auto& b) { return a->id < b->id; });
+  for (auto& m : added) {
     m->decoder = decoder;
-    reply(*m, {{"ok", true}, {"id", i}});
+    reply(*m, {{"ok", true}, {"id", m->id}});
     members_.push_back(std::move(m));
   }
   using ms = std::chrono::duration<double, std::milli>;
@@ -496,6 +561,60 @@ void Family::do_clone(Member& parent_member, const json& request) {
   spdlog::info("cloned into {} clone(s) in {:.0f} ms: pause+descriptor {:.0f} ms ({} bytes), start {:.0f} ms, load {:.0f} ms, resume {:.0f} ms",
                granted_, ms(Clock::now() - t0).count(), ms(t1 - t0).count(), stats->bytes + meta_bytes,
                ms(timings.start).count(), ms(timings.load).count(), ms(timings.resume).count());
+}
+
+Status Family::start_remote_members(const std::vector<unsigned>& ids, const VmConfig& config, const json& request,
+                                    std::vector<std::shared_ptr<const TapDevice>>& taps,
+                                    std::vector<std::unique_ptr<Member>>& added) {
+  const RemotePlacement& rp = cfg_.remote;
+  RemoteOriginOptions oo;
+  oo.address = rp.address;
+  oo.interface = rp.interface;
+  // The no-fetch map: the image's zero pages, cross-checked with the guest's free-page report
+  // (init_on_free=1 zeroes every freed page, so the report adds nothing unsafe to trust).
+  if (auto ranges = sf::decode_page_ranges(request.value("free_pages", std::string())); ranges) oo.free_pages = std::move(*ranges);
+  auto origin = RemoteCloneOrigin::start(config, *image_, oo);
+  if (!origin) return origin.error();
+  origin_ = std::move(*origin);
+  auto service = MemberService::start(rp.address, origin_->token());
+  if (!service) return service.error();
+  member_service_ = std::move(*service);
+  const json base = json::parse(origin_->ticket_json());
+  for (std::size_t k = 0; k < ids.size(); ++k) {
+    json ticket = base;
+    ticket["members"] = member_service_->endpoint();
+    auto link = RemoteMemberLink::start(rp, static_cast<unsigned>(k % rp.agents.size()), ids[k], ticket, taps[k], rp.address);
+    if (!link) return link.error();
+    auto m = std::make_unique<Member>();
+    m->id = ids[k];
+    m->remote = std::move(*link);
+    added.push_back(std::move(m));
+  }
+  const NoFetchStats& nf = origin_->no_fetch();
+  spdlog::info("serving the frozen VM to {} remote clone(s) on {} ({}): {} of {} pages no-fetch, metadata in {} ms", ids.size(),
+               rp.interface, rp.address, nf.no_fetch_pages, nf.pages,
+               std::chrono::duration_cast<std::chrono::milliseconds>(origin_->metadata_time()).count());
+  return ok_status();
+}
+
+void Family::report_remote(Member& m) {
+  const auto& r = m.remote->stopped_report();
+  if (!r) {
+    spdlog::info("clone {} on '{}' stopped without its counters", m.id, m.remote->host());
+    return;
+  }
+  const json client = r->value("client", json());
+  const std::uint64_t pages = origin_ ? origin_->image_pages() : 0;
+  const std::uint64_t fetched = client.is_object() ? client.value("pages_fetched", std::uint64_t{0}) : 0;
+  spdlog::info("clone {} on '{}' stopped ({}): fetched {} of {} pages ({:.1f}% of RAM), {} frames relayed", m.id, m.remote->host(),
+               r->value("why", std::string()), fetched, pages, pages ? 100.0 * static_cast<double>(fetched) / static_cast<double>(pages) : 0.0,
+               m.remote->frames_relayed());
+  if (cfg_.remote.stats_file.empty()) return;
+  std::ofstream out(cfg_.remote.stats_file, std::ios::app);
+  out << json{{"id", m.id}, {"host", m.remote->host()}, {"ram_pages", pages}, {"why", r->value("why", std::string())},
+              {"frames_relayed", m.remote->frames_relayed()}, {"client", client}}
+             .dump()
+      << "\n";
 }
 
 int Family::run(std::unique_ptr<QemuVm> master, std::vector<BootedNode> nodes) {
@@ -579,6 +698,7 @@ int Family::run(std::unique_ptr<QemuVm> master, std::vector<BootedNode> nodes) {
         spdlog::info("got signal {}; stopping the VMs", sig);
         for (auto& m : members_) {
           if (m->vm) m->vm->terminate(std::chrono::milliseconds(1000));
+          if (m->remote) stop_vm(*m, std::chrono::milliseconds(1000));
         }
         return 128 + sig;
       }

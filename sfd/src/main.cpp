@@ -21,6 +21,7 @@
 #include "sfd/guest_io.hpp"
 #include "sfd/paths.hpp"
 #include "sfd/remote_clone.hpp"
+#include "sfd/remote_member.hpp"
 #include "sfd/static_cluster.hpp"
 #include "sfd/run.hpp"
 
@@ -32,11 +33,13 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kUsage =
-    "usage: sfd run [--mem M] [--cpus C] [--root disk|9p] [--stdin none] [--nodes N] [-v] -- COMMAND [ARG...]\n"
+    "usage: sfd run [--mem M] [--cpus C] [--root disk|9p] [--stdin none] [--nodes N]\n"
+    "               [--remote AGENT... --remote-iface IF] [-v] -- COMMAND [ARG...]\n"
     "       sfd rsh HOST COMMAND...        (Open MPI's rsh agent inside `sfd run --nodes N`)\n"
     "       sfd build-guest [-v]\n"
     "       sfd accel [-v] [--reprobe]\n"
     "       sfd remote-clone --ticket FILE --iface IF [--id N] [-v]\n"
+    "       sfd remote-member [-v]          (started by `sfd run --remote` on the other host)\n"
     "       sfd decode-frames < FILE\n";
 
 void setup_logging(bool verbose) {
@@ -59,6 +62,8 @@ int cmd_run(int argc, char** argv) {
   std::string root = "disk";
   std::string stdin_mode = "forward";
   unsigned nodes = 1;
+  std::vector<std::string> remote;
+  std::string remote_iface;
   opts.add_options()("mem,m", po::value(&mem), "guest RAM, e.g. 256M or 1G (default 256M)")(
       "cpus,c", po::value(&cpus), "vCPUs (default 1)")(
       "root", po::value(&root),
@@ -67,6 +72,10 @@ int cmd_run(int argc, char** argv) {
       "nodes", po::value(&nodes),
       "boot N VMs (a static cluster, not clonable): COMMAND runs on node 0, the others serve SSH for Debian's mpirun "
       "(node 0 gets SFD_HOSTS and Open MPI's rsh settings)")(
+      "remote", po::value(&remote),
+      "place the clones on another host: AGENT runs a command there (e.g. 'ssh node2'; repeat for more hosts, "
+      "clones go round-robin); that host needs the same files and sfd at the same paths")(
+      "remote-iface", po::value(&remote_iface), "this host's link to the --remote hosts (it needs an IPv4 address)")(
       "stdin", po::value(&stdin_mode), "forward (default): sfd's stdin goes to the command, like mpirun's to rank 0; none: the command reads /dev/null")("verbose,v", "say what sfd does")("help,h", "this help")(
       "command", po::value<std::vector<std::string>>(), "the command");
   po::positional_options_description pos;
@@ -110,8 +119,22 @@ int cmd_run(int argc, char** argv) {
     std::fprintf(stderr, "sfd run: --nodes must be 1..64\n");
     return 2;
   }
+  if (!remote.empty() && remote_iface.empty()) {
+    std::fprintf(stderr, "sfd run: --remote needs --remote-iface, this host's link to the remote hosts\n");
+    return 2;
+  }
+  if (remote.empty() && !remote_iface.empty()) {
+    std::fprintf(stderr, "sfd run: --remote-iface without --remote: name the remote hosts' agent with --remote\n");
+    return 2;
+  }
+  if (!remote.empty() && nodes > 1) {
+    std::fprintf(stderr, "sfd run: --remote places clones; a static cluster (--nodes) is not cloned\n");
+    return 2;
+  }
   sfd::RunOptions o;
   o.nodes = nodes;
+  o.remote = remote;
+  o.remote_iface = remote_iface;
   o.forward_stdin = stdin_mode == "forward";
   o.root = *root_mode;
   o.mem_mib = *mib;
@@ -220,6 +243,10 @@ int main(int argc, char** argv) {
   if (cmd == "remote-clone") {
     setup_logging(false);
     return sfd::remote_clone_command(argc - 1, argv + 1);
+  }
+  if (cmd == "remote-member") {
+    setup_logging(false);
+    return sfd::remote_member_command(argc - 1, argv + 1);
   }
   if (cmd == "decode-frames") return cmd_decode_frames();
   if (cmd == "rsh") return sfd::rsh_command(argc - 1, argv + 1);

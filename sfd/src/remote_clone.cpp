@@ -40,6 +40,7 @@
 #include "memtap/tcp_page_source.hpp"
 #include "sfd/clone.hpp"
 #include "sfd/paths.hpp"
+#include "socket_io.hpp"
 
 namespace sfd {
 namespace fs = std::filesystem;
@@ -47,6 +48,11 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::duration_cast;
 using std::chrono::microseconds;
 using json = nlohmann::json;
+using socket_io::get_le32;
+using socket_io::put_le32;
+using socket_io::recv_all;
+using socket_io::send_all;
+using socket_io::set_timeouts;
 
 namespace {
 
@@ -90,47 +96,6 @@ Status write_private_file(const fs::path& p, const std::string& text) {
   }
   ::close(fd);
   return ok_status();
-}
-
-bool send_all(int fd, const void* data, std::size_t len) {
-  const auto* p = static_cast<const char*>(data);
-  while (len > 0) {
-    const ssize_t n = ::send(fd, p, len, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    len -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
-bool recv_all(int fd, void* data, std::size_t len) {
-  auto* p = static_cast<char*>(data);
-  while (len > 0) {
-    const ssize_t n = ::recv(fd, p, len, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    len -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
-void set_timeouts(int fd, std::chrono::milliseconds t) {
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(t.count() / 1000);
-  tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
-
-void put_le32(unsigned char* p, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-std::uint32_t get_le32(const unsigned char* p) {
-  std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(p[i]) << (8 * i);
-  return v;
 }
 
 // QEMU madvise()s all guest RAM MADV_HUGEPAGE (physmem.c, unconditionally). On a file mapping
@@ -421,6 +386,8 @@ microseconds RemoteCloneOrigin::metadata_time() const { return s_->metadata_time
 std::string RemoteCloneOrigin::page_server_stats() const { return s_->page_server->stats_json(); }
 std::string RemoteCloneOrigin::multicast_stats() const { return s_->mcast->stats_json(); }
 std::uint64_t RemoteCloneOrigin::descriptors_sent() const { return s_->sent.load(); }
+const memtap::OwnerToken& RemoteCloneOrigin::token() const { return s_->token; }
+std::uint64_t RemoteCloneOrigin::image_pages() const { return s_->image->metadata().page_count(); }
 
 // ---------------------------------------------------------------------------------------------
 // Remote side
@@ -594,6 +561,7 @@ Result<std::unique_ptr<RemoteClone>> RemoteClone::start(const RemoteCloneOptions
   // QEMU on the FUSE file, copy-on-write, waiting for the descriptor.
   t0 = Clock::now();
   cfg.ram_file = ram;
+  cfg.udp_nic = o.nic;
   cfg.ram_shared = false;
   cfg.incoming_defer = true;
   if (auto st = refuse_madv_hugepage_for_children(); !st) return st.error();

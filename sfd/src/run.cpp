@@ -18,6 +18,7 @@
 #include "sfd/family.hpp"
 #include "sfd/guest_image.hpp"
 #include "sfd/guest_io.hpp"
+#include "sfd/remote_member.hpp"
 #include "sfd/paths.hpp"
 #include "sfd/rootfs.hpp"
 #include "sfd/vm.hpp"
@@ -129,6 +130,24 @@ int run_in_vm(const RunOptions& o) {
     }
   }
 
+  // Clones on other hosts: the agents and this host's address on the link, checked before
+  // anything boots.
+  RemotePlacement remote;
+  for (const auto& a : o.remote) {
+    auto words = split_agent(a);
+    if (!words) return fail(words.error().message);
+    remote.agents.push_back(*words);
+  }
+  if (remote.enabled()) {
+    auto address = interface_ipv4(o.remote_iface);
+    if (!address) return fail(address.error().message);
+    remote.interface = o.remote_iface;
+    remote.address = *address;
+    remote.sfd_path = o.agent.string();
+    remote.verbose = o.verbose;
+    if (const char* f = std::getenv("SFD_STATS"); f != nullptr) remote.stats_file = f;
+  }
+
   auto image = ensure_host_guest_image();
   if (!image) return fail(image.error().message);
   spdlog::info("guest image {} ({}){}", image->dir.string(), image->kernel_version, image->built_now ? ", built now" : "");
@@ -157,7 +176,8 @@ int run_in_vm(const RunOptions& o) {
   if (!network) return fail(network.error().message);
   auto node0 = vm_node_identity(0, "sf-vm");
   if (!node0) return fail(node0.error().message);
-  auto tap0 = (*network)->add_tap(0);
+  const bool vnet_hdr = o.remote.empty();  // remote clones' NICs have no virtio-net header
+  auto tap0 = (*network)->add_tap(0, vnet_hdr);
   if (!tap0) return fail(tap0.error().message);
   cfg.nic = *tap0;
   nlohmann::json spec_json = command_spec(o);
@@ -193,9 +213,10 @@ int run_in_vm(const RunOptions& o) {
   family.stdin_fd = o.forward_stdin ? STDIN_FILENO : -1;
   family.max_clones = max_clones_from_env();
   family.subnet = kVmSubnet;
-  family.config_for = [&cfg, &network](unsigned id) -> Result<VmConfig> {
+  family.remote = remote;
+  family.config_for = [&cfg, &network, vnet_hdr](unsigned id) -> Result<VmConfig> {
     VmConfig c = cfg;
-    auto tap = (*network)->add_tap(id);
+    auto tap = (*network)->add_tap(id, vnet_hdr);
     if (!tap) return tap.error();
     c.nic = *tap;
     return c;

@@ -119,8 +119,9 @@ VmNetwork::~VmNetwork() {
   if (netns_fd_ >= 0) close(netns_fd_);
 }
 
-Result<std::shared_ptr<const TapDevice>> VmNetwork::add_tap(unsigned node) {
+Result<std::shared_ptr<const TapDevice>> VmNetwork::add_tap(unsigned node, bool vnet_hdr) {
   auto tap = std::make_shared<TapDevice>();
+  tap->vnet_hdr = vnet_hdr;
   tap->node = node;
   tap->mac = vm_mac(node);
   tap->name = "sft" + std::to_string(node) + "-" + std::to_string(taps_made_++);
@@ -131,7 +132,7 @@ Result<std::shared_ptr<const TapDevice>> VmNetwork::add_tap(unsigned node) {
     ifreq ifr{};
     std::snprintf(ifr.ifr_name, IFNAMSIZ, "%s", tap->name.c_str());
     // No packet-info header; a virtio-net header so QEMU can pass offloads through.
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    ifr.ifr_flags = static_cast<short>(IFF_TAP | IFF_NO_PI | (vnet_hdr ? IFF_VNET_HDR : 0));
     if (ioctl(tap->fd, TUNSETIFF, &ifr) != 0) return "network: creating tap " + tap->name + " (TUNSETIFF): " + errno_text(errno);
     return {};
   });

@@ -19,16 +19,12 @@
 #include "sfd/paths.hpp"
 #include "sfd/remote_clone.hpp"
 #include "sfd/vm.hpp"
+#include "namespace_hosts.hpp"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-int sh(const std::string& cmd) {
-  const int rc = std::system(("(" + cmd + ") >/dev/null 2>&1").c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
 
 std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -48,28 +44,6 @@ bool wait_for_text(const fs::path& file, const std::string& text, std::chrono::s
 
 bool alive(pid_t pid) { return pid > 0 && kill(pid, 0) == 0; }
 
-// This host's end of a private bridge (with an address in the root namespace) and one other
-// host, a network namespace with a veth on the bridge. Removed on every path.
-struct TwoHosts {
-  std::string prefix = "sftrc" + std::to_string(getpid() % 100000);
-  std::string bridge = prefix + "br";
-  std::string ns = prefix + "-1";
-  std::string net = "10.79." + std::to_string(getpid() % 200 + 20) + ".";
-  bool ok = false;
-  TwoHosts() {
-    ok = sh("ip link add " + bridge + " type bridge mcast_snooping 0") == 0 &&
-         sh("ip addr add " + net + "1/24 dev " + bridge) == 0 && sh("ip link set " + bridge + " up") == 0 &&
-         sh("ip netns add " + ns) == 0 && sh("ip link add " + prefix + "h1 type veth peer name eth0 netns " + ns) == 0 &&
-         sh("ip link set " + prefix + "h1 master " + bridge + " up") == 0 && sh("ip -n " + ns + " link set lo up") == 0 &&
-         sh("ip -n " + ns + " addr add " + net + "11/24 dev eth0") == 0 && sh("ip -n " + ns + " link set eth0 up") == 0;
-  }
-  ~TwoHosts() {
-    sh("ip netns del " + ns);
-    sh("ip link del " + prefix + "h1");
-    sh("ip link del " + bridge);
-  }
-};
-
 struct RemoteProcess {
   pid_t pid = -1;
   fs::path out;
@@ -77,7 +51,7 @@ struct RemoteProcess {
 };
 
 // `ip netns exec NS sfd remote-clone ...`, stdout to `out`; waits for the "running" line.
-RemoteProcess spawn_remote(const TwoHosts& h, const fs::path& ticket, const fs::path& out, int id) {
+RemoteProcess spawn_remote(const NamespaceHosts& h, const fs::path& ticket, const fs::path& out, int id) {
   RemoteProcess r;
   r.out = out;
   r.pid = fork();
@@ -85,7 +59,7 @@ RemoteProcess spawn_remote(const TwoHosts& h, const fs::path& ticket, const fs::
     FILE* f = std::fopen(out.c_str(), "w");
     if (f != nullptr) dup2(fileno(f), 1);
     const std::string ids = std::to_string(id);
-    execlp("ip", "ip", "netns", "exec", h.ns.c_str(), SFD_BINARY, "remote-clone", "--ticket", ticket.c_str(), "--iface", "eth0",
+    execlp("ip", "ip", "netns", "exec", h.ns(1).c_str(), SFD_BINARY, "remote-clone", "--ticket", ticket.c_str(), "--iface", "eth0",
            "--id", ids.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
@@ -129,7 +103,7 @@ fs::path make_temp_dir(const fs::path& base) {
 }  // namespace
 
 TEST(RemoteClone, RunsOnANamespaceHostWithMemoryFromMemtapOverMcdistAndCleansUp) {
-  TwoHosts hosts;
+  NamespaceHosts hosts(1, "rc");
   ASSERT_TRUE(hosts.ok) << "cannot build the bridge and namespace (needs root)";
   auto image = sfd::ensure_host_guest_image();
   ASSERT_TRUE(image.ok()) << image.error().message;

@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sfd/remote_member.hpp"
 #include "sfd/result.hpp"
 #include "sfd/vm.hpp"
 #include "sfd/vm_network.hpp"  // NodeIdentity, vm_node_identity()
@@ -36,6 +37,8 @@ struct FamilyConfig {
   std::function<NodeIdentity(unsigned id, const std::string& master_hostname)> identity;
   // Most clones one request may get (SF_MAX_CLONES, default 64), besides the memory limit.
   unsigned max_clones = 64;
+  // Clones on other hosts (`sfd run --remote`); empty: every clone runs here.
+  RemotePlacement remote;
 };
 
 // How much host memory one more clone is assumed to need: QEMU and TCG's own (64 MiB) plus a

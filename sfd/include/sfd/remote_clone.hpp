@@ -105,6 +105,8 @@ class RemoteCloneOrigin {
   std::string page_server_stats() const;  // memtap's TCP server counters (JSON)
   std::string multicast_stats() const;    // memtap's multicast server counters (JSON)
   std::uint64_t descriptors_sent() const;
+  const memtap::OwnerToken& token() const;  // the family's owner token (also in the ticket)
+  std::uint64_t image_pages() const;
 
   struct State;
 
@@ -121,6 +123,8 @@ struct RemoteCloneOptions {
   std::string interface;  // this host's cluster link, for mcdist
   std::uint32_t clone_id = 1;  // reported to the page server as the mcdist receiver id
   std::chrono::milliseconds fetch_timeout{10000};
+  // The clone's NIC (a member of an `sfd run` family, remote_member.hpp); none: no NIC.
+  std::optional<VmConfig::UdpNic> nic;
 };
 // Reads a ticket written by RemoteCloneOrigin::write_ticket into control and token_hex.
 Status read_ticket(const std::filesystem::path& path, RemoteCloneOptions& options);

@@ -34,6 +34,9 @@ struct RunOptions {
   bool forward_stdin = true;
   // > 1: a static cluster of freshly booted VMs (static_cluster.hpp) instead of one clonable VM.
   unsigned nodes = 1;
+  // Clones on other hosts (remote_member.hpp): one agent per host, this host's link to them.
+  std::vector<std::string> remote;
+  std::string remote_iface;
 };
 
 // The caller's environment minus what only makes sense on the host (agent sockets, display,

@@ -40,6 +40,15 @@ struct VmConfig {
   // The NIC on the VMs' cluster network (vm_network.hpp): QEMU gets a copy of the tap's fd (as
   // fd 7) and a virtio-net NIC with the tap's MAC. Without one the VM has no network device.
   std::shared_ptr<const TapDevice> nic;
+  // Or, for a clone on another host (remote_member.hpp): the NIC's Ethernet frames as UDP
+  // datagrams between `local` and `remote` (ADDR:PORT each; QEMU's socket netdev), where the
+  // origin sfd relays them to a tap on its cluster bridge.
+  struct UdpNic {
+    std::string mac;
+    std::string local;
+    std::string remote;
+  };
+  std::optional<UdpNic> udp_nic;
   bool console_to_socket = false;               // console on console_fd() instead of a log file
   // Cloning (clone.hpp): map an existing frozen RAM file (not created, not deleted by this
   // VM), privately (share=off: copy-on-write), and wait for a descriptor (-incoming defer).

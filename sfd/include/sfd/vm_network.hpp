@@ -53,6 +53,7 @@ struct TapDevice {
   unsigned node = 0;
   std::string name;  // in the VmNetwork's namespace
   std::string mac;   // the MAC the VM's NIC gets (vm_mac(node))
+  bool vnet_hdr = true;  // frames carry a virtio-net header (QEMU passes offloads through)
   TapDevice() = default;
   ~TapDevice();
   TapDevice(const TapDevice&) = delete;
@@ -69,8 +70,10 @@ class VmNetwork {
   VmNetwork& operator=(const VmNetwork&) = delete;
 
   // A new tap device on the bridge (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), up, for node `node`;
-  // put it in VmConfig::nic before QemuVm::launch. Each VM needs its own.
-  Result<std::shared_ptr<const TapDevice>> add_tap(unsigned node);
+  // put it in VmConfig::nic before QemuVm::launch. Each VM needs its own. Without `vnet_hdr`
+  // (IFF_VNET_HDR off, which QEMU detects on the fd): a family with clones on other hosts, whose
+  // socket netdev has no such header, so every VM's virtio-net state must be without it.
+  Result<std::shared_ptr<const TapDevice>> add_tap(unsigned node, bool vnet_hdr = true);
 
   int netns_fd() const { return netns_fd_; }
   static constexpr const char* kBridge = "sfvmbr";
