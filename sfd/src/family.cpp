@@ -31,12 +31,14 @@
 #include "clone-core/free_pages.hpp"
 #include "sfd/remote_clone.hpp"
 #include "sfd/run.hpp"
+#include "socket_io.hpp"
 
 namespace sfd {
 namespace fs = std::filesystem;
 namespace gio = guest_io;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
+using socket_io::write_all;
 
 std::uint64_t clone_memory_estimate_mib(std::uint64_t guest_mem_mib) { return 64 + guest_mem_mib / 4; }
 
@@ -89,18 +91,6 @@ std::uint64_t mem_available_mib() {
     if (key == "MemAvailable:") return kib / 1024;
   }
   return 0;
-}
-
-bool write_all(int fd, const void* data, std::size_t n) {
-  const auto* p = static_cast<const std::uint8_t*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= static_cast<std::size_t>(w);
-  }
-  return true;
 }
 
 const char* end_name(int end) {
@@ -570,6 +560,7 @@ Status Family::start_remote_members(const std::vector<unsigned>& ids, const VmCo
   RemoteOriginOptions oo;
   oo.address = rp.address;
   oo.interface = rp.interface;
+  oo.no_fetch_map = rp.no_fetch_map;
   // The no-fetch map: the image's zero pages, cross-checked with the guest's free-page report
   // (init_on_free=1 zeroes every freed page, so the report adds nothing unsafe to trust).
   if (auto ranges = sf::decode_page_ranges(request.value("free_pages", std::string())); ranges) oo.free_pages = std::move(*ranges);

@@ -40,6 +40,7 @@ using socket_io::get_le32;
 using socket_io::put_le32;
 using socket_io::recv_all;
 using socket_io::send_all;
+using socket_io::write_all;
 using socket_io::set_timeouts;
 
 namespace {
@@ -79,17 +80,6 @@ Result<std::pair<int, sockaddr_in>> bind_any_port(const std::string& address, in
     return make_error("cannot bind " + address + ": " + std::strerror(e));
   }
   return std::make_pair(fd, *sa);
-}
-
-bool write_all_fd(int fd, const char* p, std::size_t n) {
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= static_cast<std::size_t>(w);
-  }
-  return true;
 }
 
 void no_delay(int fd) {
@@ -318,7 +308,7 @@ Result<std::unique_ptr<RemoteMemberLink>> RemoteMemberLink::start(const RemotePl
   link->stdout_fd_ = out_pipe[0];
   ::fcntl(link->stdout_fd_, F_SETFL, O_NONBLOCK);
   signal(SIGPIPE, SIG_IGN);
-  if (!write_all_fd(link->stdin_fd_, line.data(), line.size()))
+  if (!write_all(link->stdin_fd_, line.data(), line.size()))
     spdlog::warn("clone {} on '{}': cannot write its ticket (the agent exited?)", id, link->host_);
   relay->thread = std::thread([r = relay.get()] { r->run(); });
   link->relay_ = std::move(relay);
@@ -584,7 +574,7 @@ int remote_member_command(int argc, char** argv) {
       if ((p[2 + i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
       const ssize_t k = ::read(routes[i].first, buf.data(), buf.size());
       if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      if (k <= 0 || !write_all_fd(routes[i].second, buf.data(), static_cast<std::size_t>(k))) {
+      if (k <= 0 || !write_all(routes[i].second, buf.data(), static_cast<std::size_t>(k))) {
         why = routes[i].first == *io_tcp || routes[i].first == *ctl_tcp ? "the origin closed the connection" : "the VM closed its port";
       }
     }

@@ -146,6 +146,7 @@ int run_in_vm(const RunOptions& o) {
     remote.sfd_path = o.agent.string();
     remote.verbose = o.verbose;
     if (const char* f = std::getenv("SFD_STATS"); f != nullptr) remote.stats_file = f;
+    if (const char* f = std::getenv("SFD_NO_FETCH_MAP"); f != nullptr && std::string(f) == "off") remote.no_fetch_map = false;
   }
 
   auto image = ensure_host_guest_image();

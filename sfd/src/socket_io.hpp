@@ -1,9 +1,11 @@
 // sfd (internal): whole-buffer socket reads and writes with timeouts, for the small control
-// exchanges of remote clones (remote_clone.cpp, remote_member.cpp).
+// exchanges of remote clones (remote_clone.cpp, remote_member.cpp), and write_all for any fd
+// (family.cpp).
 #pragma once
 
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
@@ -16,6 +18,19 @@ inline bool send_all(int fd, const void* data, std::size_t len) {
   const auto* p = static_cast<const char*>(data);
   while (len > 0) {
     const ssize_t n = ::send(fd, p, len, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    len -= static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+// write(2) until done (pipes, sockets, stdout), EINTR retried.
+inline bool write_all(int fd, const void* data, std::size_t len) {
+  const auto* p = static_cast<const char*>(data);
+  while (len > 0) {
+    const ssize_t n = ::write(fd, p, len);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
     p += n;

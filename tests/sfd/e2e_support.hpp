@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -165,5 +166,56 @@ inline std::string read_file(const fs::path& p) {
   return ss.str();
 }
 
-}  // namespace sfd_e2e
+// Copies a host program into the test's working directory (the VM's work disk); returns
+// "./NAME" for the command line.
+inline std::string stage(const TestDirs& dirs, const std::string& path) {
+  const fs::path to = dirs.work / fs::path(path).filename();
+  fs::copy_file(path, to, fs::copy_options::overwrite_existing);
+  return "./" + to.filename().string();
+}
 
+// "key=value" lines of a probe's output (the last value of a key wins).
+inline std::map<std::string, std::string> facts(const std::string& out) {
+  std::map<std::string, std::string> f;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto eq = line.find('=');
+    if (eq != std::string::npos) f[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  return f;
+}
+
+// Waits (bounded, 60 s) until no QEMU of this sfd runs.
+inline bool wait_no_qemu(pid_t sfd_pid) {
+  for (int i = 0; i < 600; ++i) {
+    if (!qemu_running_for(sfd_pid)) return true;
+    usleep(100000);
+  }
+  return false;
+}
+
+// The checks of a vm_clone_probe run that cloned into `clones` VMs (default mode): each node
+// has its own hostname and address, a value written before the clone is seen everywhere and
+// one written after it stays private, each clone reached its parent and nothing outside, and
+// every clone synced.
+inline void expect_probe_clones(const std::string& out, int clones) {
+  auto f = facts(out);
+  EXPECT_EQ(f["driver"], "qemu") << out;
+  EXPECT_EQ(f["granted"], std::to_string(clones)) << out;
+  EXPECT_EQ(f["subnet"], "10.213.0.0/24") << out;
+  for (int i = 0; i <= clones; ++i) {
+    const std::string n = "node" + std::to_string(i);
+    EXPECT_EQ(f[n + ".hostname"], i == 0 ? "sf-vm" : "sf-vm-sf" + std::to_string(i)) << out;
+    EXPECT_EQ(f[n + ".address"], "10.213.0." + std::to_string(1 + i)) << out;
+    EXPECT_EQ(f[n + ".before"], "4242") << out;
+    EXPECT_EQ(f[n + ".after"], std::to_string(1000 + i)) << out;
+    if (i == 0) continue;
+    EXPECT_EQ(f[n + ".reached_parent"], "yes") << out;
+    EXPECT_EQ(f[n + ".outside"], "unreachable") << out;
+    EXPECT_EQ(f["clone" + std::to_string(i) + ".end"], "synced:0") << out;
+  }
+  EXPECT_EQ(f["node0.final"], "1000") << out;
+}
+
+}  // namespace sfd_e2e

@@ -8,24 +8,6 @@
 
 #include "e2e_support.hpp"
 
-namespace {
-
-std::string stage(const TestDirs& dirs, const std::string& path) {
-  const fs::path to = dirs.work / fs::path(path).filename();
-  fs::copy_file(path, to, fs::copy_options::overwrite_existing);
-  return "./" + to.filename().string();
-}
-
-bool wait_no_qemu(pid_t sfd_pid) {
-  for (int i = 0; i < 600; ++i) {
-    if (!qemu_running_for(sfd_pid)) return true;
-    usleep(100000);
-  }
-  return false;
-}
-
-}  // namespace
-
 TEST(StaticCluster, DebianMpirunRunsAcrossTwoBootedVmsAndItsExitStatusComesBack) {
   TestDirs dirs;
   const std::string hello = stage(dirs, HELLO_EXAMPLE);

@@ -16,23 +16,6 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string stage(const TestDirs& dirs, const std::string& path) {
-  const fs::path to = dirs.work / fs::path(path).filename();
-  fs::copy_file(path, to, fs::copy_options::overwrite_existing);
-  return "./" + to.filename().string();
-}
-
-std::map<std::string, std::string> facts(const std::string& out) {
-  std::map<std::string, std::string> f;
-  std::istringstream in(out);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto eq = line.find('=');
-    if (eq != std::string::npos) f[line.substr(0, eq)] = line.substr(eq + 1);
-  }
-  return f;
-}
-
 // SFD_STATS for the sfd runs of one test (inherited through fork): one JSON line per remote
 // clone when it stops.
 struct StatsFile {
@@ -93,20 +76,7 @@ TEST(VmRemote, ClonesOnTwoNamespaceHostsHaveTheirOwnIdentityAndMemory) {
   const auto st = p.finish();
   ASSERT_TRUE(st.has_value()) << p.err();
   ASSERT_EQ(*st, 0) << p.out() << p.err();
-  auto f = facts(p.out());
-  EXPECT_EQ(f["granted"], "2") << p.out();
-  for (int i = 0; i <= 2; ++i) {
-    const std::string n = "node" + std::to_string(i);
-    EXPECT_EQ(f[n + ".hostname"], i == 0 ? "sf-vm" : "sf-vm-sf" + std::to_string(i)) << p.out();
-    EXPECT_EQ(f[n + ".address"], "10.213.0." + std::to_string(1 + i)) << p.out();
-    EXPECT_EQ(f[n + ".before"], "4242") << p.out();
-    EXPECT_EQ(f[n + ".after"], std::to_string(1000 + i)) << p.out();
-    if (i == 0) continue;
-    EXPECT_EQ(f[n + ".reached_parent"], "yes") << p.out();
-    EXPECT_EQ(f[n + ".outside"], "unreachable") << p.out();
-    EXPECT_EQ(f["clone" + std::to_string(i) + ".end"], "synced:0") << p.out();
-  }
-  EXPECT_EQ(f["node0.final"], "1000");
+  expect_probe_clones(p.out(), 2);
   const auto lines = stats.lines();
   ASSERT_EQ(lines.size(), 2u) << read_file(stats.path);
   std::set<std::string> where;

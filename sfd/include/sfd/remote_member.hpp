@@ -47,6 +47,7 @@ struct RemotePlacement {
   std::string sfd_path;                          // sfd on the remote hosts (the same path)
   bool verbose = false;
   std::string stats_file;  // SFD_STATS: one JSON line per remote clone when it stops
+  bool no_fetch_map = true;  // SFD_NO_FETCH_MAP=off: remote clones fetch every page (benchmark baseline)
   bool enabled() const { return !agents.empty(); }
 };
 
