@@ -518,8 +518,9 @@ void Family::do_clone(Member& parent_member, const json& request) {
   if (!remote_ids.empty()) {
     auto conns = member_service_->accept_members(remote_ids, Clock::now() + std::chrono::seconds(60), [&]() -> std::optional<std::string> {
       for (auto& m : added) {
-        if (m->remote && m->remote->try_reap()) {
-          const int st = *m->remote->try_reap();
+        if (!m->remote) continue;
+        if (const auto reaped = m->remote->try_reap()) {
+          const int st = *reaped;
           const std::string how = WIFEXITED(st) ? "exited with status " + std::to_string(WEXITSTATUS(st))
                                                 : "was killed by signal " + std::to_string(WTERMSIG(st));
           return "clone " + std::to_string(m->id) + " on '" + m->remote->host() + "': the agent " + how +

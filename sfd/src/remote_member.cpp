@@ -5,7 +5,6 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
-#include <linux/if_tun.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -190,18 +189,17 @@ Result<std::map<unsigned, std::pair<int, int>>> MemberService::accept_members(co
 // ---------------------------------------------------------------------------------------------
 // RemoteMemberLink: the agent and the frame relay
 
-// Ethernet frames between the member's tap (with its virtio-net header) and the remote QEMU's
-// UDP socket. The peer is the first sender (on the private link); others are dropped.
+// Ethernet frames between the member's tap (opened without a virtio-net header, as the remote
+// QEMU's socket netdev has none) and that QEMU's UDP socket. The peer is the first sender (on the private link); others are dropped.
 struct RemoteMemberLink::Relay {
   std::shared_ptr<const TapDevice> tap;
   int udp = -1;
   int stop_fd = -1;
-  int vnet_hdr = 10;
   std::thread thread;
   std::atomic<std::uint64_t> frames{0};
 
   void run() {
-    std::vector<char> buf(65536 + 64);
+    std::vector<char> buf(65536);
     sockaddr_in peer{};
     bool have_peer = false;
     for (;;) {
@@ -213,17 +211,15 @@ struct RemoteMemberLink::Relay {
       if (p[2].revents != 0) return;
       if (p[0].revents & POLLIN) {
         const ssize_t n = ::read(tap->fd, buf.data(), buf.size());
-        if (n > vnet_hdr && have_peer) {  // (a family with remote clones has no headers: vnet_hdr 0)
-          (void)::sendto(udp, buf.data() + vnet_hdr, static_cast<std::size_t>(n - vnet_hdr), MSG_DONTWAIT,
-                         reinterpret_cast<sockaddr*>(&peer), sizeof peer);
+        if (n > 0 && have_peer) {
+          (void)::sendto(udp, buf.data(), static_cast<std::size_t>(n), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&peer), sizeof peer);
           ++frames;
         }
       }
       if (p[1].revents & POLLIN) {
         sockaddr_in from{};
         socklen_t fl = sizeof from;
-        const ssize_t n = ::recvfrom(udp, buf.data() + vnet_hdr, buf.size() - static_cast<std::size_t>(vnet_hdr), MSG_DONTWAIT,
-                                     reinterpret_cast<sockaddr*>(&from), &fl);
+        const ssize_t n = ::recvfrom(udp, buf.data(), buf.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &fl);
         if (n <= 0) continue;
         if (!have_peer) {
           peer = from;
@@ -231,8 +227,7 @@ struct RemoteMemberLink::Relay {
         } else if (from.sin_addr.s_addr != peer.sin_addr.s_addr || from.sin_port != peer.sin_port) {
           continue;
         }
-        std::memset(buf.data(), 0, static_cast<std::size_t>(vnet_hdr));
-        (void)!::write(tap->fd, buf.data(), static_cast<std::size_t>(n + vnet_hdr));
+        (void)!::write(tap->fd, buf.data(), static_cast<std::size_t>(n));
         ++frames;
       }
     }
@@ -257,11 +252,10 @@ Result<std::unique_ptr<RemoteMemberLink>> RemoteMemberLink::start(const RemotePl
   std::unique_ptr<RemoteMemberLink> link(new RemoteMemberLink());
   const auto& agent = placement.agents.at(host_index);
   for (const auto& w : agent) link->host_ += (link->host_.empty() ? "" : " ") + w;
+  if (tap->vnet_hdr)  // run.cpp opens a remote family's taps without it (add_tap)
+    return make_error("clone " + std::to_string(id) + ": its tap has a virtio-net header, which the remote NIC cannot carry");
   auto relay = std::make_unique<Relay>();
   relay->tap = std::move(tap);
-  int hdr = 0;
-  relay->vnet_hdr = 0;
-  if (relay->tap->vnet_hdr && ::ioctl(relay->tap->fd, TUNGETVNETHDRSZ, &hdr) == 0 && hdr > 0 && hdr < 64) relay->vnet_hdr = hdr;
   auto udp = bind_any_port(address, SOCK_DGRAM);
   if (!udp) return make_error("clone " + std::to_string(id) + " on '" + link->host_ + "': frame relay: " + udp.error().message);
   relay->udp = udp->first;

@@ -177,7 +177,7 @@ int run_in_vm(const RunOptions& o) {
   if (!network) return fail(network.error().message);
   auto node0 = vm_node_identity(0, "sf-vm");
   if (!node0) return fail(node0.error().message);
-  const bool vnet_hdr = o.remote.empty();  // remote clones' NICs have no virtio-net header
+  const bool vnet_hdr = !remote.enabled();  // remote clones' NICs have no virtio-net header
   auto tap0 = (*network)->add_tap(0, vnet_hdr);
   if (!tap0) return fail(tap0.error().message);
   cfg.nic = *tap0;

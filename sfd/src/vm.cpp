@@ -77,8 +77,7 @@ std::vector<std::string> qemu_command_line(const VmConfig& c, const VmPaths& p, 
     // The cluster network: a tap on a bridge in sfd's private namespace (vm_network.hpp), fd 7
     // in QEMU (see launch()). QEMU probes the fd for IFF_VNET_HDR itself (it refuses
     // vnet_hdr= together with fd=), so a tap opened without it gives a NIC without the header.
-    a.insert(a.end(), {"-netdev", "tap,id=n0,fd=7", "-device",
-                       "virtio-net-pci,netdev=n0,mac=" + c.nic->mac});
+    a.insert(a.end(), {"-netdev", "tap,id=n0,fd=7", "-device", "virtio-net-pci,netdev=n0,mac=" + c.nic->mac});
   } else if (c.udp_nic) {
     // The same virtio-net device (the descriptor's device state needs it) on a UDP link.
     a.insert(a.end(), {"-netdev", "socket,id=n0,udp=" + c.udp_nic->remote + ",localaddr=" + c.udp_nic->local, "-device",
