@@ -8,6 +8,7 @@
 #include "mpirun-sf/job_spec.hpp"
 #include "mpirun-sf/plan.hpp"
 #include "pmix-plugin/job_map.hpp"
+#include "rank_stdio.hpp"
 
 namespace sf::mpirun {
 
@@ -19,6 +20,7 @@ struct LaunchContext {
   std::vector<std::string> program_paths;  // per application context, resolved
   std::vector<std::string> app_wdirs;      // per application context, absolute
   int kill_grace_ms = 2000;                // SIGTERM, then SIGKILL after this
+  TerminalSize terminal_size;              // of the launcher's terminal: the ranks' get it
 };
 
 }  // namespace sf::mpirun

@@ -604,6 +604,11 @@ int run_job(const JobSpec& spec) {
   }
   ctx.map = make_job_map(ctx.plan, "mpirun-sf." + std::to_string(getpid()), hostnames);
   ctx.base_env = rank_environment(spec);
+  // As mpirun: 1 when the ranks outnumber the cores they share, else 0, whatever the user's
+  // environment says (Open MPI then yields while idle; mpi_yield_when_idle still overrides it).
+  put_env(ctx.base_env,
+          std::string("OMPI_MCA_mpi_oversubscribe=") + (ctx.plan.cores_oversubscribed ? "1" : "0"));
+  ctx.terminal_size = launcher_terminal_size();
   if (ticket) {
     // Ranks on different machines talk TCP over the cluster network, and only there.
     put_env(ctx.base_env, "OMPI_MCA_btl_tcp_if_include=" + ticket->subnet_cidr());

@@ -2,6 +2,9 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 
@@ -14,6 +17,12 @@
 
 int main(int argc, char** argv) {
   using namespace sf::mpirun;
+  // Descriptors 0, 1 and 2 stay taken (by /dev/null where the caller closed one), so that no
+  // pipe or terminal of ours lands there and is then overwritten when a rank's are set up.
+  int spare;
+  while ((spare = open("/dev/null", O_RDWR)) >= 0 && spare <= 2) {
+  }
+  if (spare > 2) close(spare);
   // A synchronous logger: no thread may exist when the launcher clones this process.
   auto logger = spdlog::stderr_logger_st("mpirun-sf");
   logger->set_pattern("mpirun-sf: %l: %v");

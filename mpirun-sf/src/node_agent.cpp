@@ -18,6 +18,7 @@
 
 #include "environment.hpp"
 #include "mpirun-sf/exit_status.hpp"
+#include "rank_stdio.hpp"
 
 namespace asio = boost::asio;
 
@@ -43,6 +44,7 @@ NodeAgent::NodeAgent(asio::io_context& io, const LaunchContext& ctx, int node, L
     : io_(io), ctx_(ctx), node_(node), up_(uplink), sigchld_(io, SIGCHLD), kill_timer_(io) {}
 
 NodeAgent::~NodeAgent() {
+  alive_.reset();  // a release that PMIx completes from now on finds no agent
   kill_now();
   // Reap what is left so no zombie outlives the agent.
   for (auto& [rank, r] : ranks_)
@@ -110,16 +112,19 @@ void NodeAgent::launch(int rank) {
   const auto& target = ctx_.spec.stdin_target;
   bool wants_stdin = target.kind == StdinTarget::Kind::All ||
                      (target.kind == StdinTarget::Kind::Rank && target.rank == rank);
-  int out[2], err[2] = {-1, -1}, in[2] = {-1, -1}, status_pipe[2];
-  if (pipe2(out, O_CLOEXEC) || (!ctx_.spec.merge_stderr_to_stdout && pipe2(err, O_CLOEXEC)) ||
-      pipe2(status_pipe, O_CLOEXEC) || (wants_stdin && pipe2(in, O_CLOEXEC)))
-    throw std::runtime_error(std::string("cannot create pipes for rank ") +
+  RankStdio stdio(wants_stdin, ctx_.spec.merge_stderr_to_stdout, ctx_.terminal_size);
+  int status_pipe[2];
+  if (pipe2(status_pipe, O_CLOEXEC))
+    throw std::runtime_error(std::string("cannot create a pipe for rank ") +
                              std::to_string(rank) + ": " + strerror(errno));
-  int devnull = wants_stdin ? -1 : open("/dev/null", O_RDONLY | O_CLOEXEC);
   const pid_t parent = getpid();
 
   pid_t pid = fork();
-  if (pid < 0) throw std::runtime_error(std::string("fork failed: ") + strerror(errno));
+  if (pid < 0) {
+    ::close(status_pipe[0]);
+    ::close(status_pipe[1]);
+    throw std::runtime_error(std::string("fork failed: ") + strerror(errno));
+  }
   if (pid == 0) {
     // Child: only async-signal-safe calls from here to exec (the parent has PMIx threads).
     setpgid(0, 0);  // own process group: the agent signals the rank and its children together
@@ -129,9 +134,7 @@ void NodeAgent::launch(int rank) {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     signal(SIGPIPE, SIG_DFL);  // the launcher ignores SIGPIPE; the program must not
-    dup2(wants_stdin ? in[0] : devnull, 0);
-    dup2(out[1], 1);
-    dup2(ctx_.spec.merge_stderr_to_stdout ? out[1] : err[1], 2);
+    stdio.become_child_stdio();  // 0, 1, 2; everything else closes at exec (the status pipe too)
     ExecFailure f{1, 0};
     if (chdir(wdir) == 0) {
       execve(path, c_argv.data(), c_env.data());
@@ -144,10 +147,7 @@ void NodeAgent::launch(int rank) {
   }
   setpgid(pid, pid);  // also here, so kill(-pid) works even before the child ran
   r.pid = pid;
-  ::close(out[1]);
-  if (err[1] >= 0) ::close(err[1]);
-  if (in[0] >= 0) ::close(in[0]);
-  if (devnull >= 0) ::close(devnull);
+  stdio.close_child_ends();
   ::close(status_pipe[1]);
   ExecFailure f{0, 0};
   ssize_t n;
@@ -155,13 +155,16 @@ void NodeAgent::launch(int rank) {
   while (n < 0 && errno == EINTR);
   ::close(status_pipe[0]);
 
-  r.out = std::make_unique<asio::posix::stream_descriptor>(io_, out[0]);
+  // A terminal's reader sees EIO, not EOF, once the rank and its children closed it; read_stream
+  // ends the stream on either.
+  r.out = std::make_unique<asio::posix::stream_descriptor>(io_, stdio.take_stdout());
   r.open_streams = 1;
-  if (err[0] >= 0) {
-    r.err = std::make_unique<asio::posix::stream_descriptor>(io_, err[0]);
+  if (int err = stdio.take_stderr(); err >= 0) {
+    r.err = std::make_unique<asio::posix::stream_descriptor>(io_, err);
     r.open_streams = 2;
   }
-  if (in[1] >= 0) r.in = std::make_unique<asio::posix::stream_descriptor>(io_, in[1]);
+  if (int in = stdio.take_stdin(); in >= 0)
+    r.in = std::make_unique<asio::posix::stream_descriptor>(io_, in);
 
   if (n == static_cast<ssize_t>(sizeof f)) {
     Envelope m;
@@ -256,6 +259,30 @@ void NodeAgent::kill_ranks(const std::string& reason) {
   if (killing_) return;
   killing_ = true;
   spdlog::debug("node {}: killing ranks: {}", node_, reason);
+  std::vector<uint32_t> live;
+  for (auto& [rank, r] : ranks_)
+    if (!r.exited && r.pid > 0) live.push_back(static_cast<uint32_t>(rank));
+  if (!server_ || live.empty()) {
+    terminate_ranks();
+    return;
+  }
+  // First PMIx lets go of them (see PmixServer::release_ranks), then they get their signals.
+  server_->release_ranks(live, [this, alive = std::weak_ptr<bool>(alive_)] {
+    asio::post(io_, [this, alive] {
+      if (alive.lock()) terminate_ranks();
+    });
+  });
+  kill_timer_.expires_after(std::chrono::seconds(1));  // PMIx should answer in microseconds
+  kill_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec) return;
+    spdlog::warn("node {}: the PMIx server did not release the ranks; killing them anyway", node_);
+    terminate_ranks();
+  });
+}
+
+void NodeAgent::terminate_ranks() {
+  if (terminating_) return;
+  terminating_ = true;
   for (auto& [rank, r] : ranks_)
     if (!r.exited && r.pid > 0) {
       kill(-r.pid, SIGCONT);  // a stopped rank must wake up to die of SIGTERM

@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "launch_context.hpp"
 #include "link.hpp"
@@ -69,7 +70,9 @@ class NodeAgent : public pmix::PmixHost {
   void read_stream(LocalRank& r, int stream);
   void reap();
   void write_next_stdin(LocalRank& r);
+  // SIGTERM to every live rank once PMIx has released them, SIGKILL after the grace period.
   void kill_ranks(const std::string& reason);
+  void terminate_ranks();
   void check_finished();
   uint64_t next_id() { return ++last_id_; }
   // From a PMIx upcall: on the loop, park `done` under a new request id in `waits` (the reply
@@ -95,6 +98,8 @@ class NodeAgent : public pmix::PmixHost {
   boost::asio::signal_set sigchld_;
   boost::asio::steady_timer kill_timer_;
   bool killing_ = false;
+  bool terminating_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // expires with the agent
   bool finished_ = false;
   uint64_t last_id_ = 0;
   std::map<std::string, uint64_t> fence_seq_;

@@ -57,6 +57,7 @@ Plan make_plan(const JobSpec& spec, const HostFacts& host) {
   plan.machines = std::max(1, ceil_div(plan.np, plan.procs_per_machine));
   // MPI_UNIVERSE_SIZE is the slot count, as under mpirun (2 here even with -np 4 --oversubscribe).
   plan.universe_size = slots;
+  plan.cores_oversubscribed = plan.np > std::max(1, host.cores);
   return plan;
 }
 

@@ -430,6 +430,31 @@ void PmixServer::local_modex(uint32_t rank, DataDone done) {
   }
 }
 
+namespace {
+struct ReleaseBatch {
+  std::atomic<size_t> pending;
+  std::function<void()> done;
+  static void callback(pmix_status_t, void* cbdata) {
+    auto* b = static_cast<ReleaseBatch*>(cbdata);
+    if (b->pending.fetch_sub(1) == 1) {
+      b->done();
+      delete b;
+    }
+  }
+};
+}  // namespace
+
+void PmixServer::release_ranks(const std::vector<uint32_t>& ranks, std::function<void()> done) {
+  auto* batch = new ReleaseBatch{{ranks.size() + 1}, std::move(done)};
+  for (uint32_t rank : ranks) {
+    pmix_proc_t proc;
+    PMIX_LOAD_PROCID(&proc, nspace_.c_str(), rank);
+    // Completes through the callback (on PMIx's thread); it has no failing return.
+    PMIx_server_deregister_client(&proc, ReleaseBatch::callback, batch);
+  }
+  ReleaseBatch::callback(PMIX_SUCCESS, batch);  // the extra count: none may finish before all are asked
+}
+
 bool PmixServer::valid_packed_value(const std::string& packed) {
   pmix_value_t v;
   PMIX_VALUE_CONSTRUCT(&v);

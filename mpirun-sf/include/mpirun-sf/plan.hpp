@@ -24,7 +24,12 @@ struct Plan {
   std::vector<int> app_np;    // per application context
   int universe_size = 0;      // slots of the whole cluster (MPI_UNIVERSE_SIZE), as mpirun counts
                               // them: not raised by --oversubscribe
-  bool oversubscribed = false;
+  bool oversubscribed = false;  // more ranks than slots (allowed by --oversubscribe)
+  // More ranks than this machine has cores. Every node of the job (node 0 and its clones,
+  // whether namespaces or VMs) runs on this machine's cores, so all ranks count. Ranks are
+  // told so (OMPI_MCA_mpi_oversubscribe=1, as mpirun tells the ranks of an oversubscribed
+  // node) and then yield the processor while they wait instead of spinning.
+  bool cores_oversubscribed = false;
 };
 
 // Throws UsageError (exit status 1) when the job cannot be placed, with mpirun's reasons.

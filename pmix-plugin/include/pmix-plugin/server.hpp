@@ -94,6 +94,17 @@ class PmixServer {
   std::vector<std::string> prepare_rank(uint32_t rank, uint32_t uid, uint32_t gid);
   // Asks the local PMIx store for the modex data of a local rank (for another node).
   void local_modex(uint32_t rank, DataDone done);
+  // Deregisters local ranks that are about to be killed: PMIx closes its connection to each
+  // (so their deaths are not "lost connections") and will answer none of their requests.
+  // `done` runs on PMIx's thread once PMIx has processed all of them.
+  //
+  // Why, before every kill: when ranks of a collective held only on this node die together,
+  // PMIx 4.2 (ptl_base_sendrecv.c, lost_connection) completes that collective once per death
+  // whose processing finds the remaining participants all arrived, and the second completion
+  // frees the collective a second time (seen as a hang in deregister_nspace or a crash of the
+  // launcher, about one in ten aborts during MPI_Finalize's fence under load). A deregistered
+  // rank's death touches no collective.
+  void release_ranks(const std::vector<uint32_t>& ranks, std::function<void()> done);
 
   // For the coordinator of lookups: whether a packed value is well formed.
   static bool valid_packed_value(const std::string& packed);
