@@ -124,6 +124,44 @@ TEST_F(ClusterE2E, AllreduceAndRingCrossClones) {
   EXPECT_NE(ring.stdout_text.find(" OK"), std::string::npos) << ring.stdout_text;
 }
 
+// What a rank is given on a clone is what it is given on node 0 and under mpirun: stdout on
+// a terminal, stdin /dev/null (rank 0 a pipe), stderr a pipe, nothing else; and the count of
+// ranks against this machine's cores, which every clone shares.
+TEST_F(ClusterE2E, RanksOnClonesGetATerminalNoStrayDescriptorsAndTheOversubscription) {
+  CommandResult tty = sf::test::run_command(cmd({"-np", "4", "--clones", "2", example("semantics"), "fds"}), options());
+  note_bridge(tty.stdout_text);
+  ASSERT_TRUE(tty.exited_with(0)) << tty.describe();
+  for (int rank = 0; rank < 4; ++rank) {
+    std::string expected = "semantics: rank " + std::to_string(rank) + " fds 3: 0=" +
+                           (rank == 0 ? "pipe" : "null") + " 1=tty 2=pipe\n";
+    EXPECT_NE(tty.stdout_text.find(expected), std::string::npos) << expected << tty.describe();
+  }
+  const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  const int np = static_cast<int>(2 * cores + 2);  // more ranks than cores, spread over clones
+  CommandResult over = sf::test::run_command(
+      cmd({"-np", std::to_string(np), "--clones", "2", example("probe"), "OMPI_MCA_mpi_oversubscribe"}),
+      options());
+  ASSERT_TRUE(over.exited_with(0)) << over.describe();
+  std::regex told("rank=[0-9]+ .* OMPI_MCA_mpi_oversubscribe=1");
+  auto lines = std::distance(std::sregex_iterator(over.stdout_text.begin(), over.stdout_text.end(), told),
+                             std::sregex_iterator());
+  EXPECT_EQ(lines, np) << over.describe();
+}
+
+TEST_F(ClusterE2E, OutputPrintedOnACloneBeforeAnAbortOrACrashIsNotLost) {
+  CommandResult abort = sf::test::run_command(
+      cmd({"-np", "4", "--clones", "2", example("semantics"), "print-abort", "6"}), options());
+  note_bridge(abort.stdout_text);
+  EXPECT_TRUE(abort.exited_with(6)) << abort.describe();
+  CommandResult crash = sf::test::run_command(
+      cmd({"-np", "4", "--clones", "2", example("semantics"), "print-crash"}), options());
+  EXPECT_TRUE(crash.exited_with(128 + SIGSEGV)) << crash.describe();
+  for (const auto* r : {&abort, &crash})
+    for (int rank = 0; rank < 4; ++rank)
+      EXPECT_NE(r->stdout_text.find("semantics: I am " + std::to_string(rank) + " of 4\n"), std::string::npos)
+          << r->describe();
+}
+
 TEST_F(ClusterE2E, SearchGivesTheSameAnswerOnClonesAsOnOneMachine) {
   auto checksum = [](const std::string& out) {
     std::smatch m;

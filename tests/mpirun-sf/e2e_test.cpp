@@ -18,6 +18,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <iostream>
 #include <cstring>
 #include <cstdint>
 #include <filesystem>
@@ -551,6 +553,149 @@ TEST_F(MpirunSf, Sigusr1IsForwardedToTheRanksLikeMpirun) {
   ASSERT_TRUE(theirs->send_signal(SIGUSR1));
   auto t = theirs->wait(kDeadline);
   EXPECT_EQ(r.exit_code, t.exit_code) << t.describe();
+}
+
+// --- what a rank is given, and what users see of its output: as under mpirun --------------
+
+// The lines of a `semantics` run that start with "semantics:", sorted.
+std::vector<std::string> semantics_lines(const std::string& out) {
+  std::vector<std::string> lines;
+  for (const auto& line : lines_of(out))
+    if (line.rfind("semantics:", 0) == 0) lines.push_back(line);
+  std::sort(lines.begin(), lines.end());
+  return lines;
+}
+
+TEST_F(MpirunSf, StdoutIsATerminalAndStdinAndStderrArePipesLikeMpirun) {
+  auto ours = run_sf({"--oversubscribe", "-np", "3", example("semantics"), "tty"});
+  ASSERT_TRUE(ours.exited_with(0)) << ours.describe();
+  EXPECT_EQ(semantics_lines(ours.stdout_text),
+            (std::vector<std::string>{"semantics: rank 0 isatty 0=0 1=1 2=0",
+                                      "semantics: rank 1 isatty 0=0 1=1 2=0",
+                                      "semantics: rank 2 isatty 0=0 1=1 2=0"}))
+      << ours.describe();
+  auto theirs = run_mpirun({"-np", "3", example("semantics"), "tty"});
+  ASSERT_TRUE(theirs.exited_with(0)) << theirs.describe();
+  EXPECT_EQ(semantics_lines(ours.stdout_text), semantics_lines(theirs.stdout_text));
+  // Merged, stderr shares stdout's terminal (as under mpirun).
+  auto merged = run_sf({"-np", "1", "--merge-stderr-to-stdout", example("semantics"), "tty"});
+  ASSERT_TRUE(merged.exited_with(0)) << merged.describe();
+  EXPECT_EQ(merged.stdout_text, "semantics: rank 0 isatty 0=0 1=1 2=1\n") << merged.describe();
+}
+
+TEST_F(MpirunSf, RanksHoldOnlyTheDescriptorsMpirunsRanksHold) {
+  // Rank 0 gets stdin (a pipe), the others /dev/null; nothing of the launcher's leaks, even
+  // when the launcher itself inherited more (here: a descriptor of this test's).
+  int extra[2];
+  ASSERT_EQ(pipe(extra), 0);
+  auto ours = run_sf({"--oversubscribe", "-np", "3", example("semantics"), "fds"});
+  auto theirs = run_mpirun({"-np", "3", example("semantics"), "fds"});
+  close(extra[0]);
+  close(extra[1]);
+  ASSERT_TRUE(ours.exited_with(0)) << ours.describe();
+  ASSERT_TRUE(theirs.exited_with(0)) << theirs.describe();
+  EXPECT_EQ(semantics_lines(ours.stdout_text),
+            (std::vector<std::string>{"semantics: rank 0 fds 3: 0=pipe 1=tty 2=pipe",
+                                      "semantics: rank 1 fds 3: 0=null 1=tty 2=pipe",
+                                      "semantics: rank 2 fds 3: 0=null 1=tty 2=pipe"}))
+      << ours.describe();
+  EXPECT_EQ(semantics_lines(ours.stdout_text), semantics_lines(theirs.stdout_text));
+}
+
+// printf without fflush, then MPI_Abort or a crash: the line must not die in a stdio buffer.
+TEST_F(MpirunSf, OutputPrintedBeforeAnAbortOrACrashIsNotLostLikeMpirun) {
+  struct Case { std::vector<std::string> args; int expected; };
+  for (const Case& c : {Case{{"print-abort", "6"}, 6}, Case{{"print-crash"}, 128 + SIGSEGV}}) {
+    std::vector<std::string> a = {"-np", "3", example("semantics")};
+    a.insert(a.end(), c.args.begin(), c.args.end());
+    std::vector<std::string> ours_args = {"--oversubscribe"};
+    ours_args.insert(ours_args.end(), a.begin(), a.end());
+    auto ours = run_sf(ours_args);
+    EXPECT_TRUE(ours.exited_with(c.expected)) << ours.describe();
+    EXPECT_EQ(semantics_lines(ours.stdout_text),
+              (std::vector<std::string>{"semantics: I am 0 of 3", "semantics: I am 1 of 3",
+                                        "semantics: I am 2 of 3"}))
+        << ours.describe();
+    auto theirs = run_mpirun(a);
+    EXPECT_EQ(ours.exit_code, theirs.exit_code) << theirs.describe();
+    EXPECT_EQ(semantics_lines(ours.stdout_text), semantics_lines(theirs.stdout_text))
+        << theirs.describe();
+  }
+}
+
+// A long-running rank's progress lines appear as they are printed, not when it ends.
+TEST_F(MpirunSf, ProgressLinesAppearWhileTheRankRunsLikeMpirun) {
+  CommandOptions mpirun_options = options();
+  mpirun_options.environment.push_back("OMPI_MCA_rmaps_base_oversubscribe=1");
+  std::vector<std::pair<std::vector<std::string>, CommandOptions>> launchers = {
+      {sf({"-np", "2", example("semantics"), "progress", "120"}), options()},
+      {{"mpirun", "--allow-run-as-root", "-np", "2", example("semantics"), "progress", "120"},
+       mpirun_options}};
+  for (auto& [argv, o] : launchers) {
+    RunningCommand command(argv, o);
+    ASSERT_TRUE(command.started()) << command.start_error();
+    if (argv[0] == SF_MPIRUN_SF) launcher_pids_.push_back(command.pid());
+    // The rank prints for two minutes: the first lines can only be here now if each line
+    // left the rank when it was printed.
+    EXPECT_TRUE(command.wait_for_output("semantics: progress 2\n", 90s))
+        << argv[0] << ": " << command.stdout_so_far();
+    EXPECT_EQ(command.stdout_so_far().find("semantics: done"), std::string::npos);
+    ASSERT_TRUE(command.send_signal(SIGTERM));
+    auto r = command.wait(kDeadline);
+    EXPECT_FALSE(r.timed_out) << r.describe();
+  }
+}
+
+// As mpirun: OMPI_MCA_mpi_oversubscribe=1 when the ranks outnumber the cores, so Open MPI
+// yields while idle instead of spinning; 0 otherwise, whatever the user had set.
+TEST_F(MpirunSf, RanksAreToldWhetherTheCoresAreOversubscribedLikeMpirun) {
+  const int cores = host_cores();
+  auto o = options();
+  o.environment.push_back("OMPI_MCA_mpi_oversubscribe=1");  // replaced, as mpirun replaces it
+  for (int np : {cores, 2 * cores + 1}) {
+    auto ours = run_sf({"--oversubscribe", "-np", std::to_string(np), example("probe"),
+                        "OMPI_MCA_mpi_oversubscribe"}, o);
+    ASSERT_TRUE(ours.exited_with(0)) << ours.describe();
+    auto ranks = probe_lines(ours.stdout_text);
+    ASSERT_EQ(ranks.size(), static_cast<size_t>(np)) << ours.describe();
+    for (auto& [rank, fields] : ranks)
+      EXPECT_EQ(fields["OMPI_MCA_mpi_oversubscribe"], np > cores ? "1" : "0") << "np " << np;
+    auto theirs = run_mpirun({"-np", std::to_string(np), example("probe"), "OMPI_MCA_mpi_oversubscribe"});
+    ASSERT_TRUE(theirs.exited_with(0)) << theirs.describe();
+    for (auto& [rank, fields] : probe_lines(theirs.stdout_text))
+      EXPECT_EQ(fields["OMPI_MCA_mpi_oversubscribe"], np > cores ? "1" : "0") << "mpirun, np " << np;
+  }
+}
+
+// MPI_Abort while the other ranks sit in MPI_Finalize's fence, many times, with every core
+// busy: each run ends with the abort code, none hangs (bounded: 24 runs of about a second).
+TEST_F(MpirunSf, AbortWhileOtherRanksFinalizeNeverHangsUnderLoad) {
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> hogs;
+  for (int i = 0; i < host_cores(); ++i)
+    hogs.emplace_back([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+      }
+    });
+  struct Case { std::string np, mode; int expected; };
+  std::map<std::string, int> outcomes;
+  for (int round = 0; round < 8; ++round)
+    for (const Case& c : {Case{"2", "finalize-abort", 5}, Case{"4", "delayed-abort", 2},
+                          Case{"2", "delayed-abort", 2}}) {
+      auto o = options();
+      o.timeout = 60s;
+      auto r = run_sf({"--oversubscribe", "-np", c.np, example("semantics"), c.mode}, o);
+      ++outcomes[c.mode + " -np " + c.np + ": " +
+                 (r.timed_out ? std::string("hung") : "exit " + std::to_string(r.exit_code))];
+      EXPECT_TRUE(r.exited_with(c.expected)) << c.mode << " -np " << c.np << ": " << r.describe();
+      EXPECT_NE(r.stdout_text.find("semantics: rank 0\n"), std::string::npos) << r.describe();
+    }
+  stop = true;
+  for (auto& t : hogs) t.join();
+  std::string summary;
+  for (auto& [what, count] : outcomes) summary += what + " x" + std::to_string(count) + "\n";
+  RecordProperty("outcomes", summary);
+  std::cout << summary;
 }
 
 // --- failures before any rank runs: one line, Open MPI's exit codes ----------------------

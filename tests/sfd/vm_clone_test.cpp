@@ -105,6 +105,35 @@ TEST(VmMpi, SfdStdinReachesRankZeroAfterTheVmIsCloned) {
   EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
 }
 
+// Ranks in VMs get what mpirun gives ranks: stdout on a terminal, so a line printed with
+// printf just before MPI_Abort on another VM still arrives; stdin /dev/null (rank 0 a pipe),
+// stderr a pipe, and no other descriptor.
+TEST(VmMpi, RanksInVmsGetATerminalAndLoseNoLineBeforeAnAbort) {
+  TestDirs dirs;
+  const std::string semantics = stage(dirs, SEMANTICS_EXAMPLE);
+  {
+    SfdProcess p({"--mem", "512M", "--", MPIRUN_SF, "--allow-run-as-root", "-np", "4", "--clones", "2", semantics, "fds"}, dirs);
+    const auto st = p.finish();
+    ASSERT_TRUE(st.has_value()) << p.err();
+    EXPECT_EQ(*st, 0) << p.out() << p.err();
+    for (int rank = 0; rank < 4; ++rank) {
+      std::string expected = "semantics: rank " + std::to_string(rank) + " fds 3: 0=" +
+                             (rank == 0 ? "pipe" : "null") + " 1=tty 2=pipe\n";
+      EXPECT_NE(p.out().find(expected), std::string::npos) << expected << p.out();
+    }
+  }
+  {
+    SfdProcess p({"--mem", "512M", "--", MPIRUN_SF, "--allow-run-as-root", "-np", "4", "--clones", "2", semantics, "print-abort", "9"}, dirs);
+    const auto st = p.finish();
+    ASSERT_TRUE(st.has_value()) << p.err();
+    EXPECT_EQ(*st, 9) << p.out() << p.err();
+    for (int rank = 0; rank < 4; ++rank)
+      EXPECT_NE(p.out().find("semantics: I am " + std::to_string(rank) + " of 4\n"), std::string::npos) << p.out();
+  }
+  std::string what;
+  EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
+}
+
 TEST(VmMpi, AllreduceRingAndAbortCodeAcrossVms) {
   TestDirs dirs;
   const std::string pi = stage(dirs, PI_EXAMPLE), ring = stage(dirs, RING_EXAMPLE), abort = stage(dirs, ABORT_EXAMPLE);
