@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <set>
 
 #include "environment.hpp"
@@ -295,6 +296,19 @@ void NodeAgent::terminate_ranks() {
 }
 
 void NodeAgent::kill_now() {
+  std::vector<uint32_t> live;
+  for (auto& [rank, r] : ranks_)
+    if (!r.exited && r.pid > 0) live.push_back(static_cast<uint32_t>(rank));
+  if (live.empty()) return;
+  if (!terminating_ && server_) {
+    // No grace, but PMIx must still let go of the ranks first (see kill_ranks); its answer
+    // comes from its own thread, so waiting here cannot deadlock. Bounded all the same.
+    auto released = std::make_shared<std::promise<void>>();
+    server_->release_ranks(live, [released] { released->set_value(); });
+    if (released->get_future().wait_for(std::chrono::seconds(1)) != std::future_status::ready)
+      spdlog::warn("node {}: the PMIx server did not release the ranks; killing them anyway", node_);
+    terminating_ = true;
+  }
   for (auto& [rank, r] : ranks_)
     if (!r.exited && r.pid > 0) kill(-r.pid, SIGKILL);
 }

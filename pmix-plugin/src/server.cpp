@@ -1,5 +1,5 @@
 // OpenPMIx server host module: registration of the job and the upcall adapters.
-// Facts this relies on are in shared/design/PMIX-NOTES.md (keys Open MPI 4.1 reads, the
+// Facts this relies on are in docs/architecture.md (keys Open MPI 4.1 reads, the
 // fence blob being a concatenation, session directory clean-up).
 #include "pmix-plugin/server.hpp"
 
@@ -300,8 +300,6 @@ std::string join_ranks(const std::vector<int>& ranks) {
 
 }  // namespace
 
-std::string status_text(int status) { return text(status); }
-
 std::unique_ptr<PmixServer> PmixServer::start(const ServerOptions& options, PmixHost& host) {
   if (g_host) throw PmixError("pmix: a PMIx server is already running in this process");
   g_host = &host;
@@ -326,9 +324,25 @@ std::unique_ptr<PmixServer> PmixServer::start(const ServerOptions& options, Pmix
 
 PmixServer::~PmixServer() {
   if (job_registered_) {
-    OpWaiter w;
-    PMIx_server_deregister_nspace(nspace_.c_str(), OpWaiter::callback, &w);
-    w.done.get_future().wait();
+    // Bounded: a PMIx server wedged by a bug of its own must not keep the launcher (and the
+    // user's job) from ending. The waiter lives on the heap: PMIx may still answer later.
+    auto* done = new std::promise<void>();
+    auto answered = done->get_future();
+    PMIx_server_deregister_nspace(
+        nspace_.c_str(),
+        [](pmix_status_t, void* cbdata) {
+          auto* p = static_cast<std::promise<void>*>(cbdata);
+          p->set_value();
+          delete p;
+        },
+        done);
+    if (answered.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+      // Finalizing would wait for the same stuck thread; the process is about to end.
+      spdlog::warn("pmix: the PMIx server did not deregister job {} within 10 s; not finalizing it",
+                   nspace_);
+      g_host = nullptr;
+      return;
+    }
   }
   pmix_status_t rc = PMIx_server_finalize();
   if (rc != PMIX_SUCCESS) spdlog::warn("pmix: PMIx_server_finalize: {}", text(rc));
@@ -453,14 +467,6 @@ void PmixServer::release_ranks(const std::vector<uint32_t>& ranks, std::function
     PMIx_server_deregister_client(&proc, ReleaseBatch::callback, batch);
   }
   ReleaseBatch::callback(PMIX_SUCCESS, batch);  // the extra count: none may finish before all are asked
-}
-
-bool PmixServer::valid_packed_value(const std::string& packed) {
-  pmix_value_t v;
-  PMIX_VALUE_CONSTRUCT(&v);
-  bool ok = unpack_value(packed, &v);
-  PMIX_VALUE_DESTRUCT(&v);
-  return ok;
 }
 
 }  // namespace sf::pmix

@@ -106,9 +106,6 @@ class PmixServer {
   // rank's death touches no collective.
   void release_ranks(const std::vector<uint32_t>& ranks, std::function<void()> done);
 
-  // For the coordinator of lookups: whether a packed value is well formed.
-  static bool valid_packed_value(const std::string& packed);
-
   const std::string& nspace() const { return nspace_; }
 
  private:
@@ -117,8 +114,5 @@ class PmixServer {
   std::string session_dir_;
   bool job_registered_ = false;
 };
-
-// The text of a PMIx status code (PMIx_Error_string).
-std::string status_text(int status);
 
 }  // namespace sf::pmix
