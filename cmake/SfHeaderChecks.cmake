@@ -1,5 +1,5 @@
 # sf_check_public_headers(<target> <component> [C_HEADERS h...] [LINK t...])
-# Every public header compiles on its own (STYLE.md 1): builds an OBJECT library <target>
+# Every public header compiles on its own: builds an OBJECT library <target>
 # with one translation unit per <component>/include/<component>/*.hpp, plus one C unit per
 # C header named in C_HEADERS. LINK names targets whose usage requirements the headers need.
 function(sf_check_public_headers target component)

@@ -1,4 +1,4 @@
-// clone-core: the qemu driver's guest side (ARCHITECTURE.md §3). Inside a SnowFlock VM the
+// clone-core: the qemu driver's guest side (docs/architecture.md). Inside a SnowFlock VM the
 // clone API asks the host's sfd over the virtio-serial port "sf.ctl"
 // (docs/protocols/vm-clone.md); sfd pauses the VM, clones it, and answers in every copy with
 // that copy's ID. The guest side then gives the copy its network identity.

@@ -122,7 +122,7 @@ class UffdRegionImpl final : public UffdRegion {
     api.api = UFFD_API;
     api.features = kUffdFeatures;
     if (::ioctl(uffd_, UFFDIO_API, &api) != 0) {
-      return make_error(ErrorCode::kIo, "UFFDIO_API with features 0x" + std::to_string(kUffdFeatures) +
+      return make_error(ErrorCode::kIo, "UFFDIO_API with features " + fmt::format("{:#x}", kUffdFeatures) +
                                             " failed: " + errno_text(errno) + " (kernel too old?)");
     }
     uffdio_register reg{};

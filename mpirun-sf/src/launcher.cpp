@@ -1,4 +1,4 @@
-// The launch sequence of a job on node 0; see launcher.hpp and ARCHITECTURE.md §4.
+// The launch sequence of a job on node 0; see launcher.hpp and docs/architecture.md.
 #include "mpirun-sf/launcher.hpp"
 
 #include <sched.h>
@@ -122,7 +122,7 @@ std::vector<std::string> rank_environment(const JobSpec& spec) {
   }
   for (const auto& [k, v] : spec.mca) put_env(env, "OMPI_MCA_" + k + "=" + v);
   // Open MPI 4.1 ranks launched by a PMIx server that is not ORTE's start as singletons
-  // unless ORTE's schizo component is excluded (PMIX-NOTES.md).
+  // unless ORTE's schizo component is excluded (docs/architecture.md).
   put_env(env, "OMPI_MCA_schizo=^orte");
   put_env(env, "OMPI_MCA_orte_externally_bound=1");
   put_env(env, "OMPI_MCA_hwloc_base_binding_policy=none");

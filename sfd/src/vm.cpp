@@ -68,7 +68,7 @@ std::vector<std::string> qemu_command_line(const VmConfig& c, const VmPaths& p, 
       "-cpu", c.accel == Accel::kvm ? "host" : "max",
       "-smp", std::to_string(c.cpus), "-m", mem,
       // Guest RAM in a named file, mapped shared: the clone path freezes this file and maps
-      // it copy-on-write into clones (ARCHITECTURE.md §3).
+      // it copy-on-write into clones.
       "-object", "memory-backend-file,id=ram,size=" + mem + ",mem-path=" + p.ram_file.string() + (c.ram_shared ? ",share=on" : ",share=off"),
       "-kernel", c.image.kernel.string(), "-initrd", c.image.initramfs.string(), "-append", append,
       "-chardev", "socket,id=qmp,fd=" + std::to_string(qmp_fd), "-mon", "chardev=qmp,mode=control",

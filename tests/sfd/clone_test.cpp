@@ -110,7 +110,7 @@ class GuestOutput {
 
 }  // namespace
 
-// What issue 6 needs of `sfd run`: its guests, root on read-only disks (no 9p device), can be
+// What cloning needs of `sfd run`: its guests, root on read-only disks (no 9p device), can be
 // cloned while their command runs. The command counts in a file in /tmp (the VM's RAM) and
 // prints the count; each clone carries the count on from where the parent was frozen.
 TEST(LocalClone, ARunningGuestWithItsRootOnDisksClonesAndEveryCopyRunsOn) {

@@ -1,4 +1,4 @@
-// VM cloning from inside the guest (issue 6): `sfd run` a program that calls the clone API
+// VM cloning from inside the guest: `sfd run` a program that calls the clone API
 // (qemu driver), and `mpirun-sf` inside a VM forking it into a cluster of VMs. Real TCG
 // guests; each test boots once and clones. Deadlines are bounds against hangs only.
 #include <gtest/gtest.h>

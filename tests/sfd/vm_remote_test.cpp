@@ -1,4 +1,4 @@
-// Clones on other hosts (issue 6, part 3): `sfd run --remote AGENT --remote-iface IF` places
+// Clones on other hosts: `sfd run --remote AGENT --remote-iface IF` places
 // the clones of the master VM on other hosts, here network namespaces on a private bridge
 // (namespace_hosts.hpp). Each remote clone's RAM comes from memtap over mcdist, its NIC is
 // relayed to the cluster network. Real TCG guests; deadlines are bounds against hangs only.

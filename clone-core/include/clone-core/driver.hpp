@@ -1,5 +1,5 @@
 // clone-core: the driver interface. A driver knows what a "machine" is and how to clone it
-// (sandbox: a process tree in fresh namespaces; later qemu, xen). It is picked at run time
+// (sandbox: a process tree in fresh namespaces; qemu: the guest side inside an `sfd` VM). It is picked at run time
 // by name or by probe() ("auto"), like Cloud Hypervisor's hypervisor trait. A driver
 // prepares a ClusterInstance for a granted ticket; the instance forks the clones (fork
 // semantics), collects their statuses and tears everything down.
@@ -83,8 +83,9 @@ class Driver {
   virtual unsigned max_clones() const = 0;
 };
 
-// "sandbox", "fake", or "auto" (the first of sandbox that probes ok). The fake driver forks
-// nothing (see fake_driver.hpp); it is registered for tests and planning dry runs.
+// "sandbox", "qemu", "fake", or "auto" (qemu inside a SnowFlock VM, where its sf.ctl port
+// exists, else sandbox, whichever probes ok first). The fake driver forks nothing (see
+// fake_driver.hpp); it is registered for tests and planning dry runs.
 Result<std::unique_ptr<Driver>> make_driver(const std::string& name);
 
 }  // namespace sf

@@ -1,4 +1,4 @@
-// clone-core: the guest side's free-page report for the no-fetch map (issue 6, item 6).
+// clone-core: the guest side's free-page report for the no-fetch map.
 // Inside a qemu-driver VM, just before it asks sfd for a clone, the guest reads
 // /proc/kpageflags (one 64-bit little-endian flags word per page frame, Documentation/
 // admin-guide/mm/pagemap.rst) and reports which guest-physical pages are free, as ranges of

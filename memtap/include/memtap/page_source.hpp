@@ -1,6 +1,6 @@
 // memtap page sources: where a client's pages come from. The userfaultfd region and the
-// FUSE export depend only on this interface, so a TCP page server, a local file, or (later)
-// an mcdist multicast receiver can feed them unchanged.
+// FUSE export depend only on this interface, so a TCP page server, a local file, or an
+// mcdist multicast receiver can feed them unchanged.
 #pragma once
 
 #include <cstddef>

@@ -1,4 +1,4 @@
-// sfd: local VM cloning (ARCHITECTURE.md §3). Pause a VM, save its device-state descriptor
+// sfd: local VM cloning. Pause a VM, save its device-state descriptor
 // with x-ignore-shared (guest RAM stays in its share=on RAM file), freeze that file, and start
 // clones that map it copy-on-write (share=off + -incoming defer + migrate-incoming), then
 // resume them. The parent itself is re-instantiated as a copy-on-write clone of the frozen

@@ -1,4 +1,4 @@
-// sfd: clones on other hosts (issue 6, item 3; docs/sfd.md "Remote clones").
+// sfd: clones on other hosts (docs/sfd.md "Remote clones").
 //
 // The origin host serves a frozen VM (sfd::FrozenImage: RAM file + descriptor) to remote
 // clones: memtap's page server (TCP: HELLO with the family's owner token, the metadata with the

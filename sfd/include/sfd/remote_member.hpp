@@ -1,4 +1,4 @@
-// sfd: clones of an `sfd run` family on other hosts (issue 6 item 3; docs/sfd.md "Clones on
+// sfd: clones of an `sfd run` family on other hosts (docs/sfd.md "Clones on
 // other hosts", docs/protocols/remote-member.md).
 //
 // With `sfd run --remote AGENT --remote-iface IF`, the family places its clones on the hosts
