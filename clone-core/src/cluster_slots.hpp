@@ -14,7 +14,7 @@
 
 #include "clone-core/clone.hpp"
 #include "clone-core/result.hpp"
-#include "netlink_links.hpp"
+#include "clone-core/netlink_links.hpp"
 
 namespace sf::slots {
 

@@ -1,5 +1,5 @@
 // clone-core (sandbox driver): netlink operations on libnl-route-3 (see netlink_links.hpp).
-#include "netlink_links.hpp"
+#include "clone-core/netlink_links.hpp"
 
 #include <linux/if_link.h>
 #include <linux/if_bridge.h>

@@ -39,7 +39,7 @@
 #include <dirent.h>
 
 #include "cluster_slots.hpp"
-#include "netlink_links.hpp"
+#include "clone-core/netlink_links.hpp"
 #include "status_record.hpp"
 
 namespace sf {

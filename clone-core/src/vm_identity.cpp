@@ -16,7 +16,7 @@
 #include <optional>
 #include <thread>
 
-#include "netlink_links.hpp"
+#include "clone-core/netlink_links.hpp"
 
 namespace sf {
 namespace {

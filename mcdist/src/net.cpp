@@ -1,5 +1,5 @@
 // mcdist: socket setup on one explicitly named interface (see net.hpp for why plain sockets).
-#include "net.hpp"
+#include "mcdist/net.hpp"
 
 #include <arpa/inet.h>
 #include <ifaddrs.h>

@@ -17,7 +17,7 @@
 #include <mutex>
 #include <thread>
 
-#include "net.hpp"
+#include "mcdist/net.hpp"
 
 #ifndef UDP_GRO
 #define UDP_GRO 104  // linux/udp.h; older libc headers lack it

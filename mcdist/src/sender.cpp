@@ -17,7 +17,7 @@
 #include <thread>
 #include <unordered_map>
 
-#include "net.hpp"
+#include "mcdist/net.hpp"
 
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103  // linux/udp.h; older libc headers lack it

@@ -16,7 +16,7 @@
 
 #include "clone-core/cluster_layout.hpp"
 #include "clone-core/vm_identity.hpp"
-#include "netlink_links.hpp"
+#include "clone-core/netlink_links.hpp"
 
 namespace sfd {
 

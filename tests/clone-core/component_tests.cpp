@@ -25,7 +25,7 @@
 
 #include "clone-core/clone.hpp"
 #include "cluster_slots.hpp"
-#include "netlink_links.hpp"
+#include "clone-core/netlink_links.hpp"
 
 namespace {
 

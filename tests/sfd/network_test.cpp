@@ -21,7 +21,7 @@
 
 #include "clone-core/vm_identity.hpp"
 #include "e2e_support.hpp"
-#include "netlink_links.hpp"
+#include "clone-core/netlink_links.hpp"
 #include "sfd/accel.hpp"
 #include "sfd/guest_image.hpp"
 #include "sfd/guest_io.hpp"

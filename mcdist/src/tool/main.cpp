@@ -27,7 +27,7 @@
 #include <thread>
 #include <vector>
 
-#include "../net.hpp"
+#include "mcdist/net.hpp"
 #include "mcdist/receiver.hpp"
 #include "mcdist/sender.hpp"
 
