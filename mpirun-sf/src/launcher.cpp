@@ -32,6 +32,7 @@
 #include "mpirun-sf/exit_status.hpp"
 #include "mpirun-sf/plan.hpp"
 #include "node_agent.hpp"
+#include "sf-common/fd_io.hpp"
 
 extern char** environ;
 
@@ -129,16 +130,6 @@ std::vector<std::string> rank_environment(const JobSpec& spec) {
   // PMIx's shared-memory data store shows up as hangs here; the hash store does not.
   put_env(env, "PMIX_MCA_gds=hash");
   return env;
-}
-
-void write_all(int fd, const std::string& bytes) {
-  size_t off = 0;
-  while (off < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;  // stdout gone: drop, as mpirun does
-    off += static_cast<size_t>(n);
-  }
 }
 
 // Reads our stdin on a thread (it may be a terminal, a pipe or a file; only a thread can
@@ -377,7 +368,9 @@ int run_launcher_node(LaunchContext& ctx, sf::Ticket* ticket, Rendezvous* rv) {
     asio::io_context io;
     OutputOptions oo{spec.tag_output, spec.timestamp_output, spec.merge_stderr_to_stdout,
                      spec.output_filename};
-    OutputSink sink(oo, write_all, [] { return std::time(nullptr); });
+    // Output that stdout does not take is dropped, as mpirun drops it.
+    OutputSink sink(oo, [](int fd, const std::string& bytes) { sf::write_all(fd, bytes.data(), bytes.size()); },
+                    [] { return std::time(nullptr); });
     Coordinator coordinator(io, ctx, sink);
     LocalLink to_coordinator(io), to_agent(io);
     NodeAgent agent(io, ctx, 0, to_coordinator);

@@ -24,6 +24,7 @@
 
 #include "clone-core/virtio_port.hpp"
 #include "clone-core/vm_identity.hpp"
+#include "sf-common/fd_io.hpp"
 #include "sfd/guest_io.hpp"
 
 extern char** environ;
@@ -51,19 +52,9 @@ std::string find_port(const std::string& name) {
   return {};
 }
 
-bool write_all(int fd, const std::vector<std::uint8_t>& bytes) {
-  std::size_t off = 0;
-  while (off < bytes.size()) {
-    const ssize_t n = write(fd, bytes.data() + off, bytes.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    off += static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
 void send(int port, gio::FrameType type, const std::string& payload) {
-  if (!write_all(port, gio::encode(type, payload))) say(std::string("write to the host failed: ") + std::strerror(errno));
+  const auto frame = gio::encode(type, payload);
+  if (!sf::write_all(port, frame.data(), frame.size())) say(std::string("write to the host failed: ") + std::strerror(errno));
 }
 
 void send_error_and_exit_status(int port, const std::string& msg, int code) {

@@ -12,6 +12,9 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "sf-common/byte_order.hpp"
+#include "sf-common/fd_io.hpp"
+
 namespace sfd::socket_io {
 
 inline bool send_all(int fd, const void* data, std::size_t len) {
@@ -26,18 +29,7 @@ inline bool send_all(int fd, const void* data, std::size_t len) {
   return true;
 }
 
-// write(2) until done (pipes, sockets, stdout), EINTR retried.
-inline bool write_all(int fd, const void* data, std::size_t len) {
-  const auto* p = static_cast<const char*>(data);
-  while (len > 0) {
-    const ssize_t n = ::write(fd, p, len);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    len -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
+using sf::write_all;  // write(2) until done (pipes, sockets, stdout), EINTR retried
 
 inline bool recv_all(int fd, void* data, std::size_t len) {
   auto* p = static_cast<char*>(data);
@@ -59,13 +51,7 @@ inline void set_timeouts(int fd, std::chrono::milliseconds t) {
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
-inline void put_le32(unsigned char* p, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-inline std::uint32_t get_le32(const unsigned char* p) {
-  std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(p[i]) << (8 * i);
-  return v;
-}
+using sf::get_le32;
+using sf::put_le32;
 
 }  // namespace sfd::socket_io

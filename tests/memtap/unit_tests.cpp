@@ -9,6 +9,7 @@
 #include "memtap/protocol.hpp"
 #include "memtap/stats.hpp"
 #include "memtap/tcp_page_source.hpp"
+#include "sf-common/byte_order.hpp"
 #include "test_support.hpp"
 
 using namespace memtap;
@@ -208,4 +209,26 @@ TEST(MemtapLocalSource, FetchesRangesInOrder) {
   std::vector<PageRange> bad{{15, 2}};
   std::vector<std::byte> out2(2 * 4096);
   EXPECT_FALSE(src.fetch(bad, out2).ok());
+}
+
+// The little-endian codecs shared by memtap's formats and sfd's remote-clone exchange give
+// the same bytes for every byte type, whatever the host's byte order.
+TEST(ByteOrder, FieldsAreLittleEndianForEveryByteType) {
+  std::byte b[8];
+  unsigned char u[8];
+  sf::put_le32(b, 0x01020304u);
+  sf::put_le32(u, 0x01020304u);
+  EXPECT_EQ(std::to_integer<int>(b[0]), 0x04);
+  EXPECT_EQ(std::to_integer<int>(b[3]), 0x01);
+  EXPECT_EQ(u[0], 0x04);
+  EXPECT_EQ(u[3], 0x01);
+  EXPECT_EQ(sf::get_le32(b), 0x01020304u);
+  EXPECT_EQ(sf::get_le32(u), 0x01020304u);
+  sf::put_le64(b, 0x0102030405060708ull);
+  EXPECT_EQ(std::to_integer<int>(b[0]), 0x08);
+  EXPECT_EQ(std::to_integer<int>(b[7]), 0x01);
+  EXPECT_EQ(sf::get_le64(b), 0x0102030405060708ull);
+  sf::put_le16(u, 0xfffe);
+  EXPECT_EQ(u[0], 0xfe);
+  EXPECT_EQ(sf::get_le16(u), 0xfffe);
 }
