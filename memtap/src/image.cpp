@@ -4,7 +4,6 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -17,6 +16,7 @@
 #include <sstream>
 
 #include "byte_order.hpp"
+#include "sf-common/random.hpp"
 
 namespace memtap {
 
@@ -99,15 +99,7 @@ bool all_zero(const std::byte* p, std::size_t n) {
 
 Result<OwnerToken> random_token() {
   OwnerToken t{};
-  std::size_t got = 0;
-  while (got < t.size()) {
-    ssize_t n = ::getrandom(t.data() + got, t.size() - got, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return make_error(ErrorCode::kIo, "getrandom failed: " + errno_text());
-    }
-    got += static_cast<std::size_t>(n);
-  }
+  if (!sf::random_bytes(t.data(), t.size())) return make_error(ErrorCode::kIo, "getrandom failed: " + errno_text());
   return t;
 }
 

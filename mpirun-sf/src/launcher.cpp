@@ -33,6 +33,7 @@
 #include "mpirun-sf/plan.hpp"
 #include "node_agent.hpp"
 #include "sf-common/fd_io.hpp"
+#include "sf-common/random.hpp"
 
 extern char** environ;
 
@@ -180,21 +181,12 @@ class StdinPump {
 };
 
 
+// 128 random bits as hex. Throws: a job token must never be predictable.
 std::string random_token() {
-  unsigned char raw[16] = {};
-  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-  if (fd >= 0) {
-    ssize_t n = ::read(fd, raw, sizeof raw);
-    (void)n;
-    ::close(fd);
-  }
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : raw) {
-    out += hex[c >> 4];
-    out += hex[c & 15];
-  }
-  return out;
+  unsigned char raw[16];
+  if (!sf::random_bytes(raw, sizeof raw))
+    throw std::runtime_error(std::string("cannot make a job token: getrandom: ") + strerror(errno));
+  return sf::to_hex(raw, sizeof raw);
 }
 
 // This node's session directory: PMIx rendezvous files and Open MPI session directories.
