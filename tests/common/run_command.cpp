@@ -87,9 +87,22 @@ void drain(int& fd, std::string& into) {
   }
 }
 
+// What can be read of a /proc file; "" when it cannot be opened. Plain read(2): a process that
+// exits while its file is read makes read fail with ESRCH, which std::ifstream turns into an
+// exception (libstdc++'s filebuf::underflow), and a process that is gone is simply not there.
 std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  std::string out;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
 }
 
 std::optional<ProcessEntry> read_process(pid_t pid) {
