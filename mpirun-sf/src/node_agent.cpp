@@ -256,13 +256,18 @@ void NodeAgent::check_finished() {
   up_.send(std::move(m));
 }
 
+std::vector<uint32_t> NodeAgent::live_ranks() const {
+  std::vector<uint32_t> live;
+  for (const auto& [rank, r] : ranks_)
+    if (!r.exited && r.pid > 0) live.push_back(static_cast<uint32_t>(rank));
+  return live;
+}
+
 void NodeAgent::kill_ranks(const std::string& reason) {
   if (killing_) return;
   killing_ = true;
   spdlog::debug("node {}: killing ranks: {}", node_, reason);
-  std::vector<uint32_t> live;
-  for (auto& [rank, r] : ranks_)
-    if (!r.exited && r.pid > 0) live.push_back(static_cast<uint32_t>(rank));
+  const std::vector<uint32_t> live = live_ranks();
   if (!server_ || live.empty()) {
     terminate_ranks();
     return;
@@ -296,9 +301,7 @@ void NodeAgent::terminate_ranks() {
 }
 
 void NodeAgent::kill_now() {
-  std::vector<uint32_t> live;
-  for (auto& [rank, r] : ranks_)
-    if (!r.exited && r.pid > 0) live.push_back(static_cast<uint32_t>(rank));
+  const std::vector<uint32_t> live = live_ranks();
   if (live.empty()) return;
   if (!terminating_ && server_) {
     // No grace, but PMIx must still let go of the ranks first (see kill_ranks); its answer

@@ -73,6 +73,8 @@ class NodeAgent : public pmix::PmixHost {
   // SIGTERM to every live rank once PMIx has released them, SIGKILL after the grace period.
   void kill_ranks(const std::string& reason);
   void terminate_ranks();
+  // Local ranks started and not yet reaped.
+  std::vector<uint32_t> live_ranks() const;
   void check_finished();
   uint64_t next_id() { return ++last_id_; }
   // From a PMIx upcall: on the loop, park `done` under a new request id in `waits` (the reply

@@ -60,8 +60,7 @@ TerminalSize launcher_terminal_size() {
 
 RankStdio::RankStdio(bool wants_stdin, bool merge_stderr, TerminalSize size) {
   try {
-    terminal_ = open_output_terminal(out_, child_out_, size);
-    if (!terminal_) {
+    if (!open_output_terminal(out_, child_out_, size)) {
       spdlog::debug("no pseudo-terminal for a rank's stdout ({}); using a pipe", strerror(errno));
       int p[2];
       if (pipe2(p, O_CLOEXEC) != 0) fail("stdout pipe");
@@ -87,15 +86,14 @@ RankStdio::RankStdio(bool wants_stdin, bool merge_stderr, TerminalSize size) {
       if (child_in_ < 0) fail("stdin (/dev/null)");
     }
   } catch (...) {
-    close_child_ends();
-    close_fd(out_);
-    close_fd(err_);
-    close_fd(in_);
+    close_all();
     throw;
   }
 }
 
-RankStdio::~RankStdio() {
+RankStdio::~RankStdio() { close_all(); }
+
+void RankStdio::close_all() {
   close_child_ends();
   close_fd(out_);
   close_fd(err_);

@@ -35,12 +35,12 @@ class RankStdio {
   int take_stdout();
   int take_stderr();
   int take_stdin();
-  bool stdout_is_terminal() const { return terminal_; }
 
  private:
+  void close_all();
+
   int child_in_ = -1, child_out_ = -1, child_err_ = -1;
   int out_ = -1, err_ = -1, in_ = -1;
-  bool terminal_ = false;
 };
 
 }  // namespace sf::mpirun
