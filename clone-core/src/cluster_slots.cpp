@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "clone-core/cluster_layout.hpp"
+#include "user_namespace.hpp"
 
 namespace sf::slots {
 namespace {
@@ -45,16 +46,24 @@ bool parse_slot_suffix(const std::string& name, const std::string& prefix, unsig
   return value < kMaxSlots;
 }
 
-std::string lock_path(unsigned slot) { return std::string(kRunDir) + "/cluster-" + std::to_string(slot) + ".lock"; }
-std::string state_path(unsigned slot) { return std::string(kRunDir) + "/cluster-" + std::to_string(slot) + ".json"; }
-std::string scratch_dir() { return std::string(kRunDir) + "/scratch"; }
+std::string lock_path(unsigned slot) { return run_dir() + "/cluster-" + std::to_string(slot) + ".lock"; }
+std::string state_path(unsigned slot) { return run_dir() + "/cluster-" + std::to_string(slot) + ".json"; }
+std::string scratch_dir() { return run_dir() + "/scratch"; }
 
 Error ensure_run_dir() {
-  for (const std::string& dir : {std::string(kRunDir), scratch_dir()}) {
-    if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+  const uid_t uid = geteuid();
+  for (const std::string& dir : {run_dir(), scratch_dir()}) {
+    if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
       return make_error(errno == EACCES || errno == EPERM ? Errc::missing_privilege : Errc::system,
                         "clone-core: cannot create " + dir + ": " + std::strerror(errno) +
-                            "; the sandbox driver keeps its locks there (run as root)");
+                            "; the sandbox driver keeps its locks there");
+    // Ours and private, or someone could read our state, hold our locks or plant files.
+    struct stat st {};
+    if (lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != uid)
+      return make_error(Errc::system, "clone-core: " + dir + " is not a directory of uid " + std::to_string(uid) +
+                                          "; remove it (or set XDG_RUNTIME_DIR to a directory of your own)");
+    if ((st.st_mode & 077) != 0 && chmod(dir.c_str(), 0700) != 0)
+      return make_error(Errc::system, "clone-core: chmod 0700 " + dir + ": " + std::strerror(errno));
   }
   return {};
 }
@@ -76,7 +85,7 @@ void SlotLock::unlock() {
 void SlotLock::forget_in_child() { unlock(); }
 
 std::optional<SlotLock> try_lock(unsigned slot) {
-  int fd = open(lock_path(slot).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  int fd = open(lock_path(slot).c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return std::nullopt;
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     close(fd);
@@ -137,6 +146,7 @@ Error write_state(const ClusterState& s) {
     out << format_state(s);
     if (!out) return make_error(Errc::system, "clone-core: cannot write " + tmp);
   }
+  chmod(tmp.c_str(), 0600);
   if (rename(tmp.c_str(), path.c_str()) != 0)
     return make_error(Errc::system, "clone-core: cannot rename " + tmp + ": " + std::strerror(errno));
   return {};
@@ -189,6 +199,10 @@ void clean_slot(unsigned slot, netlink::Socket& host, CleanupReport& report) {
     }
     unlink(path.c_str());
   }
+  if (!userns::administers_network()) {  // see cleanup_stale_clusters()
+    if (touched) ++report.clusters;
+    return;
+  }
   auto links = netlink::list_links(host);
   if (links) {
     std::uint32_t group = kLinkGroupBase + slot;
@@ -218,13 +232,23 @@ void clean_slot(unsigned slot, netlink::Socket& host, CleanupReport& report) {
 
 namespace sf {
 
+std::string run_dir() {
+  const uid_t uid = geteuid();
+  if (uid == 0) return "/run/snowflock";
+  if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && xdg[0] == '/') {
+    struct stat st {};
+    if (stat(xdg, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == uid) return std::string(xdg) + "/snowflock";
+  }
+  return "/tmp/snowflock-" + std::to_string(uid);
+}
+
 Result<CleanupReport> cleanup_stale_clusters() {
   if (Error e = slots::ensure_run_dir()) return e;
   auto host = netlink::Socket::open();
   if (!host) return host.error();
   // Slots worth a look: those with a state file, and those with one of our links.
   std::set<unsigned> candidates;
-  if (DIR* dir = opendir(kRunDir)) {
+  if (DIR* dir = opendir(run_dir().c_str())) {
     while (dirent* e = readdir(dir)) {
       unsigned slot = 0;
       std::string name = e->d_name;
@@ -233,7 +257,10 @@ Result<CleanupReport> cleanup_stale_clusters() {
     }
     closedir(dir);
   }
-  auto links = netlink::list_links(*host);
+  // Host links are the host administrator's business: an ordinary user's cluster links live in
+  // its own network namespace and die with it, and another user's (or root's) are not ours.
+  const bool host_links = userns::administers_network();
+  auto links = host_links ? netlink::list_links(*host) : Result<std::vector<netlink::LinkEntry>>{std::vector<netlink::LinkEntry>{}};
   if (!links) return links.error();
   for (const auto& l : *links) {
     unsigned slot = 0;

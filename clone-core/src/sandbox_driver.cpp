@@ -6,11 +6,13 @@
 //             │     SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2, reports its child's end, exits with it)
 //             └── continuation (pid 2): returns from clone() with the clone's id
 //
-// The parent puts each init into a new PID namespace by unshare(CLONE_NEWPID) before fork
-// (then setns back), so the init is pid 1 at once and only two forks happen per clone. The
-// init does its own network setup in parallel with the others: it opens a netlink socket in
-// the host namespace, unshares net/uts/mount, creates its veth with the peer placed directly
-// into its own new namespace (one request), then configures lo and sf0 from inside.
+// The parent forks each init straight into a new PID namespace (clone(2) with CLONE_NEWPID),
+// so the init is pid 1 at once and only two forks happen per clone. The clones' network
+// namespaces, veths and addresses are made at prepare(); the init enters its own, unshares
+// UTS and mount namespaces and mounts its private /dev/shm, /tmp and /proc.
+//
+// Without root the parent first moves into a user namespace and a network namespace of its
+// own (user_namespace.hpp) and builds the same cluster there: one code path for both.
 #include "sandbox_driver.hpp"
 
 #include <fcntl.h>
@@ -41,6 +43,7 @@
 #include "cluster_slots.hpp"
 #include "clone-core/netlink_links.hpp"
 #include "status_record.hpp"
+#include "user_namespace.hpp"
 
 namespace sf {
 namespace {
@@ -57,19 +60,17 @@ int count_threads() {
   return n;
 }
 
-bool has_capability(int bit) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("CapEff:", 0) == 0) {
-      unsigned long long caps = std::stoull(line.substr(7), nullptr, 16);
-      return (caps >> bit) & 1ull;
-    }
-  }
-  return false;
-}
-
 int pidfd_open_compat(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+
+// fork() into a new PID namespace, whose pid 1 the child is. A raw clone(2) rather than
+// unshare(CLONE_NEWPID) + fork(): unshare changes the namespace of all the caller's later
+// children, and switching back (setns to the caller's own PID namespace) needs CAP_SYS_ADMIN
+// in the user namespace that owns it, which an ordinary user in a user namespace of its own
+// lacks. glibc's fork() bookkeeping (atfork handlers, lock resets) is not needed: clone()
+// runs only in a single-threaded process, and the init forks the continuation with fork().
+pid_t fork_into_new_pid_namespace() {
+  return static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWPID | SIGCHLD, nullptr, nullptr, nullptr, nullptr));
+}
 
 pid_t proc_ppid_host_view() {
   // /proc is still the host's here, so this is the parent's pid as the parent knows it
@@ -209,8 +210,6 @@ Result<unsigned> SandboxCluster::clone() {
   status_write_ = fds[1];
   // Room for every clone's records even if the parent reads late (253 clones x 2 x 224 B).
   fcntl(status_write_, F_SETPIPE_SZ, 1 << 18);
-  int own_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
-  if (own_pidns < 0) return make_error(Errc::namespace_setup, "clone-core: open /proc/self/ns/pid: " + errno_text(errno));
   const pid_t parent_pid = getpid();
   cloned_ = true;
   clones_.assign(layout_.clones(), CloneSlot{});
@@ -219,23 +218,16 @@ Result<unsigned> SandboxCluster::clone() {
   StepTrace trace;
   Error failure;
   for (unsigned id = 1; id <= layout_.clones(); ++id) {
-    // Children forked after unshare(CLONE_NEWPID) start a new PID namespace as its pid 1;
-    // setns back first because unshare(CLONE_NEWPID) only works from the active namespace.
-    if (setns(own_pidns, CLONE_NEWPID) != 0 || unshare(CLONE_NEWPID) != 0) {
-      int err = errno;
-      failure = make_error(err == EPERM ? Errc::missing_privilege : Errc::namespace_setup,
-                           "clone-core: new PID namespace for clone " + std::to_string(id) + ": " + errno_text(err) +
-                               (err == EPERM ? "; the sandbox driver needs CAP_SYS_ADMIN (run as root)" : ""));
-      break;
-    }
-    pid_t pid = fork();
+    pid_t pid = fork_into_new_pid_namespace();
     if (pid == 0) {
-      close(own_pidns);
       run_init(id, parent_pid);  // the init never returns; the continuation does
       return id_;
     }
     if (pid < 0) {
-      failure = make_error(Errc::clone_failed, "clone-core: fork for clone " + std::to_string(id) + ": " + errno_text(errno));
+      int err = errno;
+      failure = make_error(err == EPERM ? Errc::missing_privilege : Errc::clone_failed,
+                           "clone-core: fork into a new PID namespace for clone " + std::to_string(id) + ": " +
+                               errno_text(err));
       break;
     }
     clones_[id - 1].init_pid = pid;
@@ -245,8 +237,6 @@ Result<unsigned> SandboxCluster::clone() {
     if (c.init_pid <= 0) c.init_gone = true;  // never forked
   for (int& fd : netns_fds_)
     if (fd >= 0) close(fd), fd = -1;  // each init holds its namespace now
-  setns(own_pidns, CLONE_NEWPID);
-  close(own_pidns);
   close(status_write_);
   status_write_ = -1;
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -340,7 +330,7 @@ Error SandboxCluster::build_networks() {
       int err = errno;
       e = make_error(err == EPERM ? Errc::missing_privilege : Errc::namespace_setup,
                      "clone-core: new network namespace for clone " + std::to_string(id) + ": " + errno_text(err) +
-                         (err == EPERM ? "; the sandbox driver needs CAP_SYS_ADMIN (run as root)" : ""));
+                         (err == EPERM ? "; the sandbox driver needs CAP_SYS_ADMIN over its network namespace" : ""));
       break;
     }
     netns_fds_[id - 1] = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
@@ -643,14 +633,14 @@ class SandboxDriver final : public Driver {
   unsigned max_clones() const override { return kMaxClonesPerCluster; }
 
   Probe probe() const override {
-    std::string missing;
-    if (!has_capability(21)) missing += "CAP_SYS_ADMIN (namespaces, mounts)";
-    if (!has_capability(12)) missing += std::string(missing.empty() ? "" : " and ") + "CAP_NET_ADMIN (bridge, veths)";
-    if (!missing.empty())
-      return {false, "missing " + missing + "; run as root (there is no degraded mode without them)"};
-    for (const char* ns : {"/proc/self/ns/pid", "/proc/self/ns/net", "/proc/self/ns/uts", "/proc/self/ns/mnt"})
+    for (const char* ns : {"/proc/self/ns/pid", "/proc/self/ns/net", "/proc/self/ns/uts", "/proc/self/ns/mnt",
+                           "/proc/self/ns/user"})
       if (access(ns, F_OK) != 0) return {false, std::string("the kernel lacks ") + ns + " (namespaces)"};
-    return {true, "sandbox: fork into PID/UTS/net/mount namespaces, cluster bridge and veths"};
+    if (userns::administers_network())
+      return {true, "sandbox: fork into PID/UTS/net/mount namespaces, cluster bridge and veths"};
+    if (std::string why = userns::refusal(); !why.empty()) return {false, why};
+    return {true, "sandbox in a user namespace of its own: fork into PID/UTS/net/mount namespaces, cluster "
+                  "bridge and veths"};
   }
 
   Result<std::unique_ptr<ClusterInstance>> prepare(const ClusterSpec& spec) override {
@@ -658,6 +648,9 @@ class SandboxDriver final : public Driver {
     if (!pool) return pool.error();
     if (slot_count(*pool) == 0)
       return make_error(Errc::invalid_argument, "clone-core: subnet pool " + pool->to_string() + " is smaller than a /24");
+    // Without root: the whole cluster, the parent's side included, in namespaces of our own.
+    if (!userns::administers_network())
+      if (Error e = userns::enter()) return e;
     if (Error e = slots::ensure_run_dir()) return e;
     // Stale clusters of crashed runs go first (their locks are free). Best effort: what it
     // cannot remove stays for `mpirun-sf --cleanup`, and does not stop this cluster.

@@ -633,6 +633,8 @@ unsigned remove_dead_launcher_dirs(const std::string& parent) {
     std::string name = entry.path().filename().string();
     std::smatch m;
     if (!std::regex_match(name, m, ours) || !entry.is_directory()) continue;
+    struct stat st {};
+    if (lstat(entry.path().c_str(), &st) != 0 || st.st_uid != geteuid()) continue;  // only our own
     long pid = atol(m[1].str().c_str());
     if (kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
       std::error_code rm;

@@ -25,7 +25,9 @@ Plan make_plan(const JobSpec& spec, const HostFacts& host) {
     per_machine = std::max(per_machine, ceil_div(plan.np, spec.clones));
   if (spec.clones > 1 && (!cloning_wanted || !host.can_clone))
     throw UsageError("--clones " + std::to_string(spec.clones) + " needs a clone driver, but " +
-                     (cloning_wanted ? host.clone_denied : std::string("--driver none was given")));
+                     (cloning_wanted ? host.clone_denied : std::string("--driver none was given")) +
+                     "; without --clones the job runs on this machine alone (add --oversubscribe if its ranks "
+                     "outnumber the cores)");
 
   int machines;
   if (spec.clones > 0) {

@@ -104,11 +104,16 @@ struct CleanupReport {
   std::vector<std::string> notes; // one line per removed thing or per failure
 };
 // Remove what crashed runs left: for every slot whose lock is free, its state file, bridge,
-// veths and leftover clone processes. Live clusters (lock held) are not touched. This is
-// what `mpirun-sf --cleanup` runs; Ticket::request() runs it too.
+// veths and leftover clone processes. Live clusters (lock held) are not touched. Only the
+// caller's own run_dir() is looked at, and host links only by a caller that administers the
+// host network (an ordinary user's links die with its own network namespace). This is what
+// `mpirun-sf --cleanup` runs; Ticket::request() runs it too.
 Result<CleanupReport> cleanup_stale_clusters();
 
-// Where locks and state files live.
-inline constexpr const char* kRunDir = "/run/snowflock";
+// Where the sandbox driver keeps its locks and state files: /run/snowflock for root; for
+// anyone else $XDG_RUNTIME_DIR/snowflock when XDG_RUNTIME_DIR is the caller's own directory,
+// else /tmp/snowflock-<uid>. Always a 0700 directory of the caller's own: one user's
+// clusters are invisible to, and cannot be cleaned by, another.
+std::string run_dir();
 
 }  // namespace sf

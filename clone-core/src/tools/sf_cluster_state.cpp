@@ -37,16 +37,17 @@ int main(int argc, char** argv) {
     std::fputs(sf::slots::format_state(*state).c_str(), stdout);
     return 0;
   }
-  DIR* dir = opendir(sf::kRunDir);
+  const std::string run_dir = sf::run_dir();
+  DIR* dir = opendir(run_dir.c_str());
   if (!dir) {
-    std::printf("no clusters (%s does not exist)\n", sf::kRunDir);
+    std::printf("no clusters (%s does not exist)\n", run_dir.c_str());
     return 0;
   }
   unsigned shown = 0;
   while (dirent* e = readdir(dir)) {
     std::string name = e->d_name;
     if (name.size() < 6 || name.compare(name.size() - 5, 5, ".json") != 0) continue;
-    auto state = sf::slots::read_state(std::string(sf::kRunDir) + "/" + name);
+    auto state = sf::slots::read_state(run_dir + "/" + name);
     if (!state) {
       std::printf("%s: %s\n", name.c_str(), state.error().message.c_str());
       continue;
