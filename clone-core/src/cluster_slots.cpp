@@ -18,7 +18,7 @@
 #include <sstream>
 
 #include "clone-core/cluster_layout.hpp"
-#include "user_namespace.hpp"
+#include "clone-core/user_namespace.hpp"
 
 namespace sf::slots {
 namespace {

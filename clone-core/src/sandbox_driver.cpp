@@ -43,7 +43,7 @@
 #include "cluster_slots.hpp"
 #include "clone-core/netlink_links.hpp"
 #include "status_record.hpp"
-#include "user_namespace.hpp"
+#include "clone-core/user_namespace.hpp"
 
 namespace sf {
 namespace {

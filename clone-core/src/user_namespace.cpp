@@ -1,5 +1,5 @@
-// clone-core (sandbox driver): entering a user namespace of one's own (see user_namespace.hpp).
-#include "user_namespace.hpp"
+// clone-core: entering a user namespace of one's own (see clone-core/user_namespace.hpp).
+#include "clone-core/user_namespace.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -144,25 +144,27 @@ std::string refusal() {
                            "SELinux policy)");
 }
 
-Error enter() {
+Error enter(bool new_network) {
   int threads = count_threads();
   if (threads > 1)
     return make_error(Errc::not_single_threaded,
-                      "clone-core: without root the sandbox driver makes a user namespace of its own, which needs a "
-                      "single-threaded process, but this one has " +
+                      "clone-core: without root a user namespace of the process's own is needed, and making one "
+                      "needs a single-threaded process, but this one has " +
                           std::to_string(threads) + " threads; request the ticket before starting any thread");
   const uid_t uid = geteuid();
   const gid_t gid = getegid();
-  if (unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0) {
+  if (unshare(CLONE_NEWUSER | (new_network ? CLONE_NEWNET : 0)) != 0) {
     int err = errno;
     std::string setting = disabling_setting();
     return make_error(err == EPERM || err == ENOSPC || err == EUSERS ? Errc::missing_privilege : Errc::namespace_setup,
-                      "clone-core: sandbox: " +
-                          unavailable("unshare(CLONE_NEWUSER | CLONE_NEWNET): " + std::string(std::strerror(err)) +
-                                      (setting.empty() ? std::string() : "; " + setting)));
+                      "clone-core: " +
+                          unavailable(std::string(new_network ? "unshare(CLONE_NEWUSER | CLONE_NEWNET): "
+                                                              : "unshare(CLONE_NEWUSER): ") +
+                                      std::strerror(err) + (setting.empty() ? std::string() : "; " + setting)));
   }
   if (std::string err = map_own_ids(uid, gid); !err.empty())
-    return make_error(Errc::namespace_setup, "clone-core: sandbox: in the new user namespace: " + err);
+    return make_error(Errc::namespace_setup, "clone-core: in the new user namespace: " + err);
+  if (!new_network) return {};
   auto sock = netlink::Socket::open();
   if (!sock) return sock.error();
   return netlink::set_up(*sock, 1, "lo");  // lo is always ifindex 1 in a new network namespace

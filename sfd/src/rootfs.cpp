@@ -49,9 +49,12 @@ std::string hex128(const XXH128_hash_t& h) {
 int compare_names(const FTSENT** a, const FTSENT** b) { return std::strcmp((*a)->fts_name, (*b)->fts_name); }
 
 // Walks `roots` (absolute) without following symlinks, in name order, skipping `skip`
-// (absolute paths). `visit` gets each entry; returning false stops the walk.
+// (absolute paths). `visit` gets each entry; returning false stops the walk. An entry that
+// cannot be read is an error, unless `unreadable` is given: then it is skipped and its path
+// recorded there (what an ordinary user cannot read of the host stays out of its image).
 template <typename Visit>
-Status walk(const std::vector<fs::path>& roots, const std::set<std::string>& skip, Visit visit) {
+Status walk(const std::vector<fs::path>& roots, const std::set<std::string>& skip, Visit visit,
+            std::vector<std::string>* unreadable = nullptr) {
   std::vector<std::string> root_strings;
   for (const auto& r : roots) root_strings.push_back(r.string());
   std::vector<char*> argv;
@@ -62,15 +65,23 @@ Status walk(const std::vector<fs::path>& roots, const std::set<std::string>& ski
   Status st = ok_status();
   while (FTSENT* e = fts_read(fts)) {
     if (e->fts_info == FTS_DP) continue;  // directory, post-order
-    if (e->fts_info == FTS_DNR || e->fts_info == FTS_ERR || e->fts_info == FTS_NS) {
-      st = make_error("rootfs: cannot read " + std::string(e->fts_path) + ": " + std::strerror(e->fts_errno));
-      break;
-    }
     if (e->fts_info == FTS_D && skip.count(e->fts_path) != 0) {
       fts_set(fts, e, FTS_SKIP);
       continue;
     }
     if (skip.count(e->fts_path) != 0) continue;
+    const bool cannot_read = e->fts_info == FTS_DNR || e->fts_info == FTS_ERR || e->fts_info == FTS_NS ||
+                             (e->fts_info == FTS_F && access(e->fts_accpath, R_OK) != 0) ||
+                             (e->fts_info == FTS_D && access(e->fts_accpath, R_OK | X_OK) != 0);
+    if (cannot_read && unreadable != nullptr) {
+      unreadable->push_back(e->fts_path);
+      if (e->fts_info == FTS_D) fts_set(fts, e, FTS_SKIP);
+      continue;
+    }
+    if (e->fts_info == FTS_DNR || e->fts_info == FTS_ERR || e->fts_info == FTS_NS) {
+      st = make_error("rootfs: cannot read " + std::string(e->fts_path) + ": " + std::strerror(e->fts_errno));
+      break;
+    }
     if (!visit(e)) break;
   }
   fts_close(fts);
@@ -140,7 +151,7 @@ Result<SystemImageSpec> host_system_image_spec() {
   return spec;
 }
 
-Result<std::string> system_image_key(const SystemImageSpec& spec) {
+Result<std::string> system_image_key(const SystemImageSpec& spec, std::vector<std::string>* unreadable) {
   XXH3_state_t* state = XXH3_createState();
   XXH3_128bits_reset(state);
   hash_text(state, kRootfsFormat);
@@ -152,6 +163,8 @@ Result<std::string> system_image_key(const SystemImageSpec& spec) {
   std::set<std::string> skip;
   for (const auto& e : spec.excludes) skip.insert((spec.source_root / e).string());
   std::vector<char> link(4096);
+  // An ordinary user's image holds what that user can read (root's: everything, or an error).
+  std::vector<std::string> skipped;
   auto st = walk(roots, skip, [&](FTSENT* e) {
     const struct stat& s = *e->fts_statp;
     hash_text(state, std::string_view(e->fts_path, e->fts_pathlen));
@@ -166,7 +179,10 @@ Result<std::string> system_image_key(const SystemImageSpec& spec) {
       hash_text(state, n > 0 ? std::string_view(link.data(), static_cast<std::size_t>(n)) : std::string_view());
     }
     return true;
-  });
+  }, geteuid() == 0 ? nullptr : &skipped);
+  for (const auto& p : skipped) hash_text(state, "unreadable:" + p);
+  if (unreadable != nullptr)
+    for (const auto& p : skipped) unreadable->push_back(fs::path(p).lexically_relative(spec.source_root).string());
   const XXH128_hash_t h = XXH3_128bits_digest(state);
   XXH3_freeState(state);
   if (!st) return st.error();
@@ -205,8 +221,12 @@ std::vector<std::string> erofs_excludes_for(const fs::path& source_root, const s
 
 Result<SystemImage> ensure_system_image(const SystemImageSpec& spec, const fs::path& cache_root) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto key = system_image_key(spec);
+  std::vector<std::string> unreadable;
+  auto key = system_image_key(spec, &unreadable);
   if (!key) return key.error();
+  if (!unreadable.empty())
+    spdlog::info("system image: leaving out {} entries this user cannot read (the first: {})", unreadable.size(),
+                 unreadable.front());
   spdlog::info("system image key {} ({} ms stat walk of {})", *key,
                std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count(),
                spec.source_root.string());
@@ -231,7 +251,9 @@ Result<SystemImage> ensure_system_image(const SystemImageSpec& spec, const fs::p
   };
   spdlog::info("building the system image of {} in {} (about a minute the first time)", spec.source_root.string(), base.string());
   const auto t1 = std::chrono::steady_clock::now();
-  if (auto st = make_erofs(spec.source_root, erofs_excludes_for(spec.source_root, spec.trees, spec.excludes), tmp / kSystemImageName); !st)
+  std::vector<std::string> excludes = spec.excludes;
+  excludes.insert(excludes.end(), unreadable.begin(), unreadable.end());
+  if (auto st = make_erofs(spec.source_root, erofs_excludes_for(spec.source_root, spec.trees, excludes), tmp / kSystemImageName); !st)
     return fail(st.error().message);
   fs::rename(tmp, base / img.key, ec);
   if (ec) {

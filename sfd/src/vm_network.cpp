@@ -17,6 +17,7 @@
 #include "clone-core/cluster_layout.hpp"
 #include "clone-core/vm_identity.hpp"
 #include "clone-core/netlink_links.hpp"
+#include "clone-core/user_namespace.hpp"
 
 namespace sfd {
 
@@ -82,6 +83,12 @@ std::string in_namespace(int netns_fd, const std::function<std::string()>& fn) {
 }  // namespace
 
 Result<std::unique_ptr<VmNetwork>> VmNetwork::create() {
+  // Without root: first a user namespace of our own (keeping the host's network, which remote
+  // clones use), over which we then hold the capabilities that the namespace, bridge and taps
+  // below need. Files keep our uid and gid; QEMU runs as the user.
+  if (!sf::userns::administers_network())
+    if (sf::Error e = sf::userns::enter(/*new_network=*/false))
+      return make_error("network: " + e.message);
   std::unique_ptr<VmNetwork> net(new VmNetwork());
   net->nl_ = std::make_unique<Netlink>();
   std::string error;
@@ -91,7 +98,7 @@ Result<std::unique_ptr<VmNetwork>> VmNetwork::create() {
     if (unshare(CLONE_NEWNET) != 0) {
       const int err = errno;
       error = "network: cannot create a network namespace for the VMs: " + errno_text(err) +
-              (err == EPERM ? "; sfd needs CAP_SYS_ADMIN (run it as root)" : "");
+              (err == EPERM ? "; sfd needs CAP_SYS_ADMIN over its user namespace" : "");
       return;
     }
     net->netns_fd_ = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);

@@ -27,7 +27,7 @@
 
 #include "clone-core/clone.hpp"
 #include "cluster_slots.hpp"
-#include "user_namespace.hpp"
+#include "clone-core/user_namespace.hpp"
 #include "clone-core/netlink_links.hpp"
 
 namespace {

@@ -4,7 +4,9 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -43,6 +45,10 @@ struct TestDirs {
     fs::remove_all(run, ec);
     fs::remove_all(ram, ec);
   }
+  // Hands the directories to an ordinary user that sfd will run as.
+  void give_to(uid_t uid, gid_t gid) const {
+    for (const auto& d : {work, run, ram}) EXPECT_EQ(chown(d.c_str(), uid, gid), 0) << d;
+  }
   bool vm_files_left(std::string* what) const {
     bool left = false;
     for (const auto& d : {run, ram}) {
@@ -55,14 +61,29 @@ struct TestDirs {
   }
 };
 
+// An ordinary user to run sfd as (sf-tester-a, made by scripts/setup): its uid, gid and home.
+struct RunAs {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::string home;
+  std::string sfd;  // the sfd binary to run: a copy the user can read (see stage())
+};
+inline std::optional<RunAs> ordinary_test_user() {
+  const passwd* pw = getpwnam("sf-tester-a");
+  if (pw == nullptr) return std::nullopt;
+  return RunAs{pw->pw_uid, pw->pw_gid, pw->pw_dir, {}};
+}
+
 class SfdProcess {
  public:
   // sfd's stdin is `stdin_path` (default /dev/null: sfd forwards its stdin to the command).
-  SfdProcess(const std::vector<std::string>& args, const TestDirs& dirs, const std::string& stdin_path = "/dev/null") {
+  // With `as`, sfd runs as that ordinary user (uid, gid, no supplementary groups, its HOME).
+  SfdProcess(const std::vector<std::string>& args, const TestDirs& dirs, const std::string& stdin_path = "/dev/null",
+             const std::optional<RunAs>& as = std::nullopt) {
     int out[2], err[2];
     EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
     EXPECT_EQ(pipe2(err, O_CLOEXEC), 0);
-    std::vector<std::string> argv = {SFD_BINARY, "run"};
+    std::vector<std::string> argv = {as ? as->sfd : std::string(SFD_BINARY), "run"};
     argv.insert(argv.end(), args.begin(), args.end());
     std::vector<char*> cargv;
     for (auto& a : argv) cargv.push_back(a.data());
@@ -78,6 +99,13 @@ class SfdProcess {
       setenv("SF_RUNTIME_DIR", dirs.run.c_str(), 1);
       setenv("SF_RAM_DIR", dirs.ram.c_str(), 1);
       setenv("SFT_MARKER", "from-the-host", 1);
+      if (as) {
+        setenv("HOME", as->home.c_str(), 1);
+        unsetenv("XDG_RUNTIME_DIR");
+        unsetenv("XDG_CACHE_HOME");
+        unsetenv("SF_CACHE_DIR");
+        if (setgroups(0, nullptr) != 0 || setgid(as->gid) != 0 || setuid(as->uid) != 0) _exit(122);
+      }
       execv(cargv[0], cargv.data());
       _exit(121);
     }
@@ -167,10 +195,13 @@ inline std::string read_file(const fs::path& p) {
 }
 
 // Copies a host program into the test's working directory (the VM's work disk); returns
-// "./NAME" for the command line.
+// "./NAME" for the command line. The copy is readable and executable by everyone, so an
+// ordinary user can run it wherever the build tree is.
 inline std::string stage(const TestDirs& dirs, const std::string& path) {
   const fs::path to = dirs.work / fs::path(path).filename();
   fs::copy_file(path, to, fs::copy_options::overwrite_existing);
+  fs::permissions(to, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec | fs::perms::others_read |
+                          fs::perms::others_exec);
   return "./" + to.filename().string();
 }
 

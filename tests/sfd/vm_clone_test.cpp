@@ -86,6 +86,42 @@ TEST(VmMpi, MpirunSfInsideAVmForksItIntoFourVms) {
   EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
 }
 
+// The same as an ordinary user, with no privilege and no setuid helper: sfd makes the VMs'
+// network (bridge, taps) in a user namespace of its own, builds that user's system image of
+// what the user can read (cached in the user's home), and runs QEMU as the user. The output
+// and exit status are root's; nothing is left in the run and RAM directories, and no process
+// of the user survives.
+TEST(VmMpi, AnOrdinaryUserForksAVmIntoFourVmsAsRootDoes) {
+  auto user = ordinary_test_user();
+  ASSERT_TRUE(user) << "the ordinary test user sf-tester-a does not exist: run scripts/setup as root";
+  TestDirs dirs;
+  dirs.give_to(user->uid, user->gid);
+  user->sfd = (dirs.work / fs::path(stage(dirs, SFD_BINARY)).filename()).string();
+  const std::string mpirun_sf = stage(dirs, MPIRUN_SF);
+  const std::string hello = stage(dirs, HELLO_EXAMPLE);
+  SfdProcess p({"--mem", "512M", "--", mpirun_sf, "--allow-run-as-root", "-np", "8", "--clones", "4", hello}, dirs,
+               "/dev/null", user);
+  const auto st = p.finish(std::chrono::seconds(600));  // the user's first run builds its system image
+  ASSERT_TRUE(st.has_value()) << p.err();
+  ASSERT_EQ(*st, 0) << p.out() << p.err();
+  std::set<std::string> hosts;
+  std::set<int> ranks;
+  std::regex line("Hello from rank ([0-9]+) of 8 on ([^ ]+)");
+  for (std::sregex_iterator it(p.out().begin(), p.out().end(), line), end; it != end; ++it) {
+    ranks.insert(std::stoi((*it)[1].str()));
+    hosts.insert((*it)[2].str());
+  }
+  EXPECT_EQ(ranks.size(), 8u) << p.out();
+  EXPECT_EQ(hosts, (std::set<std::string>{"sf-vm", "sf-vm-sf1", "sf-vm-sf2", "sf-vm-sf3"})) << p.out();
+  EXPECT_TRUE(wait_no_qemu(p.pid()));
+  std::string what;
+  EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
+  // Nothing of the run in the host's network namespace: the bridge and taps were the user's.
+  std::ifstream dev("/proc/net/dev");
+  std::string devices((std::istreambuf_iterator<char>(dev)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(devices.find("sft0-"), std::string::npos) << devices;
+}
+
 // mpirun forwards its stdin to rank 0; so does mpirun-sf inside a VM that it forks, with the
 // input coming through sfd (its stdin) and the guest agent.
 TEST(VmMpi, SfdStdinReachesRankZeroAfterTheVmIsCloned) {

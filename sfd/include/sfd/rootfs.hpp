@@ -56,7 +56,10 @@ Result<SystemImageSpec> host_system_image_spec();
 
 // XXH3-128 (hex) over the format version, the tree and exclude lists and a stat walk (path,
 // type, mode, size, mtime, symlink target) of the included trees. Cheap: no file is read.
-Result<std::string> system_image_key(const SystemImageSpec& spec);
+// Run by an ordinary user, entries that user cannot read are left out of the walk (and the
+// image) rather than failing it; their paths, relative to the source root, are appended to
+// `unreadable` when given.
+Result<std::string> system_image_key(const SystemImageSpec& spec, std::vector<std::string>* unreadable = nullptr);
 
 struct SystemImage {
   std::string key;

@@ -1,4 +1,5 @@
-// clone-core (sandbox driver): the user namespace that lets an ordinary user build a cluster.
+// clone-core: the user namespace that lets an ordinary user build a cluster (the sandbox
+// driver's outer layer; sfd uses it for its VM network too).
 //
 // Root (more precisely: a process with CAP_SYS_ADMIN and CAP_NET_ADMIN in the user namespace
 // that owns its network namespace) builds the cluster's bridge in its own network namespace.
@@ -24,9 +25,11 @@ bool administers_network();
 // to try (the only reliable test: security modules and seccomp filters can forbid it too).
 std::string refusal();
 
-// Moves the calling process (which must be single-threaded) into a new user namespace and a
-// new network namespace, maps its uid and gid to themselves and brings lo up. For good: there
-// is no way back to the original namespaces without privilege.
-Error enter();
+// Moves the calling process (which must be single-threaded) into a new user namespace, maps
+// its uid and gid to themselves and, with new_network, into a new network namespace too with
+// lo up. For good: there is no way back to the original namespaces without privilege.
+// Without new_network the process keeps the host's network (where it holds no privilege) and
+// gains every capability over the namespaces it creates from now on.
+Error enter(bool new_network = true);
 
 }  // namespace sf::userns
