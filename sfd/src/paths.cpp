@@ -2,6 +2,7 @@
 #include "sfd/paths.hpp"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -32,6 +33,16 @@ fs::path runtime_dir() {
   if (geteuid() == 0) return "/run/snowflock";
   if (const char* v = env("XDG_RUNTIME_DIR")) return fs::path(v) / "snowflock";
   return fs::path("/tmp") / ("snowflock-" + std::to_string(geteuid()));
+}
+
+std::error_code create_runtime_dir() {
+  std::error_code ec;
+  const fs::path dir = runtime_dir();
+  if (fs::create_directories(dir, ec); ec) return ec;
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) == 0 && st.st_uid == geteuid() && (st.st_mode & 077) != 0)
+    fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+  return ec;
 }
 
 fs::path ram_dir() {

@@ -73,7 +73,7 @@ std::string hex64(std::uint64_t v) {
 // A private directory named after this sfd (so the stale-file sweep removes it if we are killed).
 Result<fs::path> make_private_dir(const std::string& kind) {
   std::error_code ec;
-  fs::create_directories(runtime_dir(), ec);
+  ec = create_runtime_dir();
   const fs::path d = runtime_dir() / (std::string(kVmPrefix) + std::to_string(getpid()) + "-" + kind + "-" +
                                       std::to_string(dir_counter++));
   if (::mkdir(d.c_str(), 0700) != 0)

@@ -367,7 +367,7 @@ Status build_work_image(const std::vector<fs::path>& paths, const fs::path& out,
 
 Result<std::unique_ptr<WorkImage>> WorkImage::build(const std::vector<fs::path>& paths, std::uint64_t limit) {
   std::error_code ec;
-  fs::create_directories(runtime_dir(), ec);
+  ec = create_runtime_dir();
   const fs::path file = runtime_dir() / (std::string(kVmPrefix) + std::to_string(getpid()) + "-work-" +
                                          std::to_string(work_image_counter++) + ".erofs");
   std::unique_ptr<WorkImage> img(new WorkImage(file));  // removes a half-written file on failure

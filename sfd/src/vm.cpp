@@ -141,7 +141,7 @@ Result<std::unique_ptr<QemuVm>> QemuVm::launch(const VmConfig& config) {
   std::unique_ptr<QemuVm> vm(new QemuVm());
   const std::string name = std::string(kVmPrefix) + std::to_string(getpid()) + "-" + std::to_string(vm_counter++);
   std::error_code ec;
-  fs::create_directories(runtime_dir(), ec);
+  ec = create_runtime_dir();
   vm->paths_.run_dir = runtime_dir() / name;
   if (!fs::create_directory(vm->paths_.run_dir, ec) || ec)
     return make_error("vm: cannot create " + vm->paths_.run_dir.string() + ": " + ec.message() + "; set SF_RUNTIME_DIR");

@@ -14,6 +14,9 @@ std::filesystem::path cache_dir();
 // $SF_RUNTIME_DIR, else /run/snowflock for root, else $XDG_RUNTIME_DIR/snowflock, else
 // /tmp/snowflock-<uid>. Holds one directory per VM: sf-vm-<sfd pid>-<n>/.
 std::filesystem::path runtime_dir();
+// Creates runtime_dir() (and its parents) when missing, the directory itself private (0700):
+// it holds the VMs' QMP sockets, logs and descriptors.
+std::error_code create_runtime_dir();
 
 // Where guest RAM files live: $SF_RAM_DIR, else /dev/shm. Files are sf-vm-<sfd pid>-<n>.ram.
 std::filesystem::path ram_dir();
