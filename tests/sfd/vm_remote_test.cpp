@@ -2,7 +2,13 @@
 // the clones of the master VM on other hosts, here network namespaces on a private bridge
 // (namespace_hosts.hpp). Each remote clone's RAM comes from memtap over mcdist, its NIC is
 // relayed to the cluster network. Real TCG guests; deadlines are bounds against hangs only.
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <pwd.h>
+#include <sys/stat.h>
 
 #include <map>
 #include <nlohmann/json.hpp>
@@ -61,6 +67,72 @@ std::vector<std::string> cat(std::vector<std::string> a, const std::vector<std::
   a.insert(a.end(), b.begin(), b.end());
   return a;
 }
+
+// An SSH server (Debian's dropbear, started by the test as root) on namespace host k, and a
+// key of the ordinary test user's own authorized there: how an ordinary user's sfd really
+// starts its members on other hosts. Stopped, and the key removed, by the destructor.
+struct SshServer {
+  fs::path dir = make_temp_dir("/tmp");
+  fs::path home_ssh;
+  std::string address, user_name;
+  pid_t pid = -1;
+  bool ok = false;
+  static constexpr int kPort = 2222;
+
+  SshServer(const NamespaceHosts& hosts, unsigned k, const RunAs& user) : address(hosts.net + std::to_string(10 + k)) {
+    user_name = getpwuid(user.uid)->pw_name;
+    home_ssh = fs::path(user.home) / ".ssh";
+    fs::create_directories(home_ssh);
+    const fs::path key = dir / "user_key", authorized = home_ssh / "authorized_keys";
+    ok = NamespaceHosts::sh("dropbearkey -t ed25519 -f " + (dir / "host_key").string()) == 0 &&
+         NamespaceHosts::sh("dropbearkey -t ed25519 -f " + key.string()) == 0 &&
+         NamespaceHosts::sh("dropbearkey -y -f " + key.string() + " | grep '^ssh-' > " + authorized.string()) == 0 &&
+         chown(home_ssh.c_str(), user.uid, user.gid) == 0 && chmod(home_ssh.c_str(), 0700) == 0 &&
+         chown(authorized.c_str(), user.uid, user.gid) == 0 && chmod(authorized.c_str(), 0600) == 0 &&
+         chown(key.c_str(), user.uid, user.gid) == 0 && chmod(key.c_str(), 0600) == 0 &&
+         chmod(dir.c_str(), 0755) == 0;
+    if (!ok) return;
+    const std::string listen = address + ":" + std::to_string(kPort);
+    pid = fork();
+    if (pid == 0) {
+      const int log = open((dir / "dropbear.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      dup2(log, 1);
+      dup2(log, 2);
+      execlp("ip", "ip", "netns", "exec", hosts.ns(k).c_str(), "dropbear", "-F", "-E", "-s", "-p", listen.c_str(), "-r",
+             (dir / "host_key").c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    // Ready when it accepts a connection (from here, over the test bridge).
+    ok = false;
+    for (int i = 0; i < 200 && !ok; ++i) {
+      const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(kPort);
+      inet_pton(AF_INET, address.c_str(), &a.sin_addr);
+      ok = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+      close(fd);
+      if (!ok) usleep(50000);
+    }
+  }
+  ~SshServer() {
+    if (pid > 0) {
+      kill(pid, SIGTERM);
+      waitpid(pid, nullptr, 0);
+    }
+    std::error_code ec;
+    fs::remove(home_ssh / "authorized_keys", ec);
+    fs::remove_all(dir, ec);
+  }
+  // The agent for `sfd run --remote`: dbclient with the user's key (-y -y: the host key is new
+  // in every test).
+  std::string agent() const {
+    return "dbclient -y -y -i " + (dir / "user_key").string() + " -p " + std::to_string(kPort) + " " + user_name + "@" + address;
+  }
+  std::string log() const { return read_file(dir / "dropbear.log"); }
+};
+
+bool user_has_processes(uid_t uid) { return NamespaceHosts::sh("pgrep -u " + std::to_string(uid)) == 0; }
 
 }  // namespace
 
@@ -130,6 +202,39 @@ TEST(VmRemote, MpirunSfRunsRanksOnANamespaceHost) {
   }
   EXPECT_TRUE(hosts_quiet(hosts));
   EXPECT_FALSE(mounted_under(dirs.run));
+  std::string what;
+  EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
+}
+
+// The same as an ordinary user: sfd starts the remote member over SSH with the user's key,
+// the member mounts memtap's FUSE file through the system's fusermount3 and runs QEMU as the
+// user; ranks on the remote clone print as on a local one, and nothing of the user is left.
+TEST(VmRemote, AnOrdinaryUserPlacesAVmCloneOnAnotherHostOverSsh) {
+  auto user = ordinary_test_user();
+  ASSERT_TRUE(user) << "the ordinary test user sf-tester-a does not exist: run scripts/setup as root";
+  NamespaceHosts hosts(1, "ru");
+  ASSERT_TRUE(hosts.ok) << "cannot build the bridge and namespace (needs root)";
+  TestDirs dirs;
+  dirs.give_to(user->uid, user->gid);
+  user->sfd = (dirs.work / fs::path(stage(dirs, SFD_BINARY)).filename()).string();
+  const std::string mpirun_sf = stage(dirs, MPIRUN_SF), hello = stage(dirs, HELLO_EXAMPLE);
+  {
+    SshServer ssh(hosts, 1, *user);
+    ASSERT_TRUE(ssh.ok) << ssh.log();
+    SfdProcess p({"--remote", ssh.agent(), "--remote-iface", hosts.bridge, "--mem", "512M", "--", mpirun_sf,
+                  "--allow-run-as-root", "-np", "2", "--clones", "2", hello},
+                 dirs, "/dev/null", user);
+    const auto st = p.finish(std::chrono::seconds(600));  // the user's first run builds its system image
+    ASSERT_TRUE(st.has_value()) << p.err();
+    ASSERT_EQ(*st, 0) << p.out() << p.err() << ssh.log();
+    EXPECT_NE(p.out().find("Hello from rank 0 of 2 on sf-vm "), std::string::npos) << p.out();
+    EXPECT_NE(p.out().find("Hello from rank 1 of 2 on sf-vm-sf1 "), std::string::npos) << p.out();
+    EXPECT_TRUE(wait_no_qemu(p.pid()));
+  }
+  for (int i = 0; i < 300 && user_has_processes(user->uid); ++i) usleep(100000);
+  EXPECT_FALSE(user_has_processes(user->uid)) << "a process of the user outlived the run";
+  EXPECT_FALSE(mounted_under(dirs.run));
+  EXPECT_EQ(read_file("/proc/mounts").find("memtap"), std::string::npos) << read_file("/proc/mounts");
   std::string what;
   EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
 }
