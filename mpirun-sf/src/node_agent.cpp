@@ -66,8 +66,10 @@ void NodeAgent::start(const std::string& session_dir) {
   if (mkdtemp(pattern.data())) shm_dir_ = pattern;
   else spdlog::warn("node {}: cannot create {}: {}; shared-memory segments go to Open MPI's default",
                     node_, pattern, strerror(errno));
-  server_ = pmix::PmixServer::start(
+  auto server = pmix::PmixServer::start(
       pmix::ServerOptions{session_dir, here.hostname, static_cast<uint32_t>(node_)}, *this);
+  if (!server) throw std::runtime_error(server.error().message);
+  server_ = std::move(*server);
   server_->register_job(ctx_.map, node_);
   sigchld_.async_wait([this](const boost::system::error_code& ec, int) {
     if (!ec) reap();

@@ -64,28 +64,50 @@ class InfoList {
 };
 
 // --- upcalls ----------------------------------------------------------------------------
-// Each copies what it needs, calls the host, and returns at once.
+// Each copies what it needs, calls the host, and returns at once. Each runs inside guarded():
+// no exception may cross into OpenPMIx's C code. A body that throws has not handed its
+// callback on (the host's methods take a completion or throw, never both), so the upcall
+// returns an error status instead, and PMIx then answers the client itself: every request
+// is answered either way.
+template <typename Body>
+pmix_status_t guarded(const char* upcall, const pmix_proc_t* proc, Body&& body) noexcept {
+  if (g_host == nullptr) return PMIX_ERR_INIT;  // after a server that had to be abandoned
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    spdlog::error("pmix: {} from rank {}: {}", upcall, proc ? proc->rank : kRankWildcard, e.what());
+  } catch (...) {
+    spdlog::error("pmix: {} from rank {}: an unknown exception", upcall, proc ? proc->rank : kRankWildcard);
+  }
+  return PMIX_ERROR;
+}
 
 pmix_status_t on_client_connected(const pmix_proc_t* proc, void*, pmix_op_cbfunc_t cbfunc,
                                   void* cbdata) {
-  g_host->client_connected(proc->rank);
-  if (cbfunc) cbfunc(PMIX_SUCCESS, cbdata);
-  return PMIX_SUCCESS;
+  return guarded("client_connected", proc, [&]() -> pmix_status_t {
+    g_host->client_connected(proc->rank);
+    if (cbfunc) cbfunc(PMIX_SUCCESS, cbdata);
+    return PMIX_SUCCESS;
+  });
 }
 
 pmix_status_t on_client_finalized(const pmix_proc_t* proc, void*, pmix_op_cbfunc_t cbfunc,
                                   void* cbdata) {
-  g_host->client_finalized(proc->rank);
-  if (cbfunc) cbfunc(PMIX_SUCCESS, cbdata);
-  return PMIX_SUCCESS;
+  return guarded("client_finalized", proc, [&]() -> pmix_status_t {
+    g_host->client_finalized(proc->rank);
+    if (cbfunc) cbfunc(PMIX_SUCCESS, cbdata);
+    return PMIX_SUCCESS;
+  });
 }
 
 pmix_status_t on_abort(const pmix_proc_t* proc, void*, int status, const char msg[],
                        pmix_proc_t[], size_t, pmix_op_cbfunc_t cbfunc, void* cbdata) {
-  g_host->abort(proc->rank, status, msg ? msg : "", [cbfunc, cbdata](int rc) {
-    if (cbfunc) cbfunc(rc, cbdata);
+  return guarded("abort", proc, [&]() -> pmix_status_t {
+    g_host->abort(proc->rank, status, msg ? msg : "", [cbfunc, cbdata](int rc) {
+      if (cbfunc) cbfunc(rc, cbdata);
+    });
+    return PMIX_SUCCESS;
   });
-  return PMIX_SUCCESS;
 }
 
 void release_string(void* cbdata) { delete static_cast<std::string*>(cbdata); }
@@ -102,25 +124,29 @@ DataDone modex_completion(pmix_modex_cbfunc_t cbfunc, void* cbdata) {
 pmix_status_t on_fence(const pmix_proc_t procs[], size_t nprocs, const pmix_info_t info[],
                        size_t ninfo, char* data, size_t ndata, pmix_modex_cbfunc_t cbfunc,
                        void* cbdata) {
-  FenceRequest req;
-  for (size_t i = 0; i < nprocs; ++i) req.participants.push_back(to_proc(&procs[i]));
-  for (size_t i = 0; i < ninfo; ++i) {
-    if (PMIX_CHECK_KEY(&info[i], PMIX_COLLECT_DATA))
-      req.collect_data = PMIX_INFO_TRUE(&info[i]);
-    else if (PMIX_CHECK_KEY(&info[i], PMIX_LOCAL_COLLECTIVE_STATUS) &&
-             info[i].value.type == PMIX_STATUS)
-      req.local_status = info[i].value.data.status;
-  }
-  // PMIx versions disagree on who owns `data`: copy it.
-  if (data && ndata) req.data.assign(data, ndata);
-  g_host->fence(std::move(req), modex_completion(cbfunc, cbdata));
-  return PMIX_SUCCESS;
+  return guarded("fence", nprocs ? &procs[0] : nullptr, [&]() -> pmix_status_t {
+    FenceRequest req;
+    for (size_t i = 0; i < nprocs; ++i) req.participants.push_back(to_proc(&procs[i]));
+    for (size_t i = 0; i < ninfo; ++i) {
+      if (PMIX_CHECK_KEY(&info[i], PMIX_COLLECT_DATA))
+        req.collect_data = PMIX_INFO_TRUE(&info[i]);
+      else if (PMIX_CHECK_KEY(&info[i], PMIX_LOCAL_COLLECTIVE_STATUS) &&
+               info[i].value.type == PMIX_STATUS)
+        req.local_status = info[i].value.data.status;
+    }
+    // PMIx versions disagree on who owns `data`: copy it.
+    if (data && ndata) req.data.assign(data, ndata);
+    g_host->fence(std::move(req), modex_completion(cbfunc, cbdata));
+    return PMIX_SUCCESS;
+  });
 }
 
 pmix_status_t on_direct_modex(const pmix_proc_t* proc, const pmix_info_t[], size_t,
                               pmix_modex_cbfunc_t cbfunc, void* cbdata) {
-  g_host->direct_modex(proc->rank, modex_completion(cbfunc, cbdata));
-  return PMIX_SUCCESS;
+  return guarded("direct_modex", proc, [&]() -> pmix_status_t {
+    g_host->direct_modex(proc->rank, modex_completion(cbfunc, cbdata));
+    return PMIX_SUCCESS;
+  });
 }
 
 std::string pack_value(const pmix_value_t* value) {
@@ -162,53 +188,59 @@ bool is_directive(const char* key) { return strncmp(key, "pmix.", 5) == 0; }
 
 pmix_status_t on_publish(const pmix_proc_t* proc, const pmix_info_t info[], size_t ninfo,
                          pmix_op_cbfunc_t cbfunc, void* cbdata) {
-  std::vector<PackedValue> values;
-  for (size_t i = 0; i < ninfo; ++i) {
-    if (is_directive(info[i].key)) continue;
-    values.push_back(PackedValue{info[i].key, pack_value(&info[i].value)});
-  }
-  g_host->publish(to_proc(proc), std::move(values), [cbfunc, cbdata](int rc) {
-    if (cbfunc) cbfunc(rc, cbdata);
+  return guarded("publish", proc, [&]() -> pmix_status_t {
+    std::vector<PackedValue> values;
+    for (size_t i = 0; i < ninfo; ++i) {
+      if (is_directive(info[i].key)) continue;
+      values.push_back(PackedValue{info[i].key, pack_value(&info[i].value)});
+    }
+    g_host->publish(to_proc(proc), std::move(values), [cbfunc, cbdata](int rc) {
+      if (cbfunc) cbfunc(rc, cbdata);
+    });
+    return PMIX_SUCCESS;
   });
-  return PMIX_SUCCESS;
 }
 
 pmix_status_t on_lookup(const pmix_proc_t* proc, char** keys, const pmix_info_t info[],
                         size_t ninfo, pmix_lookup_cbfunc_t cbfunc, void* cbdata) {
-  std::vector<std::string> wanted;
-  for (size_t i = 0; keys && keys[i]; ++i) wanted.emplace_back(keys[i]);
-  bool wait = false;
-  for (size_t i = 0; i < ninfo; ++i)
-    if (PMIX_CHECK_KEY(&info[i], PMIX_WAIT)) wait = PMIX_INFO_TRUE(&info[i]);
-  g_host->lookup(to_proc(proc), std::move(wanted), wait,
-                 [cbfunc, cbdata](int rc, std::vector<LookupHit> hits) {
-                   if (!cbfunc) return;
-                   pmix_pdata_t* pdata = nullptr;
-                   size_t n = 0;
-                   if (rc == PMIX_SUCCESS && !hits.empty()) {
-                     PMIX_PDATA_CREATE(pdata, hits.size());
-                     for (auto& h : hits) {
-                       pmix_pdata_t* d = &pdata[n];
-                       PMIX_LOAD_PROCID(&d->proc, h.publisher.nspace.c_str(), h.publisher.rank);
-                       PMIX_LOAD_KEY(d->key, h.key.c_str());
-                       if (unpack_value(h.packed, &d->value)) ++n;
+  return guarded("lookup", proc, [&]() -> pmix_status_t {
+    std::vector<std::string> wanted;
+    for (size_t i = 0; keys && keys[i]; ++i) wanted.emplace_back(keys[i]);
+    bool wait = false;
+    for (size_t i = 0; i < ninfo; ++i)
+      if (PMIX_CHECK_KEY(&info[i], PMIX_WAIT)) wait = PMIX_INFO_TRUE(&info[i]);
+    g_host->lookup(to_proc(proc), std::move(wanted), wait,
+                   [cbfunc, cbdata](int rc, std::vector<LookupHit> hits) {
+                     if (!cbfunc) return;
+                     pmix_pdata_t* pdata = nullptr;
+                     size_t n = 0;
+                     if (rc == PMIX_SUCCESS && !hits.empty()) {
+                       PMIX_PDATA_CREATE(pdata, hits.size());
+                       for (auto& h : hits) {
+                         pmix_pdata_t* d = &pdata[n];
+                         PMIX_LOAD_PROCID(&d->proc, h.publisher.nspace.c_str(), h.publisher.rank);
+                         PMIX_LOAD_KEY(d->key, h.key.c_str());
+                         if (unpack_value(h.packed, &d->value)) ++n;
+                       }
+                       if (n == 0) rc = PMIX_ERR_NOT_FOUND;
                      }
-                     if (n == 0) rc = PMIX_ERR_NOT_FOUND;
-                   }
-                   cbfunc(rc, pdata, n, cbdata);
-                   if (pdata) PMIX_PDATA_FREE(pdata, hits.size());
-                 });
-  return PMIX_SUCCESS;
+                     cbfunc(rc, pdata, n, cbdata);
+                     if (pdata) PMIX_PDATA_FREE(pdata, hits.size());
+                   });
+    return PMIX_SUCCESS;
+  });
 }
 
 pmix_status_t on_unpublish(const pmix_proc_t* proc, char** keys, const pmix_info_t[], size_t,
                            pmix_op_cbfunc_t cbfunc, void* cbdata) {
-  std::vector<std::string> gone;
-  for (size_t i = 0; keys && keys[i]; ++i) gone.emplace_back(keys[i]);
-  g_host->unpublish(to_proc(proc), std::move(gone), [cbfunc, cbdata](int rc) {
-    if (cbfunc) cbfunc(rc, cbdata);
+  return guarded("unpublish", proc, [&]() -> pmix_status_t {
+    std::vector<std::string> gone;
+    for (size_t i = 0; keys && keys[i]; ++i) gone.emplace_back(keys[i]);
+    g_host->unpublish(to_proc(proc), std::move(gone), [cbfunc, cbdata](int rc) {
+      if (cbfunc) cbfunc(rc, cbdata);
+    });
+    return PMIX_SUCCESS;
   });
-  return PMIX_SUCCESS;
 }
 
 pmix_status_t on_spawn(const pmix_proc_t* proc, const pmix_info_t[], size_t, const pmix_app_t[],
@@ -300,22 +332,27 @@ std::string join_ranks(const std::vector<int>& ranks) {
 
 }  // namespace
 
-std::unique_ptr<PmixServer> PmixServer::start(const ServerOptions& options, PmixHost& host) {
-  if (g_host) throw PmixError("pmix: a PMIx server is already running in this process");
+Result<std::unique_ptr<PmixServer>> PmixServer::start(const ServerOptions& options, PmixHost& host) {
+  if (g_host) return Error{"pmix: a PMIx server is already running in this process"};
+  pmix_data_array_t arr;
+  try {
+    InfoList info;
+    info.add_str(PMIX_SERVER_TMPDIR, options.session_dir);
+    info.add_str(PMIX_SYSTEM_TMPDIR, options.session_dir);
+    info.add_bool(PMIX_SERVER_TOOL_SUPPORT, false);
+    info.add_bool(PMIX_SERVER_SYSTEM_SUPPORT, false);
+    info.add_str(PMIX_HOSTNAME, options.hostname);
+    info.add_u32(PMIX_SERVER_RANK, options.node_id);
+    arr = info.convert();
+  } catch (const PmixError& e) {
+    return Error{e.what()};
+  }
   g_host = &host;
-  InfoList info;
-  info.add_str(PMIX_SERVER_TMPDIR, options.session_dir);
-  info.add_str(PMIX_SYSTEM_TMPDIR, options.session_dir);
-  info.add_bool(PMIX_SERVER_TOOL_SUPPORT, false);
-  info.add_bool(PMIX_SERVER_SYSTEM_SUPPORT, false);
-  info.add_str(PMIX_HOSTNAME, options.hostname);
-  info.add_u32(PMIX_SERVER_RANK, options.node_id);
-  pmix_data_array_t arr = info.convert();
   pmix_status_t rc = PMIx_server_init(&g_module, static_cast<pmix_info_t*>(arr.array), arr.size);
   PMIx_Data_array_destruct(&arr);
   if (rc != PMIX_SUCCESS) {
     g_host = nullptr;
-    throw PmixError("pmix: PMIx_server_init failed: " + text(rc));
+    return Error{"pmix: PMIx_server_init failed: " + text(rc) + " (session directory " + options.session_dir + ")"};
   }
   std::unique_ptr<PmixServer> server(new PmixServer());
   server->session_dir_ = options.session_dir;

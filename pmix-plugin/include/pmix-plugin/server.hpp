@@ -16,10 +16,19 @@
 #include <vector>
 
 #include "pmix-plugin/job_map.hpp"
+#include "sf-common/result.hpp"
 
 namespace sf::pmix {
 
-// A failing step of the server's set-up, with the PMIx status text.
+// What failed, with the PMIx status text.
+struct Error {
+  std::string message;
+};
+template <class T>
+using Result = sfcommon::Result<T, Error>;
+
+// A failing step of registering the job or a rank (register_job, prepare_rank), with the PMIx
+// status text; start() returns its errors instead.
 class PmixError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
@@ -82,8 +91,8 @@ struct ServerOptions {
 
 class PmixServer {
  public:
-  // Starts the (process-wide, single) PMIx server. Throws PmixError.
-  static std::unique_ptr<PmixServer> start(const ServerOptions& options, PmixHost& host);
+  // Starts the (process-wide, single) PMIx server, or says why it could not.
+  static Result<std::unique_ptr<PmixServer>> start(const ServerOptions& options, PmixHost& host);
   ~PmixServer();
   PmixServer(const PmixServer&) = delete;
   PmixServer& operator=(const PmixServer&) = delete;
