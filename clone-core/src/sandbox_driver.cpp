@@ -582,10 +582,8 @@ std::vector<CloneStatus> SandboxCluster::poll_exited() {
   drain_records();
   for (unsigned i = 0; i < clones_.size(); ++i) {
     CloneSlot& c = clones_[i];
+    // Reported as soon as its record is in, even while its init is still exiting (reaped later).
     if (c.reported || !(c.init_gone || c.end)) continue;
-    if (!c.init_gone && c.end) {
-      // The record is in but the init is still exiting; report now, reap later.
-    }
     c.reported = true;
     out.push_back(final_status(i + 1));
     // An exited pidfd stays readable; take it out so exit_fd() goes quiet again.

@@ -249,9 +249,9 @@ struct MulticastSender::Impl {
       tokens -= static_cast<double>(wire_bytes(payload.size()));
       ++n;
     }
-    if (n > 1 && gso_ok && send_segmented(headers.data(), iov.data(), n)) {
-      // sent as one UDP GSO super-datagram
-    } else {
+    // More than one page goes as one UDP GSO super-datagram where the kernel allows it.
+    const bool sent_segmented = n > 1 && gso_ok && send_segmented(headers.data(), iov.data(), n);
+    if (!sent_segmented) {
       std::size_t done = 0;
       while (done < n) {
         int r = sendmmsg(fd, msgs.data() + done, static_cast<unsigned>(n - done), 0);

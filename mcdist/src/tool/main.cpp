@@ -641,9 +641,6 @@ int main(int argc, char** argv) {
       "       mcdist COMMAND --help for the options of one command\n";
   if (argc < 2) return die(usage, 2);
   std::string cmd = argv[1];
-  if (argc >= 3 && std::string(argv[2]) == "--help") {
-    // Print the option list through the parser's error path.
-  }
   if (cmd == "send") return cmd_send(argc - 1, argv + 1);
   if (cmd == "recv") return cmd_recv(argc - 1, argv + 1);
   if (cmd == "dump") return cmd_dump(argc - 1, argv + 1);
