@@ -44,21 +44,12 @@
 #include "clone-core/netlink_links.hpp"
 #include "status_record.hpp"
 #include "clone-core/user_namespace.hpp"
+#include "sf-common/threads.hpp"
 
 namespace sf {
 namespace {
 
 std::string errno_text(int err) { return std::strerror(err); }
-
-int count_threads() {
-  int n = 0;
-  if (DIR* d = opendir("/proc/self/task")) {
-    while (dirent* e = readdir(d))
-      if (e->d_name[0] != '.') ++n;
-    closedir(d);
-  }
-  return n;
-}
 
 int pidfd_open_compat(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
 
@@ -198,7 +189,7 @@ class SandboxCluster final : public ClusterInstance {
 Result<unsigned> SandboxCluster::clone() {
   if (cloned_) return make_error(Errc::bad_state, "clone-core: this cluster was already cloned");
   if (torn_down_) return make_error(Errc::bad_state, "clone-core: this cluster was already torn down");
-  int threads = count_threads();
+  int threads = thread_count();
   if (threads > 1)
     return make_error(Errc::not_single_threaded,
                       "clone-core: clone() needs a single-threaded process but /proc/self/task has " +

@@ -1,5 +1,6 @@
 // clone-core: entering a user namespace of one's own (see clone-core/user_namespace.hpp).
 #include "clone-core/user_namespace.hpp"
+#include "sf-common/threads.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -35,16 +36,6 @@ std::optional<long> read_sysctl(const char* path) {
   long value = 0;
   if (!(in >> value)) return std::nullopt;
   return value;
-}
-
-int count_threads() {
-  int n = 0;
-  if (DIR* d = opendir("/proc/self/task")) {
-    while (dirent* e = readdir(d))
-      if (e->d_name[0] != '.') ++n;
-    closedir(d);
-  }
-  return n;
 }
 
 bool write_file(const char* path, const std::string& text) {
@@ -145,7 +136,7 @@ std::string refusal() {
 }
 
 Error enter(bool new_network) {
-  int threads = count_threads();
+  int threads = thread_count();
   if (threads > 1)
     return make_error(Errc::not_single_threaded,
                       "clone-core: without root a user namespace of the process's own is needed, and making one "

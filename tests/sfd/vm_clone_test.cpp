@@ -66,6 +66,19 @@ TEST(VmClone, SigkillOfSfdTakesEveryVmAlongAndTheNextRunSweeps) {
   EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
 }
 
+// `hello` of 8 ranks printed every rank once, from the master VM and its 3 clones.
+void expect_hello_on_four_vms(const std::string& out) {
+  std::set<std::string> hosts;
+  std::set<int> ranks;
+  std::regex line("Hello from rank ([0-9]+) of 8 on ([^ ]+)");
+  for (std::sregex_iterator it(out.begin(), out.end(), line), end; it != end; ++it) {
+    ranks.insert(std::stoi((*it)[1].str()));
+    hosts.insert((*it)[2].str());
+  }
+  EXPECT_EQ(ranks.size(), 8u) << out;
+  EXPECT_EQ(hosts, (std::set<std::string>{"sf-vm", "sf-vm-sf1", "sf-vm-sf2", "sf-vm-sf3"})) << out;
+}
+
 TEST(VmMpi, MpirunSfInsideAVmForksItIntoFourVms) {
   TestDirs dirs;
   const std::string hello = stage(dirs, HELLO_EXAMPLE);
@@ -73,15 +86,7 @@ TEST(VmMpi, MpirunSfInsideAVmForksItIntoFourVms) {
   const auto st = p.finish();
   ASSERT_TRUE(st.has_value()) << p.err();
   ASSERT_EQ(*st, 0) << p.out() << p.err();
-  std::set<std::string> hosts;
-  std::set<int> ranks;
-  std::regex line("Hello from rank ([0-9]+) of 8 on ([^ ]+)");
-  for (std::sregex_iterator it(p.out().begin(), p.out().end(), line), end; it != end; ++it) {
-    ranks.insert(std::stoi((*it)[1].str()));
-    hosts.insert((*it)[2].str());
-  }
-  EXPECT_EQ(ranks.size(), 8u) << p.out();
-  EXPECT_EQ(hosts, (std::set<std::string>{"sf-vm", "sf-vm-sf1", "sf-vm-sf2", "sf-vm-sf3"})) << p.out();
+  expect_hello_on_four_vms(p.out());
   std::string what;
   EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
 }
@@ -104,15 +109,7 @@ TEST(VmMpi, AnOrdinaryUserForksAVmIntoFourVmsAsRootDoes) {
   const auto st = p.finish(std::chrono::seconds(600));  // the user's first run builds its system image
   ASSERT_TRUE(st.has_value()) << p.err();
   ASSERT_EQ(*st, 0) << p.out() << p.err();
-  std::set<std::string> hosts;
-  std::set<int> ranks;
-  std::regex line("Hello from rank ([0-9]+) of 8 on ([^ ]+)");
-  for (std::sregex_iterator it(p.out().begin(), p.out().end(), line), end; it != end; ++it) {
-    ranks.insert(std::stoi((*it)[1].str()));
-    hosts.insert((*it)[2].str());
-  }
-  EXPECT_EQ(ranks.size(), 8u) << p.out();
-  EXPECT_EQ(hosts, (std::set<std::string>{"sf-vm", "sf-vm-sf1", "sf-vm-sf2", "sf-vm-sf3"})) << p.out();
+  expect_hello_on_four_vms(p.out());
   EXPECT_TRUE(wait_no_qemu(p.pid()));
   std::string what;
   EXPECT_FALSE(dirs.vm_files_left(&what)) << what;
