@@ -6,6 +6,7 @@
 #include <pwd.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -125,6 +126,24 @@ TEST_F(SlurmTestbed, MistakesAreNamedAndLeaveNothing) {
   EXPECT_NE(twice.stderr_text.find("already runs"), std::string::npos) << twice.describe();
   CommandResult usage = run({"frobnicate"});
   EXPECT_TRUE(usage.exited_with(2)) << usage.describe();
+}
+
+// A daemon that will not start, half-way through `up` (after the bridge, the namespaces,
+// munged and slurmctld): `up` says so and removes all of it.
+TEST_F(SlurmTestbed, AFailedUpRemovesWhatItMade) {
+  const fs::path fake = fs::temp_directory_path() / ("sft-fake-slurmd-" + std::to_string(getpid()));
+  fs::create_directories(fake);
+  std::ofstream(fake / "slurmd") << "#!/bin/sh\necho 'slurmd: fatal: injected by the test' >&2\nexit 1\n";
+  fs::permissions(fake / "slurmd", fs::perms::owner_all);
+  CommandOptions o = options();
+  o.environment.push_back("PATH=" + fake.string() + ":" + std::getenv("PATH"));
+  CommandResult up = sf::test::run_command({testbed(), "up", "2"}, o);
+  EXPECT_TRUE(up.exited_with(1)) << up.describe();
+  EXPECT_NE(up.stderr_text.find("injected by the test"), std::string::npos) << up.describe();
+  EXPECT_NE(up.stderr_text.find("up failed; removing what it made"), std::string::npos) << up.describe();
+  EXPECT_EQ(leftovers(), "");
+  std::error_code ec;
+  fs::remove_all(fake, ec);
 }
 
 }  // namespace
