@@ -41,8 +41,16 @@ std::string line_prefix(const OutputOptions& options, int rank, Stream stream, s
     strftime(buf, sizeof buf, "%a %b %e %H:%M:%S %Y", &tm);  // ctime() without its newline
     out = buf;
   }
-  if (options.tag) out += "[1," + std::to_string(rank) + "]";
-  out += "<" + std::string(suffix) + ">:";
+  // Appended piece by piece: GCC 12 at -O3 reports a false -Wrestrict on
+  // `"[1," + std::to_string(rank)` (a temporary string prepended to).
+  if (options.tag) {
+    out += "[1,";
+    out += std::to_string(rank);
+    out += ']';
+  }
+  out += '<';
+  out += suffix;
+  out += ">:";
   return out;
 }
 
