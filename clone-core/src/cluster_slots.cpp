@@ -100,7 +100,7 @@ Result<SlotLock> acquire(unsigned count, netlink::Socket& host) {
     if (!lock) continue;
     // A free lock with leftovers means a crashed run; clean before reuse.
     CleanupReport ignored;
-    clean_slot(slot, host, ignored);
+    clean_slot(slot, &host, ignored);  // prepare() administers this network namespace
     return std::move(*lock);
   }
   return make_error(Errc::no_cluster_slot, "clone-core: all " + std::to_string(count) +
@@ -180,7 +180,7 @@ Result<ClusterState> read_state(const std::string& path) {
   }
 }
 
-void clean_slot(unsigned slot, netlink::Socket& host, CleanupReport& report) {
+void clean_slot(unsigned slot, netlink::Socket* host, CleanupReport& report) {
   bool touched = false;
   std::string path = state_path(slot);
   if (access(path.c_str(), F_OK) == 0) {
@@ -199,11 +199,11 @@ void clean_slot(unsigned slot, netlink::Socket& host, CleanupReport& report) {
     }
     unlink(path.c_str());
   }
-  if (!userns::administers_network()) {  // see cleanup_stale_clusters()
+  if (host == nullptr) {  // see cleanup_stale_clusters()
     if (touched) ++report.clusters;
     return;
   }
-  auto links = netlink::list_links(host);
+  auto links = netlink::list_links(*host);
   if (links) {
     std::uint32_t group = kLinkGroupBase + slot;
     std::string veth_prefix = kVethPrefix + std::to_string(slot) + "_";
@@ -216,13 +216,13 @@ void clean_slot(unsigned slot, netlink::Socket& host, CleanupReport& report) {
     }
   }
   if (touched) {
-    if (Error e = netlink::delete_group(host, kLinkGroupBase + slot)) report.notes.push_back(e.message);
+    if (Error e = netlink::delete_group(*host, kLinkGroupBase + slot)) report.notes.push_back(e.message);
     // Links named like ours but not in the group (e.g. made by hand) go by name.
     if (links) {
       std::string veth_prefix = kVethPrefix + std::to_string(slot) + "_";
       for (const auto& l : *links)
         if (l.group != kLinkGroupBase + slot && (l.name == bridge_name(slot) || l.name.rfind(veth_prefix, 0) == 0))
-          if (Error e = netlink::delete_link(host, l.name)) report.notes.push_back(e.message);
+          if (Error e = netlink::delete_link(*host, l.name)) report.notes.push_back(e.message);
     }
     ++report.clusters;
   }
@@ -272,7 +272,7 @@ Result<CleanupReport> cleanup_stale_clusters() {
   for (unsigned slot : candidates) {
     auto lock = slots::try_lock(slot);
     if (!lock) continue;  // a live cluster owns it
-    slots::clean_slot(slot, *host, report);
+    slots::clean_slot(slot, host_links ? &*host : nullptr, report);
   }
   return report;
 }

@@ -66,7 +66,8 @@ Error write_state(const ClusterState& state);
 Result<ClusterState> read_state(const std::string& path);
 std::string format_state(const ClusterState& state);  // the JSON text, checksum included
 
-// Removes a slot's leftovers; the caller holds the slot's lock.
-void clean_slot(unsigned slot, netlink::Socket& host, CleanupReport& report);
+// Removes a slot's leftovers; the caller holds the slot's lock. Its links too, through `host`,
+// unless that is null (a caller that does not administer the host network leaves them alone).
+void clean_slot(unsigned slot, netlink::Socket* host, CleanupReport& report);
 
 }  // namespace sf::slots

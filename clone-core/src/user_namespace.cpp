@@ -1,8 +1,8 @@
 // clone-core: entering a user namespace of one's own (see clone-core/user_namespace.hpp).
 #include "clone-core/user_namespace.hpp"
+#include "sf-common/fd_io.hpp"
 #include "sf-common/threads.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <linux/nsfs.h>
 #include <sched.h>
@@ -41,7 +41,7 @@ std::optional<long> read_sysctl(const char* path) {
 bool write_file(const char* path, const std::string& text) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
   if (fd < 0) return false;
-  bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  bool ok = write_all(fd, text.data(), text.size());
   close(fd);
   return ok;
 }

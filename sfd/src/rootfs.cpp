@@ -70,10 +70,11 @@ Status walk(const std::vector<fs::path>& roots, const std::set<std::string>& ski
       continue;
     }
     if (skip.count(e->fts_path) != 0) continue;
-    const bool cannot_read = e->fts_info == FTS_DNR || e->fts_info == FTS_ERR || e->fts_info == FTS_NS ||
-                             (e->fts_info == FTS_F && access(e->fts_accpath, R_OK) != 0) ||
-                             (e->fts_info == FTS_D && access(e->fts_accpath, R_OK | X_OK) != 0);
-    if (cannot_read && unreadable != nullptr) {
+    // access() only where unreadable entries are skipped: root's walk needs no syscall more.
+    if (unreadable != nullptr &&
+        (e->fts_info == FTS_DNR || e->fts_info == FTS_ERR || e->fts_info == FTS_NS ||
+         (e->fts_info == FTS_F && access(e->fts_accpath, R_OK) != 0) ||
+         (e->fts_info == FTS_D && access(e->fts_accpath, R_OK | X_OK) != 0))) {
       unreadable->push_back(e->fts_path);
       if (e->fts_info == FTS_D) fts_set(fts, e, FTS_SKIP);
       continue;
