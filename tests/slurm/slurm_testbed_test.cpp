@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "run_command.hpp"
+#include "testbed_leftovers.hpp"
 
 namespace {
 
@@ -35,18 +36,9 @@ CommandResult run(std::vector<std::string> args) {
   args.insert(args.begin(), testbed());
   return sf::test::run_command(args, options());
 }
-// What the testbed can leave: namespaces and links named sfsl*, daemons, its state directory.
+// What the testbed can leave, and its state directory.
 std::string leftovers() {
-  std::string out;
-  CommandResult ns = sf::test::run_command({"ip", "netns", "list"}, {});
-  CommandResult links = sf::test::run_command({"ip", "-br", "link"}, {});
-  for (const auto* r : {&ns, &links}) {
-    std::istringstream in(r->stdout_text);
-    for (std::string line; std::getline(in, line);)
-      if (line.rfind("sfsl", 0) == 0) out += line + "\n";
-  }
-  for (const char* daemon : {"slurmctld", "slurmd", "munged", "slurmstepd"})
-    for (const auto& p : sf::test::processes_named(daemon)) out += p.name + " " + p.command_line + "\n";
+  std::string out = sf::test::slurm_testbed_leftovers();
   if (fs::exists(kState)) out += kState + " exists\n";
   return out;
 }
