@@ -36,9 +36,9 @@ void Coordinator::connect_node(int node, Link* link) {
   }
 }
 
-void Coordinator::shutdown_nodes() {
-  for (size_t n = 1; n < nodes_.size(); ++n) {
-    if (!nodes_[n]) continue;
+void Coordinator::shutdown_nodes(int local_node) {
+  for (size_t n = 0; n < nodes_.size(); ++n) {
+    if (!nodes_[n] || static_cast<int>(n) == local_node) continue;
     Envelope m;
     m.mutable_shutdown()->set_exit_code(outcome_.exit_code());
     nodes_[n]->send(std::move(m));

@@ -24,11 +24,11 @@ class Coordinator {
  public:
   Coordinator(boost::asio::io_context& io, const LaunchContext& ctx, OutputSink& sink);
 
-  // The link to node i (node 0's is a LocalLink). Set before messages flow.
+  // The link to node i (the launcher's own node's is a LocalLink). Set before messages flow.
   void connect_node(int node, Link* link);
   bool connected(int node) const { return nodes_.at(static_cast<size_t>(node)) != nullptr; }
-  // At the end: tells every clone's agent to exit.
-  void shutdown_nodes();
+  // At the end: tells every node's agent but `local_node`'s (the launcher's own) to exit.
+  void shutdown_nodes(int local_node);
   void handle(int from_node, Envelope message);
 
   void start_timeout();

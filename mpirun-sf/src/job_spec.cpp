@@ -34,7 +34,7 @@ po::options_description options_table() {
       ("V", flag())("version", flag())("h", flag())("help", flag())
       ("clones", text())("procs-per-clone", text())("map-by", text())("npernode", text())
       ("bind-to", text())("report-bindings", flag())("use-hwthread-cpus", flag())
-      ("driver", text())("cluster-subnet", text())("cleanup", flag())("prefix", text())
+      ("driver", text())("allocator", text())("cluster-subnet", text())("cleanup", flag())("prefix", text())
       ("host", text())("H", text())("hostfile", text())("machinefile", text());
   return d;
 }
@@ -125,6 +125,7 @@ JobSpec parse_command_line(const std::vector<std::string>& args,
                            const std::function<const char*(const char*)>& getenv) {
   const po::options_description table = options_table();
   JobSpec spec;
+  spec.command_line = args;
   bool timeout_given = false;
   auto contexts = split_contexts(args);
   for (size_t c = 0; c < contexts.size(); ++c) {
@@ -228,6 +229,11 @@ JobSpec parse_command_line(const std::vector<std::string>& args,
         throw UsageError("--driver " + spec.driver + ": expected sandbox, qemu, auto or none");
     }
     if (has("cluster-subnet")) spec.subnet = str("cluster-subnet");
+    if (has("allocator")) {
+      spec.allocator = str("allocator");
+      if (spec.allocator != "auto" && spec.allocator != "local" && spec.allocator != "slurm")
+        throw UsageError("--allocator " + spec.allocator + ": expected auto, local or slurm");
+    }
     for (const char* k : {"host", "H", "hostfile", "machinefile"})
       if (has(k))
         throw UsageError(std::string("option --") + k +
@@ -268,6 +274,9 @@ Processes and placement
   --driver sandbox|qemu|auto|none  how to clone (auto: qemu inside a SnowFlock VM,
                               sandbox elsewhere; none: run everything on this machine)
   --cluster-subnet CIDR     address range of the cluster network (default 10.213.0.0/16)
+  --allocator auto|local|slurm  where the machines come from (auto: the nodes of the Slurm
+                              allocation mpirun-sf runs in, if any, else this machine and
+                              its clones; local: this machine and its clones)
   --display-map             print where every rank runs
 Environment and files
   -x VAR[=VALUE]            export VAR (with VALUE) to the processes

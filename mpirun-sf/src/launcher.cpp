@@ -27,111 +27,23 @@
 #include "clone-core/clone.hpp"
 #include "coordinator.hpp"
 #include "environment.hpp"
-#include "tcp_link.hpp"
+#include "job_setup.hpp"
 #include "launch_context.hpp"
 #include "mpirun-sf/exit_status.hpp"
 #include "mpirun-sf/plan.hpp"
+#include "mpirun-sf/slurm_allocation.hpp"
 #include "node_agent.hpp"
+#include "remote_node.hpp"
+#include "remote_nodes.hpp"
 #include "sf-common/fd_io.hpp"
-#include "sf-common/random.hpp"
-
-extern char** environ;
+#include "slurm_nodes.hpp"
+#include "tcp_link.hpp"
 
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
 
 namespace sf::mpirun {
 namespace {
-
-// A failure before any rank runs: a one-line message and an exit status.
-struct SetupError {
-  std::string message;
-  int exit_code;
-};
-
-int host_cores() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
-  long online = sysconf(_SC_NPROCESSORS_ONLN);
-  return online > 0 ? static_cast<int>(online) : 1;
-}
-
-std::string this_hostname() {
-  char buf[256] = {};
-  gethostname(buf, sizeof buf - 1);
-  return buf;
-}
-
-// The program as execve needs it: a path with a '/' is taken relative to the working
-// directory (as Open MPI does); a bare name is searched in PATH.
-std::string resolve_program(const std::string& program, const std::string& wdir,
-                            const char* path_env) {
-  auto executable = [](const fs::path& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && access(p.c_str(), X_OK) == 0;
-  };
-  if (program.find('/') != std::string::npos) {
-    fs::path p = fs::path(program).is_absolute() ? fs::path(program) : fs::path(wdir) / program;
-    if (!executable(p)) {
-      int err = access(p.c_str(), F_OK) == 0 ? EACCES : ENOENT;
-      throw SetupError{"cannot execute '" + program + "': " + strerror(err), kExitCannotExecute};
-    }
-    return p.lexically_normal().string();
-  }
-  std::string path = path_env ? path_env : "/usr/local/bin:/usr/bin:/bin";
-  size_t pos = 0;
-  while (pos <= path.size()) {
-    size_t end = path.find(':', pos);
-    if (end == std::string::npos) end = path.size();
-    std::string dir = path.substr(pos, end - pos);
-    fs::path p = fs::path(dir.empty() ? "." : dir) / program;
-    if (!p.is_absolute()) p = fs::path(wdir) / p;
-    if (executable(p)) return p.lexically_normal().string();
-    pos = end + 1;
-  }
-  throw SetupError{"cannot execute '" + program + "': not found in PATH", kExitCannotExecute};
-}
-
-std::string check_wdir(const std::string& wdir, const std::string& cwd) {
-  fs::path p = wdir.empty() ? fs::path(cwd) : fs::path(wdir);
-  if (!p.is_absolute()) p = fs::path(cwd) / p;
-  struct stat st;
-  if (stat(p.c_str(), &st) != 0)
-    throw SetupError{"cannot use working directory " + p.string() + ": " + strerror(errno),
-                     kExitBadWdir};
-  if (!S_ISDIR(st.st_mode))
-    throw SetupError{"cannot use working directory " + p.string() + ": not a directory",
-                     kExitBadWdir};
-  if (access(p.c_str(), X_OK) != 0)
-    throw SetupError{"cannot use working directory " + p.string() + ": " + strerror(errno),
-                     kExitBadWdir};
-  return p.lexically_normal().string();
-}
-
-
-std::vector<std::string> rank_environment(const JobSpec& spec) {
-  std::vector<std::string> env;
-  for (char** e = environ; e && *e; ++e) env.emplace_back(*e);
-  for (const auto& x : spec.exports) {
-    auto eq = x.find('=');
-    if (eq != std::string::npos) {
-      put_env(env, x);
-    } else if (const char* v = getenv(x.c_str())) {
-      put_env(env, x + "=" + v);
-    } else {
-      spdlog::warn("-x {}: the variable is not set here; not exported", x);
-    }
-  }
-  for (const auto& [k, v] : spec.mca) put_env(env, "OMPI_MCA_" + k + "=" + v);
-  // Open MPI 4.1 ranks launched by a PMIx server that is not ORTE's start as singletons
-  // unless ORTE's schizo component is excluded (docs/architecture.md).
-  put_env(env, "OMPI_MCA_schizo=^orte");
-  put_env(env, "OMPI_MCA_orte_externally_bound=1");
-  put_env(env, "OMPI_MCA_hwloc_base_binding_policy=none");
-  // PMIx's shared-memory data store shows up as hangs here; the hash store does not.
-  put_env(env, "PMIX_MCA_gds=hash");
-  return env;
-}
 
 // Reads our stdin on a thread (it may be a terminal, a pipe or a file; only a thread can
 // block on all three) and hands each chunk to the loop, one at a time, so a rank that does not
@@ -181,39 +93,18 @@ class StdinPump {
 };
 
 
-// 128 random bits as hex. Throws: a job token must never be predictable.
-std::string random_token() {
-  unsigned char raw[16];
-  if (!sf::random_bytes(raw, sizeof raw))
-    throw std::runtime_error(std::string("cannot make a job token: getrandom: ") + strerror(errno));
-  return sf::to_hex(raw, sizeof raw);
-}
-
-// This node's session directory: PMIx rendezvous files and Open MPI session directories.
-// Every node makes its own (a clone's /tmp is private to it).
-std::string make_session_dir() {
-  const char* tmp = getenv("TMPDIR");
-  std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/mpirun-sf." +
-                        std::to_string(getpid()) + ".XXXXXX";
-  if (!mkdtemp(pattern.data()))
-    throw std::runtime_error("cannot create a session directory " + pattern + ": " +
-                             strerror(errno));
-  return pattern;
-}
-
-// Where clones find the coordinator.
+// Where the other nodes' agents find the coordinator.
 struct Rendezvous {
-  std::string address;
-  uint16_t port = 0;
-  std::string token;  // proves a connecting agent belongs to this job
+  CoordinatorAddress coordinator;
   int listen_fd = -1;
 };
 
-// Listens on node 0's cluster address before cloning, so every clone inherits the port.
-Rendezvous listen_for_clones(const std::string& address) {
+// Listens on `address` (an ephemeral port) and makes the job token: before cloning, so every
+// clone inherits both; before srun, which passes them to the Slurm nodes' agents.
+Rendezvous listen_for_nodes(const std::string& address) {
   Rendezvous r;
-  r.address = address;
-  r.token = random_token();
+  r.coordinator.address = address;
+  r.coordinator.token = random_token();
   r.listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (r.listen_fd < 0) throw std::runtime_error(std::string("socket: ") + strerror(errno));
   sockaddr_in sa{};
@@ -221,12 +112,14 @@ Rendezvous listen_for_clones(const std::string& address) {
   sa.sin_port = 0;
   if (inet_pton(AF_INET, address.c_str(), &sa.sin_addr) != 1 ||
       bind(r.listen_fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
-      listen(r.listen_fd, 256) != 0)
-    throw std::runtime_error("cannot listen on the cluster address " + address + ": " +
-                             strerror(errno));
+      listen(r.listen_fd, 256) != 0) {
+    std::string why = strerror(errno);
+    ::close(r.listen_fd);
+    throw std::runtime_error("cannot listen on " + address + " for the nodes' agents: " + why);
+  }
   socklen_t len = sizeof sa;
   getsockname(r.listen_fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  r.port = ntohs(sa.sin_port);
+  r.coordinator.port = ntohs(sa.sin_port);
   return r;
 }
 
@@ -248,18 +141,59 @@ HostFacts probe_host(const JobSpec& spec) {
   return host;
 }
 
-void print_map(const LaunchContext& ctx, const std::string& jobid, const sf::Ticket* ticket) {
+// The clones of a ticket: node n is clone n; node 0 is the launcher.
+class ClonedNodes : public RemoteNodes {
+ public:
+  explicit ClonedNodes(sf::Ticket& ticket) : ticket_(ticket) {}
+  void watch(asio::io_context& io, std::function<void(int, const std::string&)> lost) override {
+    exits_.emplace(io, ticket_.exit_fd());
+    lost_ = std::move(lost);
+    wait_next();
+  }
+  void stop_watching() override {
+    if (exits_) {
+      exits_->cancel();
+      exits_->release();  // the ticket owns that fd
+      exits_.reset();
+    }
+  }
+  void kill() override { ticket_.kill(); }
+  void release() override {
+    auto joined = ticket_.join();
+    if (!joined) spdlog::warn("tearing the cluster down: {}", joined.error().message);
+  }
+  std::string describe(int node) const override {
+    const auto& info = ticket_.node(static_cast<unsigned>(node));
+    return " \tMachine: " +
+           std::string(node == 0 ? "launcher (node 0)" : "clone " + std::to_string(node)) +
+           "\tAddress: " + info.address_text + "\tInterface: " + info.interface + "\n";
+  }
+
+ private:
+  void wait_next() {
+    exits_->async_wait(asio::posix::stream_descriptor::wait_read,
+                       [this](const boost::system::error_code& ec) {
+                         if (ec) return;
+                         for (const auto& st : ticket_.poll_exited())
+                           lost_(static_cast<int>(st.id), "clone " + std::to_string(st.id) +
+                                                              " ended (status " +
+                                                              std::to_string(st.value) + ")");
+                         wait_next();
+                       });
+  }
+  sf::Ticket& ticket_;
+  std::optional<asio::posix::stream_descriptor> exits_;
+  std::function<void(int, const std::string&)> lost_;
+};
+
+void print_map(const LaunchContext& ctx, const std::string& jobid, const RemoteNodes* remote) {
   std::string out = "\n ========================   JOB MAP   ========================\n";
   for (size_t n = 0; n < ctx.map.nodes.size(); ++n) {
     const auto& node = ctx.map.nodes[n];
-    out += "\n Data for node: " + node.hostname + "\tNum slots: " +
-           std::to_string(ctx.plan.procs_per_machine) + "\tMax slots: 0\tNum procs: " +
-           std::to_string(node.ranks.size()) + "\n";
-    if (ticket) {
-      const auto& info = ticket->node(static_cast<unsigned>(n));
-      out += " \tMachine: " + std::string(n == 0 ? "launcher (node 0)" : "clone " + std::to_string(n)) +
-             "\tAddress: " + info.address_text + "\tInterface: " + info.interface + "\n";
-    }
+    int slots = ctx.plan.node_slots.empty() ? ctx.plan.procs_per_machine : ctx.plan.node_slots[n];
+    out += "\n Data for node: " + node.hostname + "\tNum slots: " + std::to_string(slots) +
+           "\tMax slots: 0\tNum procs: " + std::to_string(node.ranks.size()) + "\n";
+    if (remote) out += remote->describe(static_cast<int>(n));
     for (int r : node.ranks)
       out += " \tProcess jobid: " + jobid + " App: " +
              std::to_string(ctx.map.ranks[static_cast<size_t>(r)].appnum) +
@@ -270,88 +204,19 @@ void print_map(const LaunchContext& ctx, const std::string& jobid, const sf::Tic
   fflush(stdout);
 }
 
-// A clone's part of the job: run the node agent for its ranks, with the coordinator on node 0
-// at the other end of a TCP link. Returns the clone's status for sf::sync.
-int run_clone_node(const LaunchContext& ctx, unsigned id, const Rendezvous& rv) {
-  if (rv.listen_fd >= 0) ::close(rv.listen_fd);
-  int devnull = open("/dev/null", O_RDONLY);
-  if (devnull >= 0) {
-    dup2(devnull, 0);  // node 0 owns the user's stdin
-    ::close(devnull);
-  }
-  signal(SIGINT, SIG_IGN);  // ^C reaches node 0, which tears the whole cluster down
-  signal(SIGPIPE, SIG_IGN);
-  std::string session_dir;
-  int status = 0;
-  try {
-    session_dir = make_session_dir();
-    asio::io_context io;
-    asio::ip::tcp::socket socket(io);
-    asio::ip::tcp::endpoint coordinator(asio::ip::make_address(rv.address), rv.port);
-    boost::system::error_code ec;
-    for (int attempt = 0; attempt < 100; ++attempt) {  // the bridge may still be settling
-      socket.connect(coordinator, ec);
-      if (!ec) break;
-      socket.close();
-      usleep(50000);
-    }
-    if (ec) throw std::runtime_error("cannot reach the coordinator at " + rv.address + ":" +
-                                     std::to_string(rv.port) + ": " + ec.message());
-    auto link = std::make_shared<TcpLink>(std::move(socket));
-    NodeAgent agent(io, ctx, static_cast<int>(id), *link);
-    bool stop = false;
-    link->start(
-        [&](Envelope m) {
-          if (m.has_shutdown())
-            stop = true;
-          else
-            agent.deliver(std::move(m));
-        },
-        [&](const std::string& why) {
-          if (!stop) spdlog::error("clone {}: lost the coordinator: {}", id, why);
-          agent.kill_now();
-          stop = true;
-          status = 1;
-        });
-    Envelope hello;
-    auto* h = hello.mutable_hello();
-    h->set_node(id);
-    h->set_hostname(ctx.map.nodes.at(id).hostname);
-    h->set_version(TcpLink::kProtocolVersion);
-    h->set_job_token(rv.token);
-    link->send(std::move(hello));
-    asio::signal_set term(io, SIGTERM, SIGHUP);
-    term.async_wait([&](const boost::system::error_code& e, int) {
-      if (e) return;
-      agent.kill_now();
-      stop = true;
-    });
-    agent.start(session_dir);
-    while (!stop && io.run_one()) {
-    }
-    term.cancel();
-    agent.kill_now();
-    // Let the last messages (node finished) leave before the clone ends.
-    for (int i = 0; i < 100 && !link->idle(); ++i) io.run_for(std::chrono::milliseconds(10));
-    link->close();
-  } catch (const std::exception& e) {
-    fprintf(stderr, "mpirun-sf: clone %u: %s\n", id, e.what());
-    status = 1;
-  }
-  std::error_code fec;
-  if (!session_dir.empty()) fs::remove_all(session_dir, fec);
-  return status;
-}
-
-// Node 0: the coordinator, node 0's agent, and (with clones) the acceptor for their links.
-int run_launcher_node(LaunchContext& ctx, sf::Ticket* ticket, Rendezvous* rv) {
+// The launcher: the coordinator, the agent of node `local_node` (-1: the launcher runs no
+// ranks, as in salloc on a login node) and, with remote nodes, the acceptor for their links.
+int run_launcher_node(LaunchContext& ctx, int local_node, RemoteNodes* remote, Rendezvous* rv) {
   const JobSpec& spec = ctx.spec;
   std::string session_dir;
   try {
     session_dir = make_session_dir();
   } catch (const std::exception& e) {
     fprintf(stderr, "mpirun-sf: %s\n", e.what());
-    if (ticket) ticket->kill();
+    if (remote) {
+      remote->kill();
+      remote->release();
+    }
     return 1;
   }
   int exit_code = 0;
@@ -365,15 +230,30 @@ int run_launcher_node(LaunchContext& ctx, sf::Ticket* ticket, Rendezvous* rv) {
                     [] { return std::time(nullptr); });
     Coordinator coordinator(io, ctx, sink);
     LocalLink to_coordinator(io), to_agent(io);
-    NodeAgent agent(io, ctx, 0, to_coordinator);
-    to_coordinator.set_handler([&](Envelope m) { coordinator.handle(0, std::move(m)); });
-    to_agent.set_handler([&](Envelope m) { agent.deliver(std::move(m)); });
-    coordinator.connect_node(0, &to_agent);
+    std::optional<NodeAgent> agent;
+    if (local_node >= 0) {
+      agent.emplace(io, ctx, local_node, to_coordinator);
+      to_coordinator.set_handler([&](Envelope m) { coordinator.handle(local_node, std::move(m)); });
+      to_agent.set_handler([&](Envelope m) { agent->deliver(std::move(m)); });
+      coordinator.connect_node(local_node, &to_agent);
+    }
+    const int node_count = static_cast<int>(ctx.map.nodes.size());
 
-    // Clones connect, say Hello with the job token, then talk to the coordinator.
-    std::map<int, std::shared_ptr<TcpLink>> clone_links;
+    // The ranks start once every node's agent has joined, as mpirun starts them once every
+    // daemon has reported: a node that never comes leaves no rank started for nothing, and
+    // no input is sent to a node before it is there.
+    std::unique_ptr<StdinPump> stdin_pump;
+    bool begun = false;
+    std::function<void()> begin_ranks;
+    auto all_joined = [&] {
+      for (int n = 0; n < static_cast<int>(ctx.map.nodes.size()); ++n)
+        if (n != local_node && !coordinator.connected(n)) return false;
+      return true;
+    };
+
+    // The other nodes connect, say Hello with the job token, then talk to the coordinator.
+    std::map<int, std::shared_ptr<TcpLink>> node_links;
     std::optional<asio::ip::tcp::acceptor> acceptor;
-    std::optional<asio::posix::stream_descriptor> clone_exits;
     asio::steady_timer connect_deadline(io);
     std::function<void()> accept_next = [&] {
       acceptor->async_accept([&](const boost::system::error_code& ec, asio::ip::tcp::socket s) {
@@ -386,53 +266,42 @@ int run_launcher_node(LaunchContext& ctx, sf::Ticket* ticket, Rendezvous* rv) {
               if (*node < 0) {
                 const auto& h = m.hello();
                 int n = static_cast<int>(h.node());
-                if (!m.has_hello() || h.job_token() != rv->token ||
-                    h.version() != TcpLink::kProtocolVersion || n < 1 ||
-                    n >= static_cast<int>(ctx.map.nodes.size()) || coordinator.connected(n)) {
-                  spdlog::warn("refused a control connection that is not one of this job's clones");
+                if (!m.has_hello() || h.job_token() != rv->coordinator.token ||
+                    h.version() != TcpLink::kProtocolVersion || n < 0 || n >= node_count ||
+                    n == local_node || coordinator.connected(n)) {
+                  spdlog::warn("refused a control connection that is not one of this job's nodes");
                   if (auto l = weak.lock()) l->close();
                   return;
                 }
                 *node = n;
+                spdlog::debug("node {} connected", n);
                 if (auto l = weak.lock()) {
-                  clone_links[n] = l;
+                  node_links[n] = l;
                   coordinator.connect_node(n, l.get());
                 }
+                if (all_joined() && begin_ranks) begin_ranks();
                 return;
               }
               coordinator.handle(*node, std::move(m));
             },
             [&, node](const std::string& why) {
-              if (*node > 0) coordinator.node_lost(*node, "control link: " + why);
+              if (*node >= 0) coordinator.node_lost(*node, "control link: " + why);
             });
         accept_next();
       });
     };
-    std::function<void()> watch_clones = [&] {
-      clone_exits->async_wait(asio::posix::stream_descriptor::wait_read,
-                              [&](const boost::system::error_code& ec) {
-                                if (ec) return;
-                                for (const auto& st : ticket->poll_exited())
-                                  coordinator.node_lost(static_cast<int>(st.id),
-                                                        "clone " + std::to_string(st.id) +
-                                                            " ended (status " +
-                                                            std::to_string(st.value) + ")");
-                                watch_clones();
-                              });
-    };
-    if (ticket) {
+    if (remote) {
       acceptor.emplace(io);
       acceptor->assign(asio::ip::tcp::v4(), rv->listen_fd);
       rv->listen_fd = -1;
       accept_next();
-      clone_exits.emplace(io, ticket->exit_fd());
-      watch_clones();
-      connect_deadline.expires_after(std::chrono::seconds(30));
-      connect_deadline.async_wait([&](const boost::system::error_code& ec) {
+      remote->watch(io, [&](int n, const std::string& why) { coordinator.node_lost(n, why); });
+      connect_deadline.expires_after(std::chrono::seconds(remote->connect_seconds()));
+      connect_deadline.async_wait([&, seconds = remote->connect_seconds()](const boost::system::error_code& ec) {
         if (ec) return;
-        for (size_t n = 1; n < ctx.map.nodes.size(); ++n)
-          if (!coordinator.connected(static_cast<int>(n)))
-            coordinator.node_lost(static_cast<int>(n), "its agent did not connect within 30 s");
+        for (int n = 0; n < node_count; ++n)
+          if (n != local_node && !coordinator.connected(n))
+            coordinator.node_lost(n, "its agent did not connect within " + std::to_string(seconds) + " s");
       });
     }
 
@@ -452,8 +321,8 @@ int run_launcher_node(LaunchContext& ctx, sf::Ticket* ticket, Rendezvous* rv) {
           if (++interrupts == 1) {
             coordinator.interrupt(sig);
           } else {
-            agent.kill_now();  // a second interrupt: no more grace
-            if (ticket) ticket->kill();
+            if (agent) agent->kill_now();  // a second interrupt: no more grace
+            if (remote) remote->kill();
           }
           signals.async_wait(on_signal);
         };
@@ -466,101 +335,75 @@ int run_launcher_node(LaunchContext& ctx, sf::Ticket* ticket, Rendezvous* rv) {
         };
     forwarded.async_wait(on_forward);
 
-    std::unique_ptr<StdinPump> stdin_pump;
+    begin_ranks = [&] {
+      if (begun) return;
+      begun = true;
+      if (agent) agent->launch_ranks();
+      const auto& target = spec.stdin_target;
+      if (target.kind != StdinTarget::Kind::None &&
+          (target.kind == StdinTarget::Kind::All || target.rank < ctx.plan.np)) {
+        stdin_pump = std::make_unique<StdinPump>(
+            io, [&](std::string data, bool eof, std::function<void()> done) {
+              if (target.kind == StdinTarget::Kind::All) {
+                for (int r = 0; r < ctx.plan.np; ++r) coordinator.stdin_data(r, data, eof);
+                done();
+              } else if (agent && ctx.map.ranks[static_cast<size_t>(target.rank)].node == local_node) {
+                agent->write_stdin(target.rank, std::move(data), eof, std::move(done));
+              } else {
+                coordinator.stdin_data(target.rank, std::move(data), eof);
+                done();
+              }
+            });
+      }
+    };
     try {
       if (exit_code == 0) {
-        agent.start(session_dir);
-        const auto& target = spec.stdin_target;
-        if (target.kind != StdinTarget::Kind::None &&
-            (target.kind == StdinTarget::Kind::All || target.rank < ctx.plan.np)) {
-          stdin_pump = std::make_unique<StdinPump>(
-              io, [&](std::string data, bool eof, std::function<void()> done) {
-                if (target.kind == StdinTarget::Kind::All) {
-                  for (int r = 0; r < ctx.plan.np; ++r) coordinator.stdin_data(r, data, eof);
-                  done();
-                } else if (ctx.map.ranks[static_cast<size_t>(target.rank)].node == 0) {
-                  agent.write_stdin(target.rank, std::move(data), eof, std::move(done));
-                } else {
-                  coordinator.stdin_data(target.rank, std::move(data), eof);
-                  done();
-                }
-              });
-        }
+        if (agent) agent->prepare(session_dir);
         coordinator.start_timeout();
+        if (all_joined()) begin_ranks();
       }
       while (!coordinator.done()) io.run_one();
     } catch (const std::exception& e) {
       fprintf(stderr, "mpirun-sf: %s\n", e.what());
-      agent.kill_now();
+      if (agent) agent->kill_now();
       exit_code = 1;
     }
     stdin_pump.reset();
     signals.cancel();
     forwarded.cancel();
     connect_deadline.cancel();
-    if (ticket) {
-      // Tell the clones to end, let the messages leave, then reap them.
-      coordinator.shutdown_nodes();
+    if (remote) {
+      // Tell the other nodes to end and let the messages leave.
+      coordinator.shutdown_nodes(local_node);
       for (int i = 0; i < 200; ++i) {
         bool idle = true;
-        for (auto& [n, l] : clone_links) idle = idle && l->idle();
+        for (auto& [n, l] : node_links) idle = idle && l->idle();
         if (idle) break;
         io.run_for(std::chrono::milliseconds(10));
       }
       if (acceptor) acceptor->close();
-      if (clone_exits) clone_exits->release();  // the ticket owns that fd
+      remote->stop_watching();
     }
     if (exit_code == 0) {
       exit_code = coordinator.outcome().exit_code();
       if (!spec.quiet || exit_code != 0)
         closing = coordinator.outcome().closing_message(coordinator.jobid());
     }
-    for (auto& [n, l] : clone_links) l->close();
+    for (auto& [n, l] : node_links) l->close();
   }
-  if (ticket) {
-    auto joined = ticket->join();
-    if (!joined) spdlog::warn("tearing the cluster down: {}", joined.error().message);
-  }
+  if (remote) remote->release();
   std::error_code ec;
   fs::remove_all(session_dir, ec);
   if (!closing.empty()) fputs(closing.c_str(), stderr);
   return exit_code;
 }
 
-}  // namespace
-
-int run_job(const JobSpec& spec) {
-  LaunchContext ctx;
-  ctx.spec = spec;
-  try {
-    if (geteuid() == 0 && !spec.allow_run_as_root)
-      throw SetupError{"refusing to run as root, as mpirun does; add --allow-run-as-root, or set "
-                       "OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
-                       1};
-    std::string cwd = fs::current_path().string();
-    for (const auto& app : spec.apps) {
-      ctx.app_wdirs.push_back(check_wdir(app.wdir, cwd));
-      ctx.program_paths.push_back(resolve_program(app.program, ctx.app_wdirs.back(), getenv("PATH")));
-    }
-    ctx.plan = make_plan(spec, probe_host(spec));
-    if (spec.output_filename.size()) {
-      std::error_code ec;
-      fs::create_directories(spec.output_filename, ec);
-      if (ec)
-        throw SetupError{"cannot create --output-filename directory " + spec.output_filename +
-                             ": " + ec.message(),
-                         1};
-    }
-  } catch (const SetupError& e) {
-    fprintf(stderr, "mpirun-sf: %s\n", e.message.c_str());
-    return e.exit_code;
-  } catch (const UsageError& e) {
-    fprintf(stderr, "mpirun-sf: %s\n", e.what());
-    return e.exit_code();
-  }
-
+// This machine and, when the job needs them, its clones.
+int run_on_clones(LaunchContext& ctx) {
+  const JobSpec& spec = ctx.spec;
   // Fork the machine into an impromptu cluster when the job needs more than this one.
   std::optional<sf::Ticket> ticket;
+  std::optional<ClonedNodes> clones;
   Rendezvous rv;
   std::vector<std::string> hostnames{this_hostname()};
   if (ctx.plan.machines > 1) {
@@ -576,33 +419,25 @@ int run_job(const JobSpec& spec) {
       return 1;
     }
     ticket.emplace(std::move(*t));
+    clones.emplace(*ticket);
     hostnames.clear();
     for (int n = 0; n < ctx.plan.machines; ++n)
       hostnames.push_back(ticket->node(static_cast<unsigned>(n)).hostname);
     try {
-      rv = listen_for_clones(ticket->node(0).address_text);
+      rv = listen_for_nodes(ticket->node(0).address_text);
     } catch (const std::exception& e) {
       fprintf(stderr, "mpirun-sf: %s\n", e.what());
       ticket->kill();
       return 1;
     }
   }
-  ctx.map = make_job_map(ctx.plan, "mpirun-sf." + std::to_string(getpid()), hostnames);
-  ctx.base_env = rank_environment(spec);
-  // As mpirun: 1 when the ranks outnumber the cores they share, else 0, whatever the user's
-  // environment says (Open MPI then yields while idle; mpi_yield_when_idle still overrides it).
-  put_env(ctx.base_env,
-          std::string("OMPI_MCA_mpi_oversubscribe=") + (ctx.plan.cores_oversubscribed ? "1" : "0"));
-  ctx.terminal_size = launcher_terminal_size();
+  finish_context(ctx, "mpirun-sf." + std::to_string(getpid()), hostnames);
   if (ticket) {
     // Ranks on different machines talk TCP over the cluster network, and only there.
     put_env(ctx.base_env, "OMPI_MCA_btl_tcp_if_include=" + ticket->subnet_cidr());
   }
-  if (const char* g = getenv("SF_KILL_GRACE_MS")) ctx.kill_grace_ms = std::max(0, atoi(g));
-  setenv("PMIX_MCA_gds", "hash", 1);
-
   if (spec.display_map)
-    print_map(ctx, "[" + std::to_string(getpid() & 0xffff) + ",1]", ticket ? &*ticket : nullptr);
+    print_map(ctx, "[" + std::to_string(getpid() & 0xffff) + ",1]", clones ? &*clones : nullptr);
   if (ticket) {
     // fork() copies only the calling thread: no thread, event loop or PMIx server exists yet.
     fflush(stdout);
@@ -615,12 +450,100 @@ int run_job(const JobSpec& spec) {
       return 1;
     }
     if (*id > 0) {
-      int status = run_clone_node(ctx, *id, rv);
+      ::close(rv.listen_fd);
+      int status = run_remote_node(ctx, static_cast<int>(*id), rv.coordinator,
+                                   "clone " + std::to_string(*id));
       ticket->sync(status);  // ends the clone
       _exit(status);
     }
   }
-  return run_launcher_node(ctx, ticket ? &*ticket : nullptr, ticket ? &rv : nullptr);
+  return run_launcher_node(ctx, 0, clones ? &*clones : nullptr, ticket ? &rv : nullptr);
+}
+
+// The nodes of the Slurm allocation the launcher runs in: its own node's ranks here, the
+// others' through node agents that one srun starts.
+int run_on_allocation(LaunchContext& ctx, const SlurmAllocation& allocation) {
+  const JobSpec& spec = ctx.spec;
+  if (spec.clones > 0)
+    throw SetupError{"--clones inside a Slurm allocation: mpirun-sf runs on the allocation's "
+                     "nodes and does not clone them; leave --clones out, or add --allocator "
+                     "local to clone this node alone",
+                     1};
+  ctx.plan = make_allocation_plan(spec, allocation.slots);
+  std::vector<std::string> hostnames(allocation.nodes.begin(),
+                                     allocation.nodes.begin() + ctx.plan.machines);
+  const std::string here = slurm_node_name(::getenv);
+  int local_node = -1;
+  for (size_t n = 0; n < hostnames.size(); ++n)
+    if (hostnames[n] == here) local_node = static_cast<int>(n);
+  ctx.plan.cores_oversubscribed =
+      local_node >= 0 && ctx.plan.node_ranks[static_cast<size_t>(local_node)] > host_cores();
+  const std::string nspace = "mpirun-sf." + std::to_string(getpid());
+  finish_context(ctx, nspace, hostnames);
+  std::vector<int> remote_nodes;
+  for (int n = 0; n < ctx.plan.machines; ++n)
+    if (n != local_node) remote_nodes.push_back(n);
+  Rendezvous rv;
+  std::unique_ptr<SlurmNodes> slurm;
+  if (!remote_nodes.empty()) {
+    rv = listen_for_nodes("0.0.0.0");
+    try {
+      slurm = SlurmNodes::start(ctx, allocation, remote_nodes, nspace, rv.coordinator);
+    } catch (...) {
+      ::close(rv.listen_fd);
+      throw;
+    }
+  }
+  if (spec.display_map)
+    print_map(ctx, "[" + std::to_string(getpid() & 0xffff) + ",1]", slurm.get());
+  return run_launcher_node(ctx, local_node, slurm.get(), slurm ? &rv : nullptr);
+}
+
+}  // namespace
+
+int run_job(const JobSpec& spec) {
+  LaunchContext ctx;
+  ctx.spec = spec;
+  try {
+    if (geteuid() == 0 && !spec.allow_run_as_root)
+      throw SetupError{"refusing to run as root, as mpirun does; add --allow-run-as-root, or set "
+                       "OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
+                       1};
+    check_apps(ctx);
+    std::optional<SlurmAllocation> allocation;
+    if (spec.allocator != "local") {
+      try {
+        allocation = read_slurm_allocation(::getenv, scontrol_show_hostnames);
+      } catch (const std::runtime_error& e) {
+        throw SetupError{e.what(), 1};
+      }
+      if (!allocation && spec.allocator == "slurm")
+        throw SetupError{"--allocator slurm: not inside a Slurm allocation (SLURM_JOB_ID is not "
+                         "set); run mpirun-sf in a batch script (sbatch), in salloc or in an srun "
+                         "shell",
+                         1};
+    }
+    if (spec.output_filename.size()) {
+      std::error_code ec;
+      fs::create_directories(spec.output_filename, ec);
+      if (ec)
+        throw SetupError{"cannot create --output-filename directory " + spec.output_filename +
+                             ": " + ec.message(),
+                         1};
+    }
+    if (allocation) return run_on_allocation(ctx, *allocation);
+    ctx.plan = make_plan(spec, probe_host(spec));
+  } catch (const SetupError& e) {
+    fprintf(stderr, "mpirun-sf: %s\n", e.message.c_str());
+    return e.exit_code;
+  } catch (const UsageError& e) {
+    fprintf(stderr, "mpirun-sf: %s\n", e.what());
+    return e.exit_code();
+  } catch (const std::runtime_error& e) {
+    fprintf(stderr, "mpirun-sf: %s\n", e.what());
+    return 1;
+  }
+  return run_on_clones(ctx);
 }
 
 namespace {

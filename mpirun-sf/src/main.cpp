@@ -29,14 +29,18 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(logger);
   spdlog::set_level(spdlog::level::warn);
 
+  // srun starts mpirun-sf on each node of a Slurm allocation as that node's agent.
+  const bool node_agent = argc > 1 && std::string(argv[1]) == kSlurmNodeAgentFlag;
+  const int first = node_agent ? 2 : 1;
   JobSpec spec;
   try {
-    spec = parse_command_line(std::vector<std::string>(argv + 1, argv + argc), ::getenv);
+    spec = parse_command_line(std::vector<std::string>(argv + first, argv + argc), ::getenv);
   } catch (const UsageError& e) {
     fprintf(stderr, "mpirun-sf: %s\n", e.what());
     return e.exit_code();
   }
   if (spec.verbose) spdlog::set_level(spdlog::level::debug);
+  if (node_agent) return run_slurm_node_agent(spec);
   switch (spec.action) {
     case Action::Help:
       fputs(help_text().c_str(), stdout);

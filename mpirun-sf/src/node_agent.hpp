@@ -27,8 +27,13 @@ class NodeAgent : public pmix::PmixHost {
   NodeAgent(boost::asio::io_context& io, const LaunchContext& ctx, int node, Link& uplink);
   ~NodeAgent() override;
 
-  // Starts the PMIx server and the local ranks. Throws pmix::PmixError / std::runtime_error.
+  // Starts the PMIx server and the local ranks: prepare, then launch_ranks. Throws
+  // std::runtime_error.
   void start(const std::string& session_dir);
+  // Starts the PMIx server and registers the job. Throws std::runtime_error.
+  void prepare(const std::string& session_dir);
+  // Starts the local ranks (once; not after a kill).
+  void launch_ranks();
   // A message from the coordinator.
   void deliver(Envelope message);
   // Stdin for a local rank (node 0 only); `done` is called when written or dropped.
@@ -103,6 +108,7 @@ class NodeAgent : public pmix::PmixHost {
   bool terminating_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // expires with the agent
   bool finished_ = false;
+  bool launched_ = false;
   uint64_t last_id_ = 0;
   std::map<std::string, uint64_t> fence_seq_;
   std::map<std::pair<std::string, uint64_t>, pmix::DataDone> fences_;

@@ -63,7 +63,61 @@ Plan make_plan(const JobSpec& spec, const HostFacts& host) {
   return plan;
 }
 
-int node_of_rank(const Plan& plan, int rank) { return rank / plan.procs_per_machine; }
+Plan make_allocation_plan(const JobSpec& spec, const std::vector<int>& allocated) {
+  Plan plan;
+  if (allocated.empty()) throw UsageError("the allocation has no nodes");
+  std::vector<int> slots = allocated;
+  if (spec.procs_per_clone > 0) std::fill(slots.begin(), slots.end(), spec.procs_per_clone);
+  int total = 0;
+  for (int s : slots) total += s;
+  for (const auto& app : spec.apps) {
+    int n = app.np > 0 ? app.np : total;
+    plan.app_np.push_back(n);
+    plan.np += n;
+  }
+  const int nodes = static_cast<int>(slots.size());
+  std::vector<int> ranks(slots.size(), 0);
+  if (plan.np > total) {
+    if (!spec.oversubscribe.value_or(false))
+      throw UsageError("there are not enough slots available to satisfy the " +
+                       std::to_string(plan.np) + " slots requested by the application " +
+                       spec.apps.front().program + " (" + std::to_string(total) +
+                       " slot" + (total == 1 ? "" : "s") + " on " + std::to_string(nodes) +
+                       " node" + (nodes == 1 ? "" : "s") +
+                       " of the allocation); request fewer processes, more tasks from Slurm, "
+                       "or use --oversubscribe");
+    plan.oversubscribed = true;
+    const int extra = plan.np - total;
+    for (int i = 0; i < nodes; ++i)
+      ranks[static_cast<size_t>(i)] = slots[static_cast<size_t>(i)] + extra / nodes + (i < extra % nodes ? 1 : 0);
+  } else {
+    int left = plan.np;
+    for (int i = 0; i < nodes && left > 0; ++i) {
+      ranks[static_cast<size_t>(i)] = std::min(left, slots[static_cast<size_t>(i)]);
+      left -= ranks[static_cast<size_t>(i)];
+    }
+  }
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    if (ranks[i] == 0) continue;  // nodes fill in order: the used ones come first
+    plan.node_ranks.push_back(ranks[i]);
+    plan.node_slots.push_back(slots[i]);
+  }
+  plan.machines = std::max<int>(1, static_cast<int>(plan.node_ranks.size()));
+  plan.procs_per_machine = plan.node_ranks.empty() ? 1 : plan.node_ranks.front();
+  plan.universe_size = total;
+  return plan;
+}
+
+int node_of_rank(const Plan& plan, int rank) {
+  if (plan.node_ranks.empty()) return rank / plan.procs_per_machine;
+  int node = 0;
+  for (int n : plan.node_ranks) {
+    if (rank < n) return node;
+    rank -= n;
+    ++node;
+  }
+  return node - 1;
+}
 
 pmix::JobMap make_job_map(const Plan& plan, const std::string& nspace,
                           const std::vector<std::string>& hostnames) {

@@ -100,7 +100,7 @@ void RankStdio::close_all() {
   close_fd(in_);
 }
 
-void RankStdio::become_child_stdio() const {
+SF_NO_SANITIZE void RankStdio::become_child_stdio() const {
   // dup2 clears close-on-exec on 0, 1 and 2. A source already on its target would keep the
   // flag, but our descriptors never sit on 0-2: the launcher's own 0-2 are open.
   dup2(child_in_, STDIN_FILENO);

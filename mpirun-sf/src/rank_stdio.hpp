@@ -9,6 +9,10 @@
 
 #include <sys/ioctl.h>
 
+// For code that runs in a child sharing the parent's memory between clone and exec, on a
+// stack the sanitizers do not know.
+#define SF_NO_SANITIZE __attribute__((no_sanitize("address,undefined")))
+
 namespace sf::mpirun {
 
 struct TerminalSize {
@@ -28,7 +32,7 @@ class RankStdio {
 
   // In the child, between fork and exec (async-signal-safe): puts the child's ends on 0, 1, 2
   // and marks every other descriptor close-on-exec, so the rank starts with 0, 1 and 2 only.
-  void become_child_stdio() const;
+  SF_NO_SANITIZE void become_child_stdio() const;
   // In the parent after fork: closes the child's ends (so the rank's exit is seen as EOF).
   void close_child_ends();
   // The launcher's ends, handed over to the caller (-1 where there is none).

@@ -18,6 +18,7 @@
 #include "mpirun-sf/job_spec.hpp"
 #include "mpirun-sf/output.hpp"
 #include "mpirun-sf/plan.hpp"
+#include "mpirun-sf/slurm_allocation.hpp"
 
 namespace {
 
@@ -756,3 +757,101 @@ TEST_F(OutputTest, OutputFilenameReportsAnUnusableDirectory) {
 }
 
 }  // namespace
+
+// --- Slurm allocations ---------------------------------------------------------------------
+
+TEST(SlurmAllocation, ExpandsCompressedPerNodeCounts) {
+  EXPECT_EQ(expand_node_counts("2(x3),1"), (std::vector<int>{2, 2, 2, 1}));
+  EXPECT_EQ(expand_node_counts("4"), (std::vector<int>{4}));
+  EXPECT_EQ(expand_node_counts("1,3(x2)"), (std::vector<int>{1, 3, 3}));
+  for (const char* bad : {"", "x", "2(x", "2(x3", "2(3)", "-1", "2,,1", "2(xa)"})
+    EXPECT_THROW(expand_node_counts(bad), std::invalid_argument) << bad;
+}
+
+TEST(SlurmAllocation, ReadFromTheEnvironmentWithSlurmsExpander) {
+  std::map<std::string, std::string> env = {{"SLURM_JOB_ID", "42"},
+                                            {"SLURM_JOB_NODELIST", "node[1-3]"},
+                                            {"SLURM_TASKS_PER_NODE", "2(x2),1"}};
+  auto getenv = [&](const char* k) -> const char* {
+    auto it = env.find(k);
+    return it == env.end() ? nullptr : it->second.c_str();
+  };
+  std::string asked;
+  auto expand = [&](const std::string& list) {
+    asked = list;
+    return std::vector<std::string>{"node1", "node2", "node3"};
+  };
+  auto a = read_slurm_allocation(getenv, expand);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(asked, "node[1-3]");
+  EXPECT_EQ(a->job_id, "42");
+  EXPECT_EQ(a->nodes, (std::vector<std::string>{"node1", "node2", "node3"}));
+  EXPECT_EQ(a->slots, (std::vector<int>{2, 2, 1}));
+
+  env["SLURM_TASKS_PER_NODE"] = "2(x2)";  // two counts for three nodes
+  try {
+    read_slurm_allocation(getenv, expand);
+    FAIL() << "a count per node that does not match the nodes was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("SLURM_TASKS_PER_NODE"), std::string::npos) << e.what();
+  }
+  env.erase("SLURM_TASKS_PER_NODE");
+  env["SLURM_JOB_CPUS_PER_NODE"] = "4(x3)";  // no tasks given: the CPUs are the slots
+  EXPECT_EQ(read_slurm_allocation(getenv, expand)->slots, (std::vector<int>{4, 4, 4}));
+  env.erase("SLURM_JOB_NODELIST");
+  EXPECT_THROW(read_slurm_allocation(getenv, expand), std::runtime_error);
+  env.clear();
+  EXPECT_FALSE(read_slurm_allocation(getenv, expand));
+}
+
+TEST(SlurmAllocation, TaskPluginDecidesCpuBinding) {
+  EXPECT_TRUE(task_plugin_binds(std::nullopt));  // no slurm.conf here: assume it binds
+  EXPECT_FALSE(task_plugin_binds(std::string("ClusterName=x\nTaskPlugin=task/none\n")));
+  EXPECT_FALSE(task_plugin_binds(std::string("ClusterName=x\n")));  // Slurm's default: none
+  EXPECT_TRUE(task_plugin_binds(std::string("TaskPlugin=task/affinity,task/cgroup\n")));
+  EXPECT_TRUE(task_plugin_binds(std::string("  taskplugin=task/cgroup # comment\n")));
+  EXPECT_FALSE(task_plugin_binds(std::string("#TaskPlugin=task/affinity\n")));
+}
+
+TEST(AllocationPlan, FillsEachNodesSlotsInOrder) {
+  Plan p = make_allocation_plan(job({8}), {2, 2, 2, 2});
+  EXPECT_EQ(p.np, 8);
+  EXPECT_EQ(p.machines, 4);
+  EXPECT_EQ(p.node_ranks, (std::vector<int>{2, 2, 2, 2}));
+  EXPECT_EQ(p.universe_size, 8);
+  EXPECT_FALSE(p.oversubscribed);
+  auto map = make_job_map(p, "ns", {"node1", "node2", "node3", "node4"});
+  for (int r = 0; r < 8; ++r) EXPECT_EQ(map.ranks[static_cast<size_t>(r)].node, r / 2) << r;
+
+  // Fewer ranks than slots: the first nodes only, by slot.
+  p = make_allocation_plan(job({3}), {2, 2, 2, 2});
+  EXPECT_EQ(p.machines, 2);
+  EXPECT_EQ(p.node_ranks, (std::vector<int>{2, 1}));
+  // Unequal slots, and no -np: one rank per slot.
+  p = make_allocation_plan(job({-1}), {3, 1, 2});
+  EXPECT_EQ(p.np, 6);
+  EXPECT_EQ(p.node_ranks, (std::vector<int>{3, 1, 2}));
+  map = make_job_map(p, "ns", {"a", "b", "c"});
+  EXPECT_EQ(map.nodes[1].ranks, (std::vector<int>{3}));
+  EXPECT_EQ(map.nodes[2].ranks, (std::vector<int>{4, 5}));
+  // --npernode P: P slots on every node.
+  JobSpec s = job({-1});
+  s.procs_per_clone = 1;
+  p = make_allocation_plan(s, {2, 2, 2});
+  EXPECT_EQ(p.node_ranks, (std::vector<int>{1, 1, 1}));
+}
+
+TEST(AllocationPlan, MoreRanksThanSlotsNeedOversubscribeAndSpreadEvenly) {
+  try {
+    make_allocation_plan(job({9}), {2, 2, 2, 2});
+    FAIL() << "9 ranks on 8 slots were planned without --oversubscribe";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("not enough slots"), std::string::npos) << e.what();
+  }
+  JobSpec s = job({11});
+  s.oversubscribe = true;
+  Plan p = make_allocation_plan(s, {2, 2, 2, 2});
+  EXPECT_TRUE(p.oversubscribed);
+  EXPECT_EQ(p.node_ranks, (std::vector<int>{3, 3, 3, 2}));  // 3 extra: the first nodes take one
+  EXPECT_EQ(p.universe_size, 8);
+}

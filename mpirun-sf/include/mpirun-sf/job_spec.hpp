@@ -47,6 +47,13 @@ struct JobSpec {
   int procs_per_clone = 0;   // --procs-per-clone P or --map-by ppr:P:node; 0: the cores
   std::string driver = "auto";  // --driver sandbox|qemu|auto|none
   std::string subnet;           // --cluster-subnet CIDR; empty: the driver's default
+  // Where the machines come from: "auto" (the Slurm allocation the launcher runs in, if any,
+  // else this machine and its clones), "local" (this machine and its clones, even inside an
+  // allocation) or "slurm" (the allocation; outside one, an error).
+  std::string allocator = "auto";
+  // The arguments as given (argv without argv[0]): node agents started on other machines
+  // parse the same ones.
+  std::vector<std::string> command_line;
 };
 
 // A command-line error; what() is the one-line message (without the "mpirun-sf: " prefix).

@@ -30,10 +30,23 @@ struct Plan {
   // told so (OMPI_MCA_mpi_oversubscribe=1, as mpirun tells the ranks of an oversubscribed
   // node) and then yield the processor while they wait instead of spinning.
   bool cores_oversubscribed = false;
+  // On the nodes of a Slurm allocation (make_allocation_plan): the ranks and the slots of each
+  // node used, in node order. Empty for this machine and its clones, where every node but
+  // possibly the last has procs_per_machine ranks.
+  std::vector<int> node_ranks;
+  std::vector<int> node_slots;
 };
 
 // Throws UsageError (exit status 1) when the job cannot be placed, with mpirun's reasons.
 Plan make_plan(const JobSpec& spec, const HostFacts& host);
+
+// The placement of a job on the nodes of an allocation with `slots[i]` slots on node i (for
+// Slurm: SLURM_TASKS_PER_NODE), as mpirun maps by slot: ranks fill node 0's slots, then node
+// 1's, ...; with --oversubscribe the ranks beyond the slots are spread evenly, the first nodes
+// taking one more. --npernode P (or ppr:P:node) makes every node's slots P. Nodes left
+// without ranks are not part of the plan. cores_oversubscribed is left false: whether a
+// node's ranks outnumber its cores is known on that node. Throws UsageError.
+Plan make_allocation_plan(const JobSpec& spec, const std::vector<int>& slots);
 
 // `hostnames[i]` is node i's hostname; there must be plan.machines of them.
 pmix::JobMap make_job_map(const Plan& plan, const std::string& nspace,

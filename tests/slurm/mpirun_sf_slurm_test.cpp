@@ -1,0 +1,363 @@
+// mpirun-sf inside Slurm allocations, end to end on the real Slurm test cluster
+// (scripts/slurm-testbed: slurmctld on "ctl", slurmd on node1..node4, each a network
+// namespace): batch scripts that say mpirun-sf where they said mpirun get the same output and
+// exit codes as Debian's mpirun in the same kind of job; scancel, a lost node agent and
+// mistakes end everything on every node. Every test runs as root and as the ordinary user
+// sf-tester-a (made by scripts/setup).
+#include <gtest/gtest.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "program_output.hpp"
+#include "run_command.hpp"
+#include "testbed_leftovers.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using sf::test::CommandOptions;
+using sf::test::CommandResult;
+using sf::test::RunningCommand;
+
+constexpr const char* kMarker = "SF_TEST_MARKER";
+constexpr const char* kUser = "sf-tester-a";
+constexpr const char* kExamples[] = {"hello", "ring", "pi", "abort", "crash"};
+const std::string kState = "/run/sft-slurm-mpirun-" + std::to_string(getpid());
+
+std::string testbed() { return sf::test::source_path("scripts/slurm-testbed"); }
+
+CommandResult testbed_command(std::vector<std::string> args, std::chrono::milliseconds timeout = 120s) {
+  args.insert(args.begin(), testbed());
+  CommandOptions o;
+  o.timeout = timeout;
+  o.environment = {"SF_SLURM_TESTBED=" + kState};
+  return sf::test::run_command(args, o);
+}
+
+std::string testbed_leftovers() { return sf::test::slurm_testbed_leftovers(); }
+
+// One testbed for the whole program, with mpirun-sf and the examples copied where every user
+// can read them.
+class Testbed : public ::testing::Environment {
+ public:
+  static bool up() { return up_; }
+  static const std::string& bin() { return bin_; }
+  void SetUp() override {
+    if (geteuid() != 0) return;  // the tests skip themselves
+    char tmpl[] = "/var/tmp/sft-slurm-XXXXXX";
+    if (!mkdtemp(tmpl)) return;
+    chmod(tmpl, 0755);
+    bin_ = tmpl;
+    fs::copy_file(sf::test::build_path("bin/mpirun-sf"), fs::path(bin_) / "mpirun-sf");
+    for (const char* name : kExamples)
+      fs::copy_file(sf::test::build_path(std::string("examples/") + name), fs::path(bin_) / name);
+    if (!testbed_leftovers().empty()) {
+      error_ = "a Slurm testbed (or Slurm daemons) already runs here:\n" + testbed_leftovers();
+      return;
+    }
+    CommandResult r = testbed_command({"up", "4"});
+    up_ = r.exited_with(0);
+    if (!up_) error_ = r.describe();
+  }
+  void TearDown() override {
+    if (geteuid() != 0) return;
+    testbed_command({"down"});
+    std::error_code ec;
+    if (!bin_.empty()) fs::remove_all(bin_, ec);
+  }
+  static const std::string& error() { return error_; }
+
+ private:
+  static inline bool up_ = false;
+  static inline std::string bin_, error_;
+};
+[[maybe_unused]] auto* const g_testbed = ::testing::AddGlobalTestEnvironment(new Testbed);
+
+enum class Who { root, ordinary_user };
+void PrintTo(Who who, std::ostream* os) { *os << (who == Who::root ? "root" : "an ordinary user"); }
+std::string who_name(const ::testing::TestParamInfo<Who>& info) {
+  return info.param == Who::root ? "Root" : "OrdinaryUser";
+}
+
+// A job's results: sbatch --wait's exit status is the batch script's.
+struct Job {
+  CommandResult sbatch;
+  std::string out, err;
+};
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Output lines with pids taken out, sorted: ranks print in any order.
+std::vector<std::string> normalized_lines(const std::string& text) {
+  std::vector<std::string> lines;
+  for (auto line : sf::test::lines_of(text)) {
+    line = std::regex_replace(line, std::regex(R"(\(pid [0-9]+\))"), "(pid N)");
+    lines.push_back(line);
+  }
+  std::sort(lines.begin(), lines.end());
+  return lines;
+}
+
+class SlurmJobs : public ::testing::TestWithParam<Who> {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "the Slurm testbed needs root: run these tests as root";
+    ASSERT_TRUE(Testbed::up()) << "the Slurm testbed did not come up:\n" << Testbed::error();
+    if (as_user()) {
+      const passwd* pw = getpwnam(kUser);
+      ASSERT_NE(pw, nullptr) << "the ordinary test user " << kUser << " does not exist: run scripts/setup as root";
+      uid_ = pw->pw_uid;
+      gid_ = pw->pw_gid;
+      home_ = pw->pw_dir;
+    }
+    char tmpl[] = "/var/tmp/sft-slurm-work-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    work_ = tmpl;
+    ASSERT_EQ(chown(tmpl, uid_, gid_), 0);
+    marker_ = sf::test::unique_marker();
+  }
+  void TearDown() override {
+    if (marker_.empty()) return;
+    // Nothing of the job on any node: every node's processes are this machine's.
+    auto left = sf::test::wait_for_no_processes(
+        [&] { return sf::test::processes_with_environment(kMarker, marker_); }, 15s);
+    EXPECT_TRUE(left.empty()) << "left behind:\n" << sf::test::describe(left);
+    EXPECT_EQ(queue(), "") << "a job outlived the test";
+    EXPECT_EQ(session_dirs(), "");
+    std::error_code ec;
+    fs::remove_all(work_, ec);
+  }
+  bool as_user() const { return GetParam() == Who::ordinary_user; }
+  std::string bin(const std::string& name) const { return Testbed::bin() + "/" + name; }
+  // mpirun-sf (or Debian's mpirun) as this user runs it.
+  std::string launcher(bool ours) const {
+    std::string l = ours ? bin("mpirun-sf") : "mpirun";
+    return as_user() ? l : l + " --allow-run-as-root";
+  }
+  // Runs argv on the login node as this test's user.
+  std::vector<std::string> on_login_node(std::vector<std::string> argv) const {
+    std::vector<std::string> v{testbed(), "exec", "ctl"};
+    if (as_user())
+      v.insert(v.end(), {"setpriv", "--reuid=" + std::to_string(uid_), "--regid=" + std::to_string(gid_),
+                         "--clear-groups", "--"});
+    v.insert(v.end(), argv.begin(), argv.end());
+    return v;
+  }
+  CommandOptions options(std::chrono::milliseconds timeout = 120s) const {
+    CommandOptions o;
+    o.timeout = timeout;
+    o.environment = {"SF_SLURM_TESTBED=" + kState, std::string(kMarker) + "=" + marker_,
+                     "SF_KILL_GRACE_MS=500", "HOME=" + (as_user() ? home_ : std::string("/root"))};
+    o.unset_environment = {"OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "SLURM_JOB_ID",
+                           "SLURM_JOBID"};
+    o.working_directory = work_;
+    return o;
+  }
+  fs::path write_script(const std::string& name, const std::string& body) const {
+    fs::path p = fs::path(work_) / name;
+    std::ofstream(p) << "#!/bin/sh\n" << body << "\n";
+    fs::permissions(p, fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read |
+                           fs::perms::group_exec | fs::perms::others_exec);
+    return p;
+  }
+  // sbatch --wait of a script of one command, on 4 nodes with 2 tasks each (as in the user
+  // guide's example).
+  Job batch(const std::string& name, const std::string& command, std::vector<std::string> sbatch_args = {}) const {
+    fs::path script = write_script(name + ".sh", command);
+    fs::path out = fs::path(work_) / (name + ".out"), err = fs::path(work_) / (name + ".err");
+    std::vector<std::string> argv{"sbatch", "--wait", "-N4", "--ntasks-per-node=2", "-D", work_,
+                                  "-o", out.string(), "-e", err.string()};
+    argv.insert(argv.end(), sbatch_args.begin(), sbatch_args.end());
+    argv.push_back(script.string());
+    Job j;
+    j.sbatch = sf::test::run_command(on_login_node(argv), options());
+    j.out = read_file(out);
+    j.err = read_file(err);
+    return j;
+  }
+  static std::string describe(const Job& j) {
+    return j.sbatch.describe() + "\njob stdout:\n" + j.out + "\njob stderr:\n" + j.err;
+  }
+  std::string queue() const {
+    CommandResult q = testbed_command({"exec", "ctl", "squeue", "-h"});
+    return q.stdout_text;
+  }
+  // Session and shared-memory directories of launchers and agents that are gone.
+  std::string session_dirs() const {
+    std::string out;
+    for (const char* dir : {"/tmp", "/dev/shm"}) {
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(dir, ec)) {
+        std::string n = e.path().filename().string();
+        struct stat st {};
+        if (n.rfind("mpirun-sf.", 0) == 0 && lstat(e.path().c_str(), &st) == 0 && st.st_uid == uid_) {
+          long pid = atol(n.substr(10).c_str());
+          if (kill(static_cast<pid_t>(pid), 0) != 0) out += e.path().string() + "\n";
+        }
+      }
+    }
+    return out;
+  }
+  // A job's processes named `name`, on every node.
+  std::vector<sf::test::ProcessEntry> job_processes(const std::string& name) const {
+    std::vector<sf::test::ProcessEntry> out;
+    for (const auto& p : sf::test::processes_with_environment(kMarker, marker_))
+      if (p.name == name) out.push_back(p);
+    return out;
+  }
+  bool wait_for_processes(const std::string& name, size_t count, std::chrono::milliseconds deadline) const {
+    auto end = std::chrono::steady_clock::now() + deadline;
+    while (std::chrono::steady_clock::now() < end) {
+      if (job_processes(name).size() >= count) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+
+  uid_t uid_ = 0;
+  gid_t gid_ = 0;
+  std::string home_, work_, marker_;
+};
+
+// The user guide's batch script: 8 ranks on node1..node4 by block, as under mpirun.
+TEST_P(SlurmJobs, ABatchScriptRunsEightRanksOnTheFourNodesByBlockAsMpirunDoes) {
+  Job ours = batch("ours", launcher(true) + " -np 8 " + bin("hello"));
+  ASSERT_TRUE(ours.sbatch.exited_with(0)) << describe(ours);
+  for (int rank = 0; rank < 8; ++rank)
+    EXPECT_NE(ours.out.find("Hello from rank " + std::to_string(rank) + " of 8 on node" +
+                            std::to_string(rank / 2 + 1) + " "),
+              std::string::npos)
+        << describe(ours);
+  EXPECT_EQ(ours.err, "") << describe(ours);
+  Job theirs = batch("theirs", launcher(false) + " -np 8 " + bin("hello"));
+  ASSERT_TRUE(theirs.sbatch.exited_with(0)) << describe(theirs);
+  EXPECT_EQ(normalized_lines(ours.out), normalized_lines(theirs.out));
+
+  // Without -np: one rank per task of the allocation, here 3 nodes with 1 task each.
+  Job slots = batch("slots", launcher(true) + " " + bin("hello"), {"-N3", "--ntasks-per-node=1"});
+  ASSERT_TRUE(slots.sbatch.exited_with(0)) << describe(slots);
+  EXPECT_EQ(sf::test::lines_of(slots.out).size(), 3u) << describe(slots);
+  EXPECT_NE(slots.out.find("Hello from rank 2 of 3 on node3 "), std::string::npos) << describe(slots);
+}
+
+TEST_P(SlurmJobs, RingAndAllreduceAcrossTheNodes) {
+  Job ring = batch("ring", launcher(true) + " -np 8 " + bin("ring") + " 100");
+  ASSERT_TRUE(ring.sbatch.exited_with(0)) << describe(ring);
+  EXPECT_EQ(ring.out, "ring: 8 ranks, 100 laps, token = 3600 (expected 3600) OK\n") << describe(ring);
+  Job pi = batch("pi", launcher(true) + " -np 8 " + bin("pi") + " 1000000");
+  ASSERT_TRUE(pi.sbatch.exited_with(0)) << describe(pi);
+  EXPECT_NE(pi.out.find("pi = 3.14159"), std::string::npos) << describe(pi);
+  EXPECT_NE(pi.out.find("8 ranks"), std::string::npos) << describe(pi);
+}
+
+// MPI_Abort(7) from rank 4, which runs on node3, and a SIGSEGV in rank 5 (node3): the job's
+// exit status is mpirun's, 7 and 139, and every rank on every node is gone.
+TEST_P(SlurmJobs, AbortAndCrashOnAnotherNodeGiveMpirunsExitStatus) {
+  Job ours = batch("abort", launcher(true) + " -np 8 " + bin("abort") + " 4 7");
+  EXPECT_TRUE(ours.sbatch.exited_with(7)) << describe(ours);
+  EXPECT_NE(ours.err.find("MPI_ABORT was invoked on rank 4"), std::string::npos) << describe(ours);
+  Job theirs = batch("abort-mpirun", launcher(false) + " -np 8 " + bin("abort") + " 4 7");
+  EXPECT_TRUE(theirs.sbatch.exited_with(7)) << describe(theirs);
+
+  Job crash = batch("crash", launcher(true) + " -np 8 " + bin("crash") + " 5");
+  EXPECT_TRUE(crash.sbatch.exited_with(139)) << describe(crash);
+  EXPECT_NE(crash.out.find("crash: rank 5 raising SIGSEGV"), std::string::npos) << describe(crash);
+  EXPECT_NE(crash.err.find("node3"), std::string::npos) << describe(crash);
+  Job mpirun_crash = batch("crash-mpirun", launcher(false) + " -np 8 " + bin("crash") + " 5");
+  EXPECT_TRUE(mpirun_crash.sbatch.exited_with(139)) << describe(mpirun_crash);
+}
+
+// scancel of a running job ends the launcher, srun, every node agent and every rank.
+TEST_P(SlurmJobs, ScancelEndsEveryRankOnEveryNode) {
+  fs::path script = write_script("long.sh", launcher(true) + " -np 8 sleep 600");
+  RunningCommand job(on_login_node({"sbatch", "--wait", "-N4", "--ntasks-per-node=2", "-D", work_, "-o",
+                                    (fs::path(work_) / "long.out").string(), script.string()}),
+                     options());
+  ASSERT_TRUE(wait_for_processes("sleep", 8, 30s)) << "the ranks did not start:\n"
+                                                   << sf::test::describe(job_processes("sleep"));
+  EXPECT_EQ(job_processes("mpirun-sf").size(), 4u) << sf::test::describe(job_processes("mpirun-sf"));
+  std::string id = std::regex_replace(queue(), std::regex(R"(^\s*([0-9]+)[\s\S]*)"), "$1");
+  ASSERT_FALSE(id.empty());
+  CommandResult cancel = sf::test::run_command(on_login_node({"scancel", id}), options());
+  EXPECT_TRUE(cancel.exited_with(0)) << cancel.describe();
+  CommandResult done = job.wait(60s);
+  EXPECT_FALSE(done.timed_out) << done.describe();
+  EXPECT_FALSE(done.exited_with(0)) << done.describe();
+}
+
+// A node agent killed with SIGKILL: the job ends on every node with a message naming the node.
+TEST_P(SlurmJobs, ALostNodeAgentEndsTheJob) {
+  fs::path script = write_script("lost.sh", launcher(true) + " -np 8 sleep 600");
+  RunningCommand job(on_login_node({"sbatch", "--wait", "-N4", "--ntasks-per-node=2", "-D", work_, "-o",
+                                    (fs::path(work_) / "lost.out").string(), "-e",
+                                    (fs::path(work_) / "lost.err").string(), script.string()}),
+                     options());
+  ASSERT_TRUE(wait_for_processes("sleep", 8, 30s)) << "the ranks did not start";
+  pid_t agent = -1;
+  for (const auto& p : job_processes("mpirun-sf"))
+    if (p.command_line.find("--slurm-node-agent") != std::string::npos) agent = p.pid;
+  ASSERT_GT(agent, 0) << sf::test::describe(job_processes("mpirun-sf"));
+  ASSERT_EQ(kill(agent, SIGKILL), 0);
+  CommandResult done = job.wait(60s);
+  EXPECT_FALSE(done.timed_out) << done.describe();
+  EXPECT_TRUE(done.exited_with(137)) << done.describe();  // its ranks count as killed
+  std::string err = read_file(fs::path(work_) / "lost.err");
+  EXPECT_NE(err.find("was lost"), std::string::npos) << err;
+  // A process killed with SIGKILL cannot remove its session and shared-memory directories
+  // (nor can mpirun's orted); `mpirun-sf --cleanup` on that node does.
+  EXPECT_NE(session_dirs().find("mpirun-sf." + std::to_string(agent) + "."), std::string::npos) << session_dirs();
+  std::istringstream words(launcher(true) + " --cleanup");
+  std::vector<std::string> argv;
+  for (std::string w; words >> w;) argv.push_back(w);
+  CommandResult cleanup = sf::test::run_command(on_login_node(argv), options());
+  EXPECT_TRUE(cleanup.exited_with(0)) << cleanup.describe();
+}
+
+// salloc on the login node: the launcher runs no ranks itself; every node gets an agent.
+TEST_P(SlurmJobs, FromTheLoginNodeInSalloc) {
+  std::vector<std::string> argv{"salloc", "-N4", "--ntasks-per-node=2"};
+  std::istringstream words(launcher(true) + " -np 8 " + bin("hello"));
+  for (std::string w; words >> w;) argv.push_back(w);
+  CommandResult r = sf::test::run_command(on_login_node(argv), options());
+  ASSERT_TRUE(r.exited_with(0)) << r.describe();
+  for (int rank = 0; rank < 8; ++rank)
+    EXPECT_NE(r.stdout_text.find("Hello from rank " + std::to_string(rank) + " of 8 on node" +
+                                 std::to_string(rank / 2 + 1) + " "),
+              std::string::npos)
+        << r.describe();
+}
+
+TEST_P(SlurmJobs, MistakesAreNamed) {
+  Job slots = batch("slots", launcher(true) + " -np 9 " + bin("hello"));
+  EXPECT_TRUE(slots.sbatch.exited_with(1)) << describe(slots);
+  EXPECT_NE(slots.err.find("not enough slots"), std::string::npos) << describe(slots);
+  EXPECT_EQ(slots.out, "");
+  Job clones = batch("clones", launcher(true) + " --clones 2 -np 2 " + bin("hello"));
+  EXPECT_TRUE(clones.sbatch.exited_with(1)) << describe(clones);
+  EXPECT_NE(clones.err.find("--clones inside a Slurm allocation"), std::string::npos) << describe(clones);
+  std::istringstream words(launcher(true) + " --allocator slurm -np 2 " + bin("hello"));
+  std::vector<std::string> argv;
+  for (std::string w; words >> w;) argv.push_back(w);
+  CommandResult outside = sf::test::run_command(on_login_node(argv), options());
+  EXPECT_TRUE(outside.exited_with(1)) << outside.describe();
+  EXPECT_NE(outside.stderr_text.find("not inside a Slurm allocation"), std::string::npos) << outside.describe();
+}
+
+INSTANTIATE_TEST_SUITE_P(As, SlurmJobs, ::testing::Values(Who::root, Who::ordinary_user), who_name);
+
+}  // namespace
