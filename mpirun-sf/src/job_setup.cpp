@@ -156,4 +156,11 @@ void finish_context(LaunchContext& ctx, const std::string& nspace,
   if (!getenv("HWLOC_COMPONENTS")) setenv("HWLOC_PLUGINS_BLACKLIST", kHwlocSkippedPlugins, 0);
 }
 
+std::string self_executable() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) throw std::runtime_error("cannot find mpirun-sf's own executable: " + ec.message());
+  return p.string();
+}
+
 }  // namespace sf::mpirun

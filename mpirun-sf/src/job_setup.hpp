@@ -45,6 +45,10 @@ void check_apps(LaunchContext& ctx);
 void finish_context(LaunchContext& ctx, const std::string& nspace,
                     const std::vector<std::string>& hostnames);
 
+// The path of this mpirun-sf executable (what node agents and salloc run again). Throws
+// std::runtime_error.
+std::string self_executable();
+
 // 128 random bits as hex. Throws: a job token must never be predictable.
 std::string random_token();
 

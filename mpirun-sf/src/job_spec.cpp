@@ -34,7 +34,8 @@ po::options_description options_table() {
       ("V", flag())("version", flag())("h", flag())("help", flag())
       ("clones", text())("procs-per-clone", text())("map-by", text())("npernode", text())
       ("bind-to", text())("report-bindings", flag())("use-hwthread-cpus", flag())
-      ("driver", text())("allocator", text())("cluster-subnet", text())("cleanup", flag())("prefix", text())
+      ("driver", text())("allocator", text())("partition", text())("account", text())
+      ("time-limit", text())("cluster-subnet", text())("cleanup", flag())("prefix", text())
       ("host", text())("H", text())("hostfile", text())("machinefile", text());
   return d;
 }
@@ -234,6 +235,9 @@ JobSpec parse_command_line(const std::vector<std::string>& args,
       if (spec.allocator != "auto" && spec.allocator != "local" && spec.allocator != "slurm")
         throw UsageError("--allocator " + spec.allocator + ": expected auto, local or slurm");
     }
+    if (has("partition")) spec.slurm_partition = str("partition");
+    if (has("account")) spec.slurm_account = str("account");
+    if (has("time-limit")) spec.slurm_time_limit = str("time-limit");
     for (const char* k : {"host", "H", "hostfile", "machinefile"})
       if (has(k))
         throw UsageError(std::string("option --") + k +
@@ -248,6 +252,13 @@ JobSpec parse_command_line(const std::vector<std::string>& args,
   if (!timeout_given && getenv) {
     if (const char* t = getenv("MPIEXEC_TIMEOUT"); t && *t)
       spec.timeout_seconds = to_positive("MPIEXEC_TIMEOUT", t);
+  }
+  if (getenv) {
+    // Slurm requests: the options win over SF_SLURM_PARTITION, _ACCOUNT and _TIME_LIMIT.
+    for (auto [field, name] : {std::pair{&spec.slurm_partition, "SF_SLURM_PARTITION"},
+                               std::pair{&spec.slurm_account, "SF_SLURM_ACCOUNT"},
+                               std::pair{&spec.slurm_time_limit, "SF_SLURM_TIME_LIMIT"}})
+      if (const char* v = getenv(name); v && *v && field->empty()) *field = v;
   }
   if (getenv) {
     const char* a = getenv("OMPI_ALLOW_RUN_AS_ROOT");
@@ -276,7 +287,10 @@ Processes and placement
   --cluster-subnet CIDR     address range of the cluster network (default 10.213.0.0/16)
   --allocator auto|local|slurm  where the machines come from (auto: the nodes of the Slurm
                               allocation mpirun-sf runs in, if any, else this machine and
-                              its clones; local: this machine and its clones)
+                              its clones; local: this machine and its clones; slurm: the
+                              allocation, or outside one a new one from salloc)
+  --partition P, --account A, --time-limit T  what --allocator slurm asks Slurm for
+                              (also SF_SLURM_PARTITION, SF_SLURM_ACCOUNT, SF_SLURM_TIME_LIMIT)
   --display-map             print where every rank runs
 Environment and files
   -x VAR[=VALUE]            export VAR (with VALUE) to the processes

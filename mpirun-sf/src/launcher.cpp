@@ -37,6 +37,7 @@
 #include "remote_nodes.hpp"
 #include "sf-common/fd_io.hpp"
 #include "slurm_nodes.hpp"
+#include "slurm_request.hpp"
 #include "tcp_link.hpp"
 
 namespace asio = boost::asio;
@@ -464,7 +465,7 @@ int run_on_clones(LaunchContext& ctx) {
 // others' through node agents that one srun starts.
 int run_on_allocation(LaunchContext& ctx, const SlurmAllocation& allocation) {
   const JobSpec& spec = ctx.spec;
-  if (spec.clones > 0)
+  if (spec.clones > 0 && !clones_were_requested(spec.clones))
     throw SetupError{"--clones inside a Slurm allocation: mpirun-sf runs on the allocation's "
                      "nodes and does not clone them; leave --clones out, or add --allocator "
                      "local to clone this node alone",
@@ -517,11 +518,7 @@ int run_job(const JobSpec& spec) {
       } catch (const std::runtime_error& e) {
         throw SetupError{e.what(), 1};
       }
-      if (!allocation && spec.allocator == "slurm")
-        throw SetupError{"--allocator slurm: not inside a Slurm allocation (SLURM_JOB_ID is not "
-                         "set); run mpirun-sf in a batch script (sbatch), in salloc or in an srun "
-                         "shell",
-                         1};
+      if (allocation) report_started_in_requested_allocation();
     }
     if (spec.output_filename.size()) {
       std::error_code ec;
@@ -532,6 +529,7 @@ int run_job(const JobSpec& spec) {
                          1};
     }
     if (allocation) return run_on_allocation(ctx, *allocation);
+    if (spec.allocator == "slurm") return run_in_new_allocation(spec);
     ctx.plan = make_plan(spec, probe_host(spec));
   } catch (const SetupError& e) {
     fprintf(stderr, "mpirun-sf: %s\n", e.message.c_str());

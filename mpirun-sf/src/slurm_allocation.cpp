@@ -152,4 +152,26 @@ std::optional<std::string> read_slurm_conf(const std::function<const char*(const
   return std::nullopt;
 }
 
+std::vector<std::string> salloc_options(const JobSpec& spec, const std::string& job_name) {
+  int np = 0;
+  bool np_known = !spec.apps.empty();
+  for (const auto& app : spec.apps) {
+    if (app.np > 0) np += app.np;
+    else np_known = false;
+  }
+  std::vector<std::string> o{"--job-name=" + job_name};
+  if (spec.clones > 0) o.push_back("--nodes=" + std::to_string(spec.clones));
+  if (spec.procs_per_clone > 0) o.push_back("--ntasks-per-node=" + std::to_string(spec.procs_per_clone));
+  if (np_known && !(spec.clones > 0 && spec.procs_per_clone > 0)) {
+    o.push_back("--ntasks=" + std::to_string(np));
+  } else if (!np_known && spec.clones == 0) {
+    throw UsageError("--allocator slurm: give -np for every program, or --clones N (nodes), so that "
+                     "mpirun-sf knows what to ask Slurm for");
+  }
+  if (!spec.slurm_partition.empty()) o.push_back("--partition=" + spec.slurm_partition);
+  if (!spec.slurm_account.empty()) o.push_back("--account=" + spec.slurm_account);
+  if (!spec.slurm_time_limit.empty()) o.push_back("--time=" + spec.slurm_time_limit);
+  return o;
+}
+
 }  // namespace sf::mpirun

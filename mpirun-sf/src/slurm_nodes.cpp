@@ -56,13 +56,6 @@ std::vector<std::string> split(const std::string& text, char sep) {
   return out;
 }
 
-std::string self_executable() {
-  std::error_code ec;
-  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (ec) throw std::runtime_error("cannot find mpirun-sf's own executable: " + ec.message());
-  return p.string();
-}
-
 std::string status_text(int status) {
   return status > 128 ? "killed by signal " + std::to_string(status - 128)
                       : "exit status " + std::to_string(status);

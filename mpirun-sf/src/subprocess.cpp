@@ -119,4 +119,22 @@ pid_t spawn_in_own_group(const std::vector<std::string>& argv, const std::vector
   return pid;
 }
 
+pid_t spawn_in_our_group(const std::vector<std::string>& argv, const std::vector<std::string>& env) {
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  auto args = c_strings(argv);
+  auto envp = c_strings(env);
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, args[0], nullptr, &attr, args.data(), envp.data());
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) throw std::runtime_error("cannot run " + argv[0] + ": " + strerror(rc));
+  return pid;
+}
+
 }  // namespace sf::mpirun

@@ -24,4 +24,8 @@ Captured capture_output(const std::vector<std::string>& argv);
 // which ends the job in order). Returns its pid; throws std::runtime_error if it cannot start.
 pid_t spawn_in_own_group(const std::vector<std::string>& argv, const std::vector<std::string>& env);
 
+// Starts argv with `env` in our process group with our descriptors 0-2 (and any other
+// descriptor that is not close-on-exec). Returns its pid; throws std::runtime_error.
+pid_t spawn_in_our_group(const std::vector<std::string>& argv, const std::vector<std::string>& env);
+
 }  // namespace sf::mpirun

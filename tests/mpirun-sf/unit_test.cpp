@@ -855,3 +855,39 @@ TEST(AllocationPlan, MoreRanksThanSlotsNeedOversubscribeAndSpreadEvenly) {
   EXPECT_EQ(p.node_ranks, (std::vector<int>{3, 3, 3, 2}));  // 3 extra: the first nodes take one
   EXPECT_EQ(p.universe_size, 8);
 }
+
+TEST(SlurmRequest, SallocOptionsFollowTheJobsShape) {
+  using V = std::vector<std::string>;
+  JobSpec s = job({8});
+  EXPECT_EQ(salloc_options(s, "n"), (V{"--job-name=n", "--ntasks=8"}));
+  s.clones = 4;
+  EXPECT_EQ(salloc_options(s, "n"), (V{"--job-name=n", "--nodes=4", "--ntasks=8"}));
+  s.procs_per_clone = 2;  // nodes and tasks per node say it all
+  EXPECT_EQ(salloc_options(s, "n"), (V{"--job-name=n", "--nodes=4", "--ntasks-per-node=2"}));
+  s = job({-1});
+  s.clones = 3;  // one rank per task of 3 nodes
+  EXPECT_EQ(salloc_options(s, "n"), (V{"--job-name=n", "--nodes=3"}));
+  s.clones = 0;
+  EXPECT_THROW(salloc_options(s, "n"), UsageError);  // nothing says how much to ask for
+  s = job({2, 3});
+  s.slurm_partition = "debug";
+  s.slurm_account = "proj";
+  s.slurm_time_limit = "10";
+  EXPECT_EQ(salloc_options(s, "n"),
+            (V{"--job-name=n", "--ntasks=5", "--partition=debug", "--account=proj", "--time=10"}));
+}
+
+TEST(SlurmRequest, PartitionAccountAndTimeLimitFromOptionsOrEnvironment) {
+  std::map<std::string, std::string> env = {{"SF_SLURM_PARTITION", "env-part"},
+                                            {"SF_SLURM_ACCOUNT", "env-acct"}};
+  auto getenv = [&](const char* k) -> const char* {
+    auto it = env.find(k);
+    return it == env.end() ? nullptr : it->second.c_str();
+  };
+  JobSpec s = parse_command_line({"--allocator", "slurm", "--partition", "p1", "--time-limit", "5", "./a"}, getenv);
+  EXPECT_EQ(s.allocator, "slurm");
+  EXPECT_EQ(s.slurm_partition, "p1");  // the option wins
+  EXPECT_EQ(s.slurm_account, "env-acct");
+  EXPECT_EQ(s.slurm_time_limit, "5");
+  EXPECT_THROW(parse_command_line({"--allocator", "ego", "./a"}, getenv), UsageError);
+}

@@ -97,6 +97,21 @@ struct Job {
   std::string out, err;
 };
 
+// 8 hello lines, two ranks on each of node1..node4 in rank order (by block).
+void expect_eight_ranks_by_block(const std::string& out, const std::string& context) {
+  for (int rank = 0; rank < 8; ++rank)
+    EXPECT_NE(out.find("Hello from rank " + std::to_string(rank) + " of 8 on node" + std::to_string(rank / 2 + 1) + " "),
+              std::string::npos)
+        << context;
+}
+
+std::vector<std::string> words(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
 std::string read_file(const fs::path& p) {
   std::ifstream in(p);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -238,11 +253,7 @@ class SlurmJobs : public ::testing::TestWithParam<Who> {
 TEST_P(SlurmJobs, ABatchScriptRunsEightRanksOnTheFourNodesByBlockAsMpirunDoes) {
   Job ours = batch("ours", launcher(true) + " -np 8 " + bin("hello"));
   ASSERT_TRUE(ours.sbatch.exited_with(0)) << describe(ours);
-  for (int rank = 0; rank < 8; ++rank)
-    EXPECT_NE(ours.out.find("Hello from rank " + std::to_string(rank) + " of 8 on node" +
-                            std::to_string(rank / 2 + 1) + " "),
-              std::string::npos)
-        << describe(ours);
+  expect_eight_ranks_by_block(ours.out, describe(ours));
   EXPECT_EQ(ours.err, "") << describe(ours);
   Job theirs = batch("theirs", launcher(false) + " -np 8 " + bin("hello"));
   ASSERT_TRUE(theirs.sbatch.exited_with(0)) << describe(theirs);
@@ -335,11 +346,7 @@ TEST_P(SlurmJobs, FromTheLoginNodeInSalloc) {
   for (std::string w; words >> w;) argv.push_back(w);
   CommandResult r = sf::test::run_command(on_login_node(argv), options());
   ASSERT_TRUE(r.exited_with(0)) << r.describe();
-  for (int rank = 0; rank < 8; ++rank)
-    EXPECT_NE(r.stdout_text.find("Hello from rank " + std::to_string(rank) + " of 8 on node" +
-                                 std::to_string(rank / 2 + 1) + " "),
-              std::string::npos)
-        << r.describe();
+  expect_eight_ranks_by_block(r.stdout_text, r.describe());
 }
 
 TEST_P(SlurmJobs, MistakesAreNamed) {
@@ -350,12 +357,80 @@ TEST_P(SlurmJobs, MistakesAreNamed) {
   Job clones = batch("clones", launcher(true) + " --clones 2 -np 2 " + bin("hello"));
   EXPECT_TRUE(clones.sbatch.exited_with(1)) << describe(clones);
   EXPECT_NE(clones.err.find("--clones inside a Slurm allocation"), std::string::npos) << describe(clones);
-  std::istringstream words(launcher(true) + " --allocator slurm -np 2 " + bin("hello"));
-  std::vector<std::string> argv;
-  for (std::string w; words >> w;) argv.push_back(w);
-  CommandResult outside = sf::test::run_command(on_login_node(argv), options());
-  EXPECT_TRUE(outside.exited_with(1)) << outside.describe();
-  EXPECT_NE(outside.stderr_text.find("not inside a Slurm allocation"), std::string::npos) << outside.describe();
+  // Outside an allocation, --allocator slurm must know what to ask for.
+  CommandResult shapeless = sf::test::run_command(
+      on_login_node(words(launcher(true) + " --allocator slurm " + bin("hello"))), options());
+  EXPECT_TRUE(shapeless.exited_with(1)) << shapeless.describe();
+  EXPECT_NE(shapeless.stderr_text.find("give -np for every program, or --clones N"), std::string::npos)
+      << shapeless.describe();
+}
+
+// --allocator slurm on the login node: mpirun-sf gets its nodes from Slurm (salloc), runs
+// the job there and releases them; an unknown partition is salloc's clear error.
+TEST_P(SlurmJobs, TheSlurmAllocatorGetsTheNodesFromTheLoginNodeAndReleasesThem) {
+  CommandResult r = sf::test::run_command(
+      on_login_node(words(launcher(true) + " --allocator slurm -np 8 " + bin("hello"))), options());
+  ASSERT_TRUE(r.exited_with(0)) << r.describe();
+  expect_eight_ranks_by_block(r.stdout_text, r.describe());
+  EXPECT_NE(r.stderr_text.find("Granted job allocation"), std::string::npos) << r.describe();
+  EXPECT_EQ(queue(), "");
+
+  CommandResult abort = sf::test::run_command(
+      on_login_node(words(launcher(true) + " --allocator slurm --clones 4 -np 8 " + bin("abort") + " 6 7")),
+      options());
+  EXPECT_TRUE(abort.exited_with(7)) << abort.describe();
+  EXPECT_EQ(queue(), "");
+
+  CommandResult bad = sf::test::run_command(
+      on_login_node(words(launcher(true) + " --allocator slurm --partition nosuch -np 2 " + bin("hello"))),
+      options());
+  EXPECT_TRUE(bad.exited_with(1)) << bad.describe();
+  EXPECT_NE(bad.stderr_text.find("invalid partition specified: nosuch"), std::string::npos) << bad.describe();
+  EXPECT_EQ(bad.stdout_text, "");
+}
+
+// kill -9 of the launcher, once while its job runs and once while its request waits in the
+// queue behind another job: no allocation, request or process of it is left.
+TEST_P(SlurmJobs, KillNineOfTheLauncherLeavesNoAllocation) {
+  auto launcher_pid = [&] {  // salloc's parent
+    for (const auto& p : job_processes("salloc"))
+      if (p.command_line.find("--job-name=mpirun-sf.") != std::string::npos) return p.parent;
+    return pid_t(-1);
+  };
+  {
+    RunningCommand job(on_login_node(words(launcher(true) + " --allocator slurm -np 8 sleep 600")), options());
+    ASSERT_TRUE(wait_for_processes("sleep", 8, 30s)) << job.stderr_so_far();
+    pid_t outer = launcher_pid();
+    ASSERT_GT(outer, 0);
+    ASSERT_EQ(kill(outer, SIGKILL), 0);
+    job.wait(30s);
+    auto left = sf::test::wait_for_no_processes([&] { return job_processes("sleep"); }, 15s);
+    EXPECT_TRUE(left.empty()) << sf::test::describe(left);
+    for (int i = 0; i < 100 && !queue().empty(); ++i) std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(queue(), "");
+  }
+  const std::string holder_name = "sft-holder-" + marker_;
+  // Another job holds every node, so the request waits.
+  CommandResult holder = sf::test::run_command(
+      on_login_node({"salloc", "--no-shell", "--job-name=" + holder_name, "-N4", "--ntasks-per-node=2"}), options());
+  ASSERT_TRUE(holder.exited_with(0)) << holder.describe();
+  RunningCommand waiting(on_login_node(words(launcher(true) + " --allocator slurm -np 8 " + bin("hello"))),
+                         options());
+  ASSERT_TRUE(waiting.wait_for_error_output("queued and waiting for resources", 30s)) << waiting.stderr_so_far();
+  pid_t outer = launcher_pid();
+  ASSERT_GT(outer, 0);
+  ASSERT_EQ(kill(outer, SIGKILL), 0);
+  waiting.wait(30s);
+  std::string q;
+  for (int i = 0; i < 100; ++i) {
+    q = queue();
+    if (q.find("mpirun-s") == std::string::npos) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(q.find("mpirun-s"), std::string::npos) << "the request outlived its launcher:\n" << q;
+  EXPECT_NE(q.find(" R "), std::string::npos) << "the other job should still run:\n" << q;
+  CommandResult cancel = sf::test::run_command(on_login_node({"scancel", "--name=" + holder_name}), options());
+  EXPECT_TRUE(cancel.exited_with(0)) << cancel.describe();
 }
 
 INSTANTIATE_TEST_SUITE_P(As, SlurmJobs, ::testing::Values(Who::root, Who::ordinary_user), who_name);

@@ -49,8 +49,11 @@ struct JobSpec {
   std::string subnet;           // --cluster-subnet CIDR; empty: the driver's default
   // Where the machines come from: "auto" (the Slurm allocation the launcher runs in, if any,
   // else this machine and its clones), "local" (this machine and its clones, even inside an
-  // allocation) or "slurm" (the allocation; outside one, an error).
+  // allocation) or "slurm" (the allocation; outside one, a new one from salloc).
   std::string allocator = "auto";
+  // What --allocator slurm asks salloc for (--partition, --account, --time-limit, or
+  // SF_SLURM_PARTITION, SF_SLURM_ACCOUNT, SF_SLURM_TIME_LIMIT); empty: Slurm's defaults.
+  std::string slurm_partition, slurm_account, slurm_time_limit;
   // The arguments as given (argv without argv[0]): node agents started on other machines
   // parse the same ones.
   std::vector<std::string> command_line;

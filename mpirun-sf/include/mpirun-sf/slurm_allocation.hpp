@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "mpirun-sf/job_spec.hpp"
+
 namespace sf::mpirun {
 
 struct SlurmAllocation {
@@ -44,5 +46,11 @@ bool task_plugin_binds(const std::optional<std::string>& conf_text);
 // The text of this machine's slurm.conf: $SLURM_CONF, /etc/slurm/slurm.conf or the configless
 // cache /run/slurm/conf/slurm.conf; nullopt if none is readable.
 std::optional<std::string> read_slurm_conf(const std::function<const char*(const char*)>& getenv);
+
+// salloc's options for the job: its shape (--nodes from --clones, --ntasks-per-node from
+// --procs-per-clone, --ntasks from -np), partition, account, time limit and `job_name`.
+// Throws UsageError when the shape cannot be known (neither -np for every program nor
+// --clones).
+std::vector<std::string> salloc_options(const JobSpec& spec, const std::string& job_name);
 
 }  // namespace sf::mpirun

@@ -1,0 +1,196 @@
+// A new Slurm allocation for a job; see slurm_request.hpp and docs/user-guide.md, "On a Slurm
+// cluster".
+#include "slurm_request.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+
+#include "environment.hpp"
+#include "job_setup.hpp"
+#include "mpirun-sf/slurm_allocation.hpp"
+#include "subprocess.hpp"
+
+extern char** environ;
+
+namespace sf::mpirun {
+namespace {
+
+// From the launcher to the job inside the allocation (removed there before anything starts).
+constexpr const char* kReadyFd = "SF_SLURM_READY_FD";                  // write our pid here
+constexpr const char* kRequestedClones = "SF_SLURM_REQUESTED_CLONES";  // the --clones asked for
+
+int g_requested_clones = 0;
+
+// Signals the launcher passes on: to the job once it runs, else to salloc (which then
+// withdraws its request). A terminal's ^C reaches salloc and the job directly (they share the
+// launcher's process group), so only a SIGINT sent with kill() is passed on.
+volatile sig_atomic_t g_pending[NSIG];
+extern "C" void on_signal(int sig, siginfo_t* info, void*) {
+  if (sig == SIGINT && info && info->si_code != SI_USER && info->si_code != SI_QUEUE) return;
+  g_pending[sig] = 1;
+}
+constexpr int kPassedOn[] = {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2};
+
+// The watchdog: a process of its own session that outlives the launcher. The launcher tells
+// it the job's pid ("p<pid>\n") and, when salloc ended by itself, "d". If the launcher's end
+// of the pipe closes without "d" (the launcher died, even by SIGKILL), the allocation or the
+// request still in the queue is cancelled by the job's unique name and the job is told to end.
+[[noreturn]] void watchdog(int lifeline, const std::string& job_name) {
+  setsid();
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTSTP, SIGTTOU, SIGTTIN})
+    signal(sig, SIG_IGN);
+  int devnull = open("/dev/null", O_RDWR);
+  for (int fd = 0; fd <= 2; ++fd) dup2(devnull, fd);  // it must not hold the user's terminal
+  if (devnull > 2) close(devnull);
+  pid_t job = -1;
+  std::string text;
+  char buf[64];
+  for (;;) {
+    ssize_t n = read(lifeline, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    if (text.find('d') != std::string::npos) _exit(0);
+    if (auto p = text.find('p'); p != std::string::npos && text.find('\n', p) != std::string::npos)
+      job = static_cast<pid_t>(atol(text.c_str() + p + 1));
+  }
+  capture_output({"scancel", "--name=" + job_name, "--user=" + std::to_string(getuid())});
+  if (job > 0) kill(job, SIGTERM);
+  _exit(0);
+}
+
+}  // namespace
+
+int run_in_new_allocation(const JobSpec& spec) {
+  const std::string job_name = "mpirun-sf." + std::to_string(getpid()) + "." + random_token().substr(0, 8);
+  std::vector<std::string> argv{"salloc"};
+  for (auto& o : salloc_options(spec, job_name)) argv.push_back(std::move(o));
+  argv.push_back(self_executable());
+  argv.insert(argv.end(), spec.command_line.begin(), spec.command_line.end());
+
+  int lifeline[2], ready[2];
+  if (pipe2(lifeline, O_CLOEXEC) != 0) throw std::runtime_error(std::string("pipe: ") + strerror(errno));
+  if (pipe(ready) != 0) {  // the write end goes to the job through salloc
+    ::close(lifeline[0]);
+    ::close(lifeline[1]);
+    throw std::runtime_error(std::string("pipe: ") + strerror(errno));
+  }
+  fcntl(ready[0], F_SETFD, FD_CLOEXEC);
+  fflush(stdout);
+  fflush(stderr);
+  pid_t guard = fork();  // no thread exists yet in the launcher
+  if (guard == 0) {
+    ::close(lifeline[1]);
+    ::close(ready[0]);
+    ::close(ready[1]);
+    watchdog(lifeline[0], job_name);
+  }
+  ::close(lifeline[0]);
+  if (guard < 0) {
+    ::close(lifeline[1]);
+    ::close(ready[0]);
+    ::close(ready[1]);
+    throw std::runtime_error(std::string("fork: ") + strerror(errno));
+  }
+
+  std::vector<std::string> env;
+  for (char** e = environ; e && *e; ++e) env.emplace_back(*e);
+  put_env(env, std::string(kReadyFd) + "=" + std::to_string(ready[1]));
+  if (spec.clones > 0) put_env(env, std::string(kRequestedClones) + "=" + std::to_string(spec.clones));
+  struct sigaction sa {};
+  sa.sa_sigaction = on_signal;
+  sa.sa_flags = SA_SIGINFO;  // no SA_RESTART: poll() below wakes up
+  sigemptyset(&sa.sa_mask);
+  for (int sig : kPassedOn) sigaction(sig, &sa, nullptr);
+
+  pid_t salloc = -1;
+  try {
+    salloc = spawn_in_our_group(argv, env);
+  } catch (...) {
+    ::close(ready[0]);
+    ::close(ready[1]);
+    ::close(lifeline[1]);  // the watchdog finds no job and cancels nothing that exists
+    waitpid(guard, nullptr, 0);
+    throw;
+  }
+  ::close(ready[1]);
+
+  // Until salloc ends: note the job's start, pass signals on, say how long the wait has been.
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  auto next_note = std::chrono::seconds(10);
+  pid_t job = -1;
+  std::string ready_text;
+  int status = 0;
+  for (;;) {
+    pid_t r = waitpid(salloc, &status, WNOHANG);
+    if (r == salloc) break;
+    pollfd p{ready[0], POLLIN, 0};
+    int n = poll(&p, ready[0] >= 0 ? 1 : 0, 200);
+    if (n > 0) {
+      char buf[32];
+      ssize_t got = ::read(ready[0], buf, sizeof buf);
+      if (got > 0) ready_text.append(buf, static_cast<size_t>(got));
+      if (got <= 0 || ready_text.find('\n') != std::string::npos) {
+        if (!ready_text.empty()) {
+          job = static_cast<pid_t>(atol(ready_text.c_str()));
+          std::string msg = "p" + std::to_string(job) + "\n";
+          ssize_t ignored = ::write(lifeline[1], msg.data(), msg.size());
+          (void)ignored;
+        }
+        ::close(ready[0]);
+        ready[0] = -1;
+      }
+    }
+    for (int sig : kPassedOn)
+      if (g_pending[sig]) {
+        g_pending[sig] = 0;
+        kill(job > 0 ? job : salloc, sig);
+      }
+    auto waited = std::chrono::duration_cast<std::chrono::seconds>(clock::now() - start);
+    if (job < 0 && waited >= next_note) {
+      fprintf(stderr, "mpirun-sf: waiting for Slurm to grant the allocation (%lld s so far)\n",
+              static_cast<long long>(waited.count()));
+      next_note *= 2;
+    }
+  }
+  if (ready[0] >= 0) ::close(ready[0]);
+  // salloc released the allocation itself unless something killed it.
+  if (WIFEXITED(status)) {
+    ssize_t ignored = ::write(lifeline[1], "d", 1);
+    (void)ignored;
+  }
+  ::close(lifeline[1]);
+  while (waitpid(guard, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+void report_started_in_requested_allocation() {
+  if (const char* c = getenv(kRequestedClones)) g_requested_clones = atoi(c);
+  unsetenv(kRequestedClones);
+  if (const char* fd = getenv(kReadyFd)) {
+    int f = atoi(fd);
+    std::string msg = std::to_string(getpid()) + "\n";
+    if (f > 2) {
+      ssize_t ignored = ::write(f, msg.data(), msg.size());
+      (void)ignored;
+      ::close(f);
+    }
+  }
+  unsetenv(kReadyFd);
+}
+
+bool clones_were_requested(int clones) { return clones > 0 && clones == g_requested_clones; }
+
+}  // namespace sf::mpirun
