@@ -78,23 +78,8 @@ std::string unavailable(const std::string& why) {
          why;
 }
 
-}  // namespace
-
-bool administers_network() {
-  if (!has_capability(21) || !has_capability(12)) return false;  // CAP_SYS_ADMIN, CAP_NET_ADMIN
-  // Capabilities count only in the user namespace that owns the network namespace.
-  int net = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
-  if (net < 0) return false;
-  int owner = ioctl(net, NS_GET_USERNS);
-  close(net);
-  if (owner < 0) return false;  // EPERM: the owner is outside our own user namespace
-  struct stat a {}, b {};
-  bool same = fstat(owner, &a) == 0 && stat("/proc/self/ns/user", &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
-  close(owner);
-  return same;
-}
-
-std::string refusal() {
+// The trial behind refusal().
+std::string trial_refusal() {
   if (std::string setting = disabling_setting(); !setting.empty())
     return unavailable("unprivileged user namespaces are disabled: " + setting);
   int fds[2];
@@ -133,6 +118,29 @@ std::string refusal() {
   return unavailable(err + " (a security module or seccomp filter may forbid unprivileged user namespaces; an "
                            "administrator can check `sysctl user.max_user_namespaces` and the system's AppArmor or "
                            "SELinux policy)");
+}
+
+}  // namespace
+
+bool administers_network() {
+  if (!has_capability(21) || !has_capability(12)) return false;  // CAP_SYS_ADMIN, CAP_NET_ADMIN
+  // Capabilities count only in the user namespace that owns the network namespace.
+  int net = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (net < 0) return false;
+  int owner = ioctl(net, NS_GET_USERNS);
+  close(net);
+  if (owner < 0) return false;  // EPERM: the owner is outside our own user namespace
+  struct stat a {}, b {};
+  bool same = fstat(owner, &a) == 0 && stat("/proc/self/ns/user", &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+  close(owner);
+  return same;
+}
+
+std::string refusal() {
+  // The answer does not change while the process runs; one start of mpirun-sf asks up to three
+  // times (choosing the driver, probing it, requesting the ticket), and each trial is a fork.
+  static const std::string answer = trial_refusal();
+  return answer;
 }
 
 Error enter(bool new_network) {

@@ -22,7 +22,8 @@ bool administers_network();
 
 // Empty when this process could enter a user namespace of its own; otherwise why not, naming
 // the setting that forbids it and what an administrator would run. Forks a short-lived child
-// to try (the only reliable test: security modules and seccomp filters can forbid it too).
+// to try (the only reliable test: security modules and seccomp filters can forbid it too),
+// once per process: later calls return the first answer.
 std::string refusal();
 
 // Moves the calling process (which must be single-threaded) into a new user namespace, maps
