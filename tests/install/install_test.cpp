@@ -1,0 +1,130 @@
+// The installed tree: `cmake --install BUILD --prefix P` into a scratch prefix, then what a
+// user or a program of theirs does with it, with nothing from the build or source tree on
+// any path (the example source file is copied first).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "program_output.hpp"
+#include "run_command.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using sf::test::CommandOptions;
+using sf::test::CommandResult;
+
+class Installed : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/var/tmp/sft-install-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    root_ = tmpl;
+    prefix_ = root_ / "prefix";
+    CommandOptions o;
+    o.timeout = 120s;
+    CommandResult r = sf::test::run_command(
+        {"cmake", "--install", sf::test::build_path(""), "--prefix", prefix_.string()}, o);
+    ASSERT_TRUE(r.exited_with(0)) << r.describe();
+    // The library directory as GNUInstallDirs chose it (lib, or lib/<multiarch> under /usr).
+    for (const auto& e : fs::recursive_directory_iterator(prefix_))
+      if (e.path().filename() == "libsnowflock.so") libdir_ = e.path().parent_path();
+    ASSERT_FALSE(libdir_.empty()) << "no libsnowflock.so installed";
+  }
+  void TearDown() override {
+    std::error_code ec;
+    if (!root_.empty()) fs::remove_all(root_, ec);
+  }
+  CommandOptions options() const {
+    CommandOptions o;
+    o.timeout = 120s;
+    o.working_directory = root_.string();
+    o.environment = {"PKG_CONFIG_PATH=" + (libdir_ / "pkgconfig").string(), "OMPI_ALLOW_RUN_AS_ROOT=1",
+                     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"};
+    return o;
+  }
+  fs::path root_, prefix_, libdir_;
+};
+
+TEST_F(Installed, EverythingIsWhereItBelongs) {
+  for (const char* f : {"bin/mpirun-sf", "bin/sfd", "bin/memtap", "bin/mcdist", "bin/sf-cluster-state",
+                        "include/clone-core/sf.h", "share/man/man1/mpirun-sf.1",
+                        "share/doc/snowflock-mpi/user-guide.md", "share/doc/snowflock-mpi/README.md"})
+    EXPECT_TRUE(fs::exists(prefix_ / f)) << f;
+  for (const char* f : {"libsnowflock.so", "libsnowflock.so.0", "pkgconfig/snowflock.pc",
+                        "cmake/SnowFlock/SnowFlockConfig.cmake", "cmake/SnowFlock/SnowFlockConfigVersion.cmake"})
+    EXPECT_TRUE(fs::exists(libdir_ / f)) << f;
+  // The library: a SONAME, and only the C API's sf_* symbols exported.
+  CommandResult soname = sf::test::run_command({"readelf", "-d", (libdir_ / "libsnowflock.so").string()});
+  ASSERT_TRUE(soname.exited_with(0)) << soname.describe();
+  EXPECT_NE(soname.stdout_text.find("Library soname: [libsnowflock.so.0]"), std::string::npos) << soname.stdout_text;
+  CommandResult symbols =
+      sf::test::run_command({"nm", "-D", "--defined-only", (libdir_ / "libsnowflock.so").string()});
+  ASSERT_TRUE(symbols.exited_with(0)) << symbols.describe();
+  int api = 0;
+  for (const auto& line : sf::test::lines_of(symbols.stdout_text)) {
+    std::smatch m;
+    ASSERT_TRUE(std::regex_match(line, m, std::regex(R"([0-9a-f]+ (\w) (\S+))"))) << line;
+    if (m[1] == "A") continue;  // the version node
+    EXPECT_EQ(m[2].str().rfind("sf_", 0), 0u) << "exported: " << line;
+    ++api;
+  }
+  EXPECT_GE(api, 15) << symbols.stdout_text;
+}
+
+// The installed mpirun-sf, from a directory that is neither tree, on sandbox clones.
+TEST_F(Installed, MpirunSfRunsFromAnotherDirectoryOnClones) {
+  if (geteuid() != 0) GTEST_SKIP() << "sandbox clones as root here (the cluster tests cover ordinary users)";
+  fs::copy_file(sf::test::build_path("examples/hello"), root_ / "hello");
+  CommandResult r = sf::test::run_command({(prefix_ / "bin/mpirun-sf").string(), "-np", "4", "--clones", "2", "./hello"},
+                                          options());
+  ASSERT_TRUE(r.exited_with(0)) << r.describe();
+  EXPECT_EQ(sf::test::lines_of(r.stdout_text).size(), 4u) << r.describe();
+  EXPECT_NE(r.stdout_text.find("-sf1 "), std::string::npos) << r.describe();  // a rank on clone 1
+  CommandResult version = sf::test::run_command({(prefix_ / "bin/mpirun-sf").string(), "--version"}, options());
+  EXPECT_TRUE(version.exited_with(0)) << version.describe();
+}
+
+// A C program built only with `pkg-config --cflags --libs snowflock` clones and joins.
+TEST_F(Installed, ACProgramBuiltWithPkgConfigClonesAndJoins) {
+  fs::copy_file(sf::test::source_path("examples/sf-api/sf_sum.c"), root_ / "sf_sum.c");
+  CommandResult flags = sf::test::run_command({"pkg-config", "--cflags", "--libs", "snowflock"}, options());
+  ASSERT_TRUE(flags.exited_with(0)) << flags.describe();
+  std::vector<std::string> cc{"cc", "-o", "sf_sum", "sf_sum.c"};
+  std::istringstream words(flags.stdout_text);
+  for (std::string w; words >> w;) cc.push_back(w);
+  cc.push_back("-Wl,-rpath," + libdir_.string());
+  CommandResult build = sf::test::run_command(cc, options());
+  ASSERT_TRUE(build.exited_with(0)) << build.describe();
+  CommandResult ldd = sf::test::run_command({"ldd", (root_ / "sf_sum").string()}, options());
+  EXPECT_NE(ldd.stdout_text.find((libdir_ / "libsnowflock.so.0").string()), std::string::npos) << ldd.stdout_text;
+  if (geteuid() != 0) GTEST_SKIP() << "sandbox clones as root here";
+  CommandResult run = sf::test::run_command({(root_ / "sf_sum").string()}, options());
+  ASSERT_TRUE(run.exited_with(0)) << run.describe();
+  EXPECT_NE(run.stdout_text.find("(expected 4995000000): ok"), std::string::npos) << run.describe();
+}
+
+// A CMake project: find_package(SnowFlock) and the imported target SnowFlock::snowflock.
+TEST_F(Installed, ACMakeProjectFindsThePackage) {
+  fs::create_directories(root_ / "consumer");
+  fs::copy_file(sf::test::source_path("examples/sf-api/sf_sum.c"), root_ / "consumer/sf_sum.c");
+  std::ofstream(root_ / "consumer/CMakeLists.txt")
+      << "cmake_minimum_required(VERSION 3.25)\nproject(consumer C)\nfind_package(SnowFlock 0.1 REQUIRED)\n"
+         "add_executable(sf_sum sf_sum.c)\ntarget_link_libraries(sf_sum PRIVATE SnowFlock::snowflock)\n";
+  CommandResult configure = sf::test::run_command(
+      {"cmake", "-S", (root_ / "consumer").string(), "-B", (root_ / "consumer/b").string(),
+       "-DCMAKE_PREFIX_PATH=" + prefix_.string()},
+      options());
+  ASSERT_TRUE(configure.exited_with(0)) << configure.describe();
+  CommandResult build = sf::test::run_command({"cmake", "--build", (root_ / "consumer/b").string()}, options());
+  ASSERT_TRUE(build.exited_with(0)) << build.describe();
+  CommandResult ldd = sf::test::run_command({"ldd", (root_ / "consumer/b/sf_sum").string()}, options());
+  EXPECT_NE(ldd.stdout_text.find((libdir_ / "libsnowflock.so.0").string()), std::string::npos) << ldd.stdout_text;
+}
+
+}  // namespace
