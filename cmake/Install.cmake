@@ -40,3 +40,24 @@ write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/install/SnowFlockCo
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/install/SnowFlockConfig.cmake
               ${CMAKE_CURRENT_BINARY_DIR}/install/SnowFlockConfigVersion.cmake
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/SnowFlock)
+
+# A Debian package of the same tree: scripts/package (cpack -G DEB), installed under /usr.
+# Library dependencies come from dpkg-shlibdeps; what the programs run besides is declared
+# here (sfd's guest inputs are recommended: only the qemu driver needs them).
+set(SF_PACKAGE_MAINTAINER "SnowFlock MPI maintainers <maintainers@users.noreply.h-seed-1a4e3afd.example>"
+    CACHE STRING "Maintainer field of the Debian package")
+set(CPACK_GENERATOR DEB)
+set(CPACK_PACKAGE_NAME snowflock-mpi)
+set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
+set(CPACK_PACKAGE_CONTACT "${SF_PACKAGE_MAINTAINER}")
+set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "drop-in mpirun that forks this machine into an impromptu cluster")
+set(CPACK_PACKAGE_DESCRIPTION "mpirun-sf runs unmodified Open MPI 4.1 programs like mpirun, on clones of the machine it runs on (Linux namespaces or QEMU VMs), or on the nodes of a Slurm allocation. Also sfd (VM cloning host daemon), memtap, mcdist and the SnowFlock clone API (libsnowflock).")
+set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
+set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
+set(CPACK_DEBIAN_PACKAGE_SECTION utils)
+set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
+set(CPACK_STRIP_FILES TRUE)  # debug information stays in the build tree
+set(CPACK_DEBIAN_PACKAGE_DEPENDS "iproute2")
+set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "openmpi-bin, qemu-system-x86, busybox-static, erofs-utils, fuse3")
+set(CPACK_DEBIAN_PACKAGE_SUGGESTS "slurm-client, linux-image-amd64")
+include(CPack)

@@ -128,3 +128,50 @@ TEST_F(Installed, ACMakeProjectFindsThePackage) {
 }
 
 }  // namespace
+
+namespace {
+
+// The Debian package of the same tree (what scripts/package makes from a release build).
+TEST(DebianPackage, DeclaresItsDependenciesInstallsAndItsMpirunSfRuns) {
+  char tmpl[] = "/var/tmp/sft-deb-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const fs::path root = tmpl;
+  CommandOptions o;
+  o.timeout = 240s;
+  o.working_directory = root.string();
+  CommandResult pack = sf::test::run_command(
+      {"cpack", "-G", "DEB", "-B", (root / "out").string(), "--config", sf::test::build_path("CPackConfig.cmake")}, o);
+  ASSERT_TRUE(pack.exited_with(0)) << pack.describe();
+  fs::path deb;
+  for (const auto& e : fs::directory_iterator(root / "out"))
+    if (e.path().extension() == ".deb") deb = e.path();
+  ASSERT_FALSE(deb.empty()) << pack.describe();
+  EXPECT_EQ(deb.filename().string().rfind("snowflock-mpi_", 0), 0u) << deb;
+
+  CommandResult info = sf::test::run_command({"dpkg-deb", "--info", deb.string()}, o);
+  ASSERT_TRUE(info.exited_with(0)) << info.describe();
+  for (const char* field : {"Package: snowflock-mpi", "libpmix2", "libhwloc15", "libnl-route-3-200", "Recommends:"})
+    EXPECT_NE(info.stdout_text.find(field), std::string::npos) << field << "\n" << info.stdout_text;
+  CommandResult contents = sf::test::run_command({"dpkg-deb", "--contents", deb.string()}, o);
+  for (const char* f : {"./usr/bin/mpirun-sf", "./usr/bin/sfd", "./usr/include/clone-core/sf.h",
+                        "./usr/share/man/man1/mpirun-sf.1", "libsnowflock.so.0", "snowflock.pc"})
+    EXPECT_NE(contents.stdout_text.find(f), std::string::npos) << f;
+  // apt-get would install it here: every dependency can be satisfied.
+  CommandResult simulate = sf::test::run_command({"apt-get", "install", "-s", deb.string()}, o);
+  EXPECT_TRUE(simulate.exited_with(0)) << simulate.describe();
+  EXPECT_NE(simulate.stdout_text.find("Inst snowflock-mpi"), std::string::npos) << simulate.describe();
+
+  // Its mpirun-sf, unpacked into a scratch root, runs a job.
+  CommandResult unpack = sf::test::run_command({"dpkg-deb", "-x", deb.string(), (root / "root").string()}, o);
+  ASSERT_TRUE(unpack.exited_with(0)) << unpack.describe();
+  fs::copy_file(sf::test::build_path("examples/hello"), root / "hello");
+  o.environment = {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"};
+  CommandResult run = sf::test::run_command(
+      {(root / "root/usr/bin/mpirun-sf").string(), "-np", "2", "--driver", "none", "./hello"}, o);
+  EXPECT_TRUE(run.exited_with(0)) << run.describe();
+  EXPECT_EQ(sf::test::lines_of(run.stdout_text).size(), 2u) << run.describe();
+  std::error_code ec;
+  fs::remove_all(root, ec);
+}
+
+}  // namespace
