@@ -2,7 +2,8 @@
 # P/share/man/man1, the documents in P/share/doc/snowflock-mpi, the C API's header in
 # P/include/clone-core/sf.h and its shared library P/lib/<arch>/libsnowflock.so.0 (only the sf_*
 # symbols exported) with a pkg-config file (snowflock.pc) and a CMake package
-# (find_package(SnowFlock)). The installed programs need nothing from the build tree: mpirun-sf
+# (find_package(SnowFlock)), and an environment module in P/share/modulefiles/snowflock-mpi.
+# The installed programs need nothing from the build tree: mpirun-sf
 # and sfd find themselves through /proc/self/exe.
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
@@ -40,6 +41,12 @@ write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/install/SnowFlockCo
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/install/SnowFlockConfig.cmake
               ${CMAKE_CURRENT_BINARY_DIR}/install/SnowFlockConfigVersion.cmake
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/SnowFlock)
+
+# An environment module (Lmod, Tcl-free Lua) for sites that install into a prefix of their own.
+configure_file(${CMAKE_CURRENT_SOURCE_DIR}/cmake/install/snowflock-mpi.lua.in
+               ${CMAKE_CURRENT_BINARY_DIR}/install/${PROJECT_VERSION}.lua @ONLY)
+install(FILES ${CMAKE_CURRENT_BINARY_DIR}/install/${PROJECT_VERSION}.lua
+        DESTINATION ${CMAKE_INSTALL_DATADIR}/modulefiles/snowflock-mpi)
 
 # A Debian package of the same tree: scripts/package (cpack -G DEB), installed under /usr.
 # Library dependencies come from dpkg-shlibdeps; what the programs run besides is declared

@@ -175,3 +175,28 @@ TEST(DebianPackage, DeclaresItsDependenciesInstallsAndItsMpirunSfRuns) {
 }
 
 }  // namespace
+
+namespace {
+
+// The environment module: Lmod's `module load` puts the installed tree on every path a user
+// and a build need.
+TEST_F(Installed, TheEnvironmentModuleSetsThePaths) {
+  ASSERT_TRUE(fs::exists("/usr/share/lmod/lmod/init/bash")) << "Lmod is not installed: run scripts/setup";
+  const std::string script =
+      "source /usr/share/lmod/lmod/init/bash && module use " + (prefix_ / "share/modulefiles").string() +
+      " && module load snowflock-mpi && command -v mpirun-sf && pkg-config --variable=libdir snowflock && "
+      "mpirun-sf --version | head -1 && echo \"$CMAKE_PREFIX_PATH\" && echo \"$MANPATH\"";
+  CommandOptions o = options();
+  o.unset_environment = {"PKG_CONFIG_PATH", "MANPATH", "CMAKE_PREFIX_PATH", "MODULEPATH", "LOADEDMODULES"};
+  CommandResult r = sf::test::run_command({"bash", "--norc", "--noprofile", "-c", script}, o);
+  ASSERT_TRUE(r.exited_with(0)) << r.describe();
+  auto lines = sf::test::lines_of(r.stdout_text);
+  ASSERT_EQ(lines.size(), 5u) << r.describe();
+  EXPECT_EQ(fs::path(lines[0]), prefix_ / "bin/mpirun-sf");
+  EXPECT_EQ(fs::weakly_canonical(lines[1]), fs::weakly_canonical(libdir_));
+  EXPECT_EQ(lines[2].rfind("mpirun-sf (SnowFlock MPI)", 0), 0u) << lines[2];
+  EXPECT_EQ(lines[3].rfind(prefix_.string(), 0), 0u) << lines[3];
+  EXPECT_EQ(lines[4].rfind((prefix_ / "share/man").string(), 0), 0u) << lines[4];
+}
+
+}  // namespace
