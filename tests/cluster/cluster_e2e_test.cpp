@@ -361,9 +361,22 @@ TEST_P(ClusterE2E, KilledLauncherTakesItsClonesAlongAndCleanupRemovesTheRest) {
   run.send_signal(SIGKILL);
   run.wait(30s);
   // The clones die with their parent (PID-namespace init with a parent-death signal); the
-  // ranks on node 0 die with it too (parent-death signal). What stays is cleaned up here.
+  // ranks on node 0 die with it too (parent-death signal). What stays is the cluster's state
+  // file (and, as root, its bridge in this network namespace; an ordinary user's links went
+  // with the user's namespace): --cleanup must find and remove it.
+  ASSERT_NE(state_files(), "") << "the killed launcher left nothing for --cleanup to remove";
+  if (!as_user()) {
+    EXPECT_NE(links_named(bridge_ + " "), "") << "the killed launcher's bridge is gone already";
+  }
   CommandResult c = sf::test::run_command(as_who({mpirun_sf(), "--cleanup"}), options());
   EXPECT_TRUE(c.exited_with(0)) << c.describe();
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(c.stdout_text, m, std::regex(R"(([0-9]+) stale cluster\(s\))"))) << c.describe();
+  EXPECT_GE(std::stoi(m[1]), 1) << c.describe();
+  EXPECT_EQ(state_files(), "") << c.describe();
+  if (!as_user()) {
+    EXPECT_EQ(links_named(bridge_ + " "), "") << c.describe();
+  }
 }
 
 TEST_P(ClusterE2E, BadClusterRequestIsAClearError) {
