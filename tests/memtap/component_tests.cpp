@@ -264,23 +264,24 @@ TEST(MemtapServer, BindsOnlyTheAddressItIsTold) {
   EXPECT_EQ(s.error().code, ErrorCode::kUnavailable) << s.error().message;
 }
 
-TEST(MemtapFailure, ServerKilledMidRunMakesTheClientFailWithinTheBound) {
+// The server dies under a running client: the faulting thread gets SIGBUS and the message
+// names the server, instead of the client hanging. (The stalled-server test below is the one
+// where only the configured bound can end the wait.)
+TEST(MemtapFailure, ServerKilledMidRunGivesTheFaultingThreadSigbusNamingTheServer) {
   ServedImage img(2048);
   auto child = img.touch({"--timeout-ms", "2000", "--prefetch", "1", "--pause-after", "500"}, {}, true);
   ASSERT_TRUE(eventually([&] { return read_file(img.dir / "touch.out").find("paused") != std::string::npos; }, 20s))
       << read_file(img.dir / "touch.err");
   img.server.child.signal(SIGKILL);
   ASSERT_TRUE(img.server.child.wait_for(5s).has_value());
-  auto t0 = std::chrono::steady_clock::now();
   child.send_line("go");
-  auto st = child.wait_for(20s);  // generous: the configured bound is 2 s
+  auto st = child.wait_for(20s);
   ASSERT_TRUE(st.has_value()) << "client hung after the server died";
   ASSERT_TRUE(WIFSIGNALED(*st)) << read_file(img.dir / "touch.err");
   EXPECT_EQ(WTERMSIG(*st), SIGBUS);
   auto err = read_file(img.dir / "touch.err");
   EXPECT_NE(err.find("cannot serve page"), std::string::npos) << err;
   EXPECT_NE(err.find(img.server.address()), std::string::npos) << err;
-  (void)t0;
 }
 
 TEST(MemtapFailure, StalledServerMakesTheClientFailWithinTheBound) {
