@@ -222,23 +222,21 @@ TEST_F(McdistNet, SenderKilledMidStreamMakesReceiversFailWithinBound) {
   ASSERT_TRUE(tb.ok());
   make_inputs(tb, kImageMiB);
   std::vector<pid_t> rx;
-  for (int i = 1; i <= 4; ++i) rx.push_back(start_receiver(tb, i, {"--server-timeout", "2"}));
+  // Not the default (2 s): the message below shows the option took effect.
+  for (int i = 1; i <= 4; ++i) rx.push_back(start_receiver(tb, i, {"--server-timeout", "1.5"}));
   wait_joined(tb, 4);
   pid_t s = start_sender(tb, 4, "5");  // 7-13 s for the image: certainly mid-stream below
   // Let the stream reach the receivers, then kill the sender without warning.
   std::this_thread::sleep_for(std::chrono::seconds(2));
   tb.kill_now(s);
-  auto killed = std::chrono::steady_clock::now();
   for (int i = 1; i <= 4; ++i) {
     int rc = tb.wait(rx[i - 1], std::chrono::seconds(15));
     EXPECT_NE(rc, -1) << "receiver " << i << " hung after the sender died";
     EXPECT_NE(rc, 0) << "receiver " << i << " claims success without a server";
-    EXPECT_NE(read_file(tb.tmp() + "/recv" + std::to_string(i) + ".log").find("no packet from the server"),
+    EXPECT_NE(read_file(tb.tmp() + "/recv" + std::to_string(i) + ".log").find("no packet from the server for 1500 ms"),
               std::string::npos)
         << read_file(tb.tmp() + "/recv" + std::to_string(i) + ".log");
   }
-  // Generous bound (not a timing assertion on the 2 s timeout itself): well under 15 s.
-  EXPECT_LT(std::chrono::steady_clock::now() - killed, std::chrono::seconds(15));
 }
 
 }  // namespace
