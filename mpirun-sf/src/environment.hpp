@@ -4,7 +4,16 @@
 #include <string>
 #include <vector>
 
+extern char** environ;
+
 namespace sf::mpirun {
+
+// This process's environment as "KEY=VALUE" entries.
+inline std::vector<std::string> current_environment() {
+  std::vector<std::string> env;
+  for (char** e = environ; e && *e; ++e) env.emplace_back(*e);
+  return env;
+}
 
 // Replaces the entry of KEY in `env`, or appends it. `entry` is "KEY=VALUE".
 inline void put_env(std::vector<std::string>& env, const std::string& entry) {

@@ -19,8 +19,6 @@
 #include "mpirun-sf/exit_status.hpp"
 #include "sf-common/random.hpp"
 
-extern char** environ;
-
 namespace fs = std::filesystem;
 
 namespace sf::mpirun {
@@ -86,8 +84,7 @@ std::string check_wdir(const std::string& wdir, const std::string& cwd) {
 }
 
 std::vector<std::string> rank_environment(const JobSpec& spec) {
-  std::vector<std::string> env;
-  for (char** e = environ; e && *e; ++e) env.emplace_back(*e);
+  std::vector<std::string> env = current_environment();
   for (const auto& x : spec.exports) {
     auto eq = x.find('=');
     if (eq != std::string::npos) {

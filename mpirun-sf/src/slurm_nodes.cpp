@@ -22,8 +22,6 @@
 #include "mpirun-sf/plan.hpp"
 #include "subprocess.hpp"
 
-extern char** environ;
-
 namespace sf::mpirun {
 namespace {
 
@@ -85,8 +83,7 @@ std::unique_ptr<SlurmNodes> SlurmNodes::start(const LaunchContext& ctx,
   argv.push_back(self_executable());
   argv.push_back(kSlurmNodeAgentFlag);
   argv.insert(argv.end(), ctx.spec.command_line.begin(), ctx.spec.command_line.end());
-  std::vector<std::string> env;
-  for (char** e = environ; e && *e; ++e) env.emplace_back(*e);
+  std::vector<std::string> env = current_environment();
   put_env(env, std::string(kToken) + "=" + coordinator.token);
   put_env(env, std::string(kPort) + "=" + std::to_string(coordinator.port));
   put_env(env, std::string(kNspace) + "=" + nspace);
@@ -117,7 +114,7 @@ std::optional<int> SlurmNodes::reap(bool block) {
   pid_t got;
   do got = waitpid(srun_, &st, block ? 0 : WNOHANG);
   while (got < 0 && errno == EINTR);
-  if (got == srun_) status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  if (got == srun_) status_ = exit_status(st);
   return status_;
 }
 

@@ -20,8 +20,6 @@
 #include "mpirun-sf/slurm_allocation.hpp"
 #include "subprocess.hpp"
 
-extern char** environ;
-
 namespace sf::mpirun {
 namespace {
 
@@ -103,8 +101,7 @@ int run_in_new_allocation(const JobSpec& spec) {
     throw std::runtime_error(std::string("fork: ") + strerror(errno));
   }
 
-  std::vector<std::string> env;
-  for (char** e = environ; e && *e; ++e) env.emplace_back(*e);
+  std::vector<std::string> env = current_environment();
   put_env(env, std::string(kReadyFd) + "=" + std::to_string(ready[1]));
   if (spec.clones > 0) put_env(env, std::string(kRequestedClones) + "=" + std::to_string(spec.clones));
   struct sigaction sa {};
@@ -173,7 +170,7 @@ int run_in_new_allocation(const JobSpec& spec) {
   ::close(lifeline[1]);
   while (waitpid(guard, nullptr, 0) < 0 && errno == EINTR) {
   }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return exit_status(status);
 }
 
 void report_started_in_requested_allocation() {

@@ -15,6 +15,9 @@ struct Captured {
   std::string error;     // its stderr (last line kept), or why it did not start
 };
 
+// A waitpid() status as a shell reports it: the exit code, or 128 + the signal.
+int exit_status(int wait_status);
+
 // Runs argv (argv[0] looked up in PATH) with stdin from /dev/null, collects stdout and stderr
 // and waits for it.
 Captured capture_output(const std::vector<std::string>& argv);
