@@ -2,7 +2,9 @@
 # P/share/man/man1, the documents in P/share/doc/snowflock-mpi, the C API's header in
 # P/include/clone-core/sf.h and its shared library P/lib/<arch>/libsnowflock.so.0 (only the sf_*
 # symbols exported) with a pkg-config file (snowflock.pc) and a CMake package
-# (find_package(SnowFlock)), and an environment module in P/share/modulefiles/snowflock-mpi.
+# (find_package(SnowFlock)), the Python module snowflock (python/CMakeLists.txt says where),
+# the API examples in P/share/doc/snowflock-mpi/examples, and an environment module in
+# P/share/modulefiles/snowflock-mpi.
 # The installed programs need nothing from the build tree: mpirun-sf
 # and sfd find themselves through /proc/self/exe.
 include(GNUInstallDirs)
@@ -26,6 +28,8 @@ install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/docs/mpirun-sf.1 DESTINATION ${CMAKE_I
 install(DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/docs/ DESTINATION ${CMAKE_INSTALL_DOCDIR}
         PATTERN "mpirun-sf.1" EXCLUDE)
 install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
+install(FILES ${CMAKE_CURRENT_SOURCE_DIR}/examples/sf-api/sf_sum.c DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples)
+install(PROGRAMS ${CMAKE_CURRENT_SOURCE_DIR}/examples/sf-api/sf_sum.py DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples)
 
 # Both files find the prefix relative to where they are installed, so `--prefix` at install
 # time (or moving the tree) keeps them right.
@@ -43,6 +47,10 @@ install(FILES ${CMAKE_CURRENT_BINARY_DIR}/install/SnowFlockConfig.cmake
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/SnowFlock)
 
 # An environment module (Lmod, Tcl-free Lua) for sites that install into a prefix of their own.
+set(SF_MODULE_PYTHONPATH "")
+if(TARGET snowflock_python)
+  set(SF_MODULE_PYTHONPATH "prepend_path(\"PYTHONPATH\", pathJoin(prefix, \"${SF_PYTHON_PREFIX_DIR}\"))")
+endif()
 configure_file(${CMAKE_CURRENT_SOURCE_DIR}/cmake/install/snowflock-mpi.lua.in
                ${CMAKE_CURRENT_BINARY_DIR}/install/${PROJECT_VERSION}.lua @ONLY)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/install/${PROJECT_VERSION}.lua
@@ -66,5 +74,8 @@ set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_STRIP_FILES TRUE)  # debug information stays in the build tree
 set(CPACK_DEBIAN_PACKAGE_DEPENDS "iproute2")
 set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "openmpi-bin, qemu-system-x86, busybox-static, erofs-utils, fuse3")
+if(TARGET snowflock_python)  # the module is built for one Python version
+  string(APPEND CPACK_DEBIAN_PACKAGE_RECOMMENDS ", ${SF_PYTHON_DEBIAN_DEPENDS}")
+endif()
 set(CPACK_DEBIAN_PACKAGE_SUGGESTS "slurm-client, linux-image-amd64")
 include(CPack)

@@ -35,6 +35,10 @@ class Installed : public ::testing::Test {
     for (const auto& e : fs::recursive_directory_iterator(prefix_))
       if (e.path().filename() == "libsnowflock.so") libdir_ = e.path().parent_path();
     ASSERT_FALSE(libdir_.empty()) << "no libsnowflock.so installed";
+    // The Python module's directory: P/lib/python3.X/dist-packages.
+    for (const auto& e : fs::recursive_directory_iterator(prefix_))
+      if (e.path().filename().string().rfind("snowflock.cpython-", 0) == 0) pythondir_ = e.path().parent_path();
+    ASSERT_FALSE(pythondir_.empty()) << "no Python module snowflock installed";
   }
   void TearDown() override {
     std::error_code ec;
@@ -48,14 +52,17 @@ class Installed : public ::testing::Test {
                      "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"};
     return o;
   }
-  fs::path root_, prefix_, libdir_;
+  fs::path root_, prefix_, libdir_, pythondir_;
 };
 
 TEST_F(Installed, EverythingIsWhereItBelongs) {
   for (const char* f : {"bin/mpirun-sf", "bin/sfd", "bin/memtap", "bin/mcdist", "bin/sf-cluster-state",
                         "include/clone-core/sf.h", "share/man/man1/mpirun-sf.1",
-                        "share/doc/snowflock-mpi/user-guide.md", "share/doc/snowflock-mpi/README.md"})
+                        "share/doc/snowflock-mpi/user-guide.md", "share/doc/snowflock-mpi/README.md",
+                        "share/doc/snowflock-mpi/examples/sf_sum.c", "share/doc/snowflock-mpi/examples/sf_sum.py"})
     EXPECT_TRUE(fs::exists(prefix_ / f)) << f;
+  EXPECT_TRUE(std::regex_match(fs::relative(pythondir_, prefix_).string(), std::regex(R"(lib/python3\.\d+/dist-packages)")))
+      << pythondir_;
   for (const char* f : {"libsnowflock.so", "libsnowflock.so.0", "pkgconfig/snowflock.pc",
                         "cmake/SnowFlock/SnowFlockConfig.cmake", "cmake/SnowFlock/SnowFlockConfigVersion.cmake"})
     EXPECT_TRUE(fs::exists(libdir_ / f)) << f;
@@ -109,6 +116,23 @@ TEST_F(Installed, ACProgramBuiltWithPkgConfigClonesAndJoins) {
   EXPECT_NE(run.stdout_text.find("(expected 4995000000): ok"), std::string::npos) << run.describe();
 }
 
+// The Python module from the installed tree: the installed Python example gives the C
+// example's answer (the same input: 10000000 numbers, 4 clones).
+TEST_F(Installed, ThePythonExampleGivesTheCExamplesAnswer) {
+  CommandOptions o = options();
+  o.environment.push_back("PYTHONPATH=" + pythondir_.string());
+  CommandResult import = sf::test::run_command(
+      {"/usr/bin/python3", "-c", "import snowflock; print(snowflock.__file__)"}, o);
+  ASSERT_TRUE(import.exited_with(0)) << import.describe();
+  EXPECT_EQ(import.stdout_text.rfind(pythondir_.string(), 0), 0u) << import.stdout_text;
+  if (geteuid() != 0) GTEST_SKIP() << "sandbox clones as root here (tests/python covers ordinary users)";
+  CommandResult run = sf::test::run_command(
+      {"/usr/bin/python3", (prefix_ / "share/doc/snowflock-mpi/examples/sf_sum.py").string()}, o);
+  ASSERT_TRUE(run.exited_with(0)) << run.describe();
+  EXPECT_NE(run.stdout_text.find("sum 4995000000 (expected 4995000000): ok"), std::string::npos) << run.describe();
+  EXPECT_EQ(sf::test::lines_of(run.stdout_text).size(), 6u) << run.describe();  // granted, 4 clones, sum
+}
+
 // A CMake project: find_package(SnowFlock) and the imported target SnowFlock::snowflock.
 TEST_F(Installed, ACMakeProjectFindsThePackage) {
   fs::create_directories(root_ / "consumer");
@@ -150,11 +174,13 @@ TEST(DebianPackage, DeclaresItsDependenciesInstallsAndItsMpirunSfRuns) {
 
   CommandResult info = sf::test::run_command({"dpkg-deb", "--info", deb.string()}, o);
   ASSERT_TRUE(info.exited_with(0)) << info.describe();
-  for (const char* field : {"Package: snowflock-mpi", "libpmix2", "libhwloc15", "libnl-route-3-200", "Recommends:"})
+  for (const char* field : {"Package: snowflock-mpi", "libpmix2", "libhwloc15", "libnl-route-3-200", "Recommends:",
+                            "python3 (>= 3."})
     EXPECT_NE(info.stdout_text.find(field), std::string::npos) << field << "\n" << info.stdout_text;
   CommandResult contents = sf::test::run_command({"dpkg-deb", "--contents", deb.string()}, o);
   for (const char* f : {"./usr/bin/mpirun-sf", "./usr/bin/sfd", "./usr/include/clone-core/sf.h",
-                        "./usr/share/man/man1/mpirun-sf.1", "libsnowflock.so.0", "snowflock.pc"})
+                        "./usr/share/man/man1/mpirun-sf.1", "libsnowflock.so.0", "snowflock.pc",
+                        "./usr/lib/python3/dist-packages/snowflock.cpython-"})
     EXPECT_NE(contents.stdout_text.find(f), std::string::npos) << f;
   // apt-get would install it here: every dependency can be satisfied.
   CommandResult simulate = sf::test::run_command({"apt-get", "install", "-s", deb.string()}, o);
@@ -170,6 +196,11 @@ TEST(DebianPackage, DeclaresItsDependenciesInstallsAndItsMpirunSfRuns) {
       {(root / "root/usr/bin/mpirun-sf").string(), "-np", "2", "--driver", "none", "./hello"}, o);
   EXPECT_TRUE(run.exited_with(0)) << run.describe();
   EXPECT_EQ(sf::test::lines_of(run.stdout_text).size(), 2u) << run.describe();
+  // Its Python module imports in Debian's python3 from where the package puts it.
+  o.environment.push_back("PYTHONPATH=" + (root / "root/usr/lib/python3/dist-packages").string());
+  CommandResult import = sf::test::run_command({"/usr/bin/python3", "-c", "import snowflock; print(snowflock.ERR_BAD_STATE)"}, o);
+  EXPECT_TRUE(import.exited_with(0)) << import.describe();
+  EXPECT_EQ(import.stdout_text, "11\n") << import.describe();
   std::error_code ec;
   fs::remove_all(root, ec);
 }
@@ -185,18 +216,20 @@ TEST_F(Installed, TheEnvironmentModuleSetsThePaths) {
   const std::string script =
       "source /usr/share/lmod/lmod/init/bash && module use " + (prefix_ / "share/modulefiles").string() +
       " && module load snowflock-mpi && command -v mpirun-sf && pkg-config --variable=libdir snowflock && "
-      "mpirun-sf --version | head -1 && echo \"$CMAKE_PREFIX_PATH\" && echo \"$MANPATH\"";
+      "mpirun-sf --version | head -1 && echo \"$CMAKE_PREFIX_PATH\" && echo \"$MANPATH\" && "
+      "/usr/bin/python3 -c 'import snowflock, os; print(os.path.dirname(snowflock.__file__))'";
   CommandOptions o = options();
-  o.unset_environment = {"PKG_CONFIG_PATH", "MANPATH", "CMAKE_PREFIX_PATH", "MODULEPATH", "LOADEDMODULES"};
+  o.unset_environment = {"PKG_CONFIG_PATH", "MANPATH", "CMAKE_PREFIX_PATH", "MODULEPATH", "LOADEDMODULES", "PYTHONPATH"};
   CommandResult r = sf::test::run_command({"bash", "--norc", "--noprofile", "-c", script}, o);
   ASSERT_TRUE(r.exited_with(0)) << r.describe();
   auto lines = sf::test::lines_of(r.stdout_text);
-  ASSERT_EQ(lines.size(), 5u) << r.describe();
+  ASSERT_EQ(lines.size(), 6u) << r.describe();
   EXPECT_EQ(fs::path(lines[0]), prefix_ / "bin/mpirun-sf");
   EXPECT_EQ(fs::weakly_canonical(lines[1]), fs::weakly_canonical(libdir_));
   EXPECT_EQ(lines[2].rfind("mpirun-sf (SnowFlock MPI)", 0), 0u) << lines[2];
   EXPECT_EQ(lines[3].rfind(prefix_.string(), 0), 0u) << lines[3];
   EXPECT_EQ(lines[4].rfind((prefix_ / "share/man").string(), 0), 0u) << lines[4];
+  EXPECT_EQ(fs::path(lines[5]), pythondir_);
 }
 
 }  // namespace
