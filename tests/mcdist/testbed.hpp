@@ -34,7 +34,7 @@ inline std::string read_file(const std::string& path) {
 class Testbed {
  public:
   explicit Testbed(int receivers, bool injector = false, int mtu = 9000)
-      : prefix_("sft" + std::to_string(getpid() % 100000)), receivers_(receivers) {
+      : prefix_("sft" + std::to_string(getpid() % 100000)) {
     hosts_.push_back("s");
     for (int i = 1; i <= receivers; ++i) hosts_.push_back(std::to_string(i));
     if (injector) hosts_.push_back("i");
@@ -148,7 +148,6 @@ class Testbed {
 
  private:
   std::string prefix_;
-  int receivers_;
   std::vector<std::string> hosts_;
   std::vector<pid_t> children_;
   std::string tmp_;
