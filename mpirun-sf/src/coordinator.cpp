@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <charconv>
+
 namespace asio = boost::asio;
 
 namespace sf::mpirun {
@@ -107,7 +109,36 @@ void Coordinator::stdin_data(int rank, std::string data, bool eof) {
   send(node, std::move(m));
 }
 
+bool Coordinator::known_rank(uint32_t rank) const { return rank < ctx_.map.ranks.size(); }
+
+// A node's agent names only ranks and nodes of the job map; anything else is a broken or
+// foreign agent. Its message is dropped with a warning: the launcher must not die of it.
+bool Coordinator::valid(int from, const Envelope& m) const {
+  auto bad = [&](const char* what, uint64_t value) {
+    spdlog::warn("coordinator: node {} sent control message {} naming {} {}, which is not in the job; ignored",
+                 from, static_cast<int>(m.body_case()), what, value);
+    return false;
+  };
+  switch (m.body_case()) {
+    case Envelope::kOutput:
+      return known_rank(m.output().rank()) || bad("rank", m.output().rank());
+    case Envelope::kRankExited:
+      return known_rank(m.rank_exited().rank()) || bad("rank", m.rank_exited().rank());
+    case Envelope::kLaunchFailed:
+      return known_rank(m.launch_failed().rank()) || bad("rank", m.launch_failed().rank());
+    case Envelope::kAbort:
+      return known_rank(m.abort().rank()) || bad("rank", m.abort().rank());
+    case Envelope::kModexRequest:
+      return known_rank(m.modex_request().rank()) || bad("rank", m.modex_request().rank());
+    case Envelope::kModexReply:
+      return m.modex_reply().to_node() < nodes_.size() || bad("node", m.modex_reply().to_node());
+    default:
+      return true;
+  }
+}
+
 void Coordinator::handle(int from, Envelope m) {
+  if (!valid(from, m)) return;
   switch (m.body_case()) {
     case Envelope::kOutput:
       output(m.output());
@@ -232,20 +263,12 @@ void Coordinator::fence(int node, const sf::control::FenceContribution& f) {
   auto key = std::make_pair(f.signature(), f.seq());
   Fence& fence = fences_[key];
   if (fence.expected.empty()) {
-    // Which nodes host a participant: "ns:*;" means every node with ranks.
-    const std::string& sig = f.signature();
-    size_t pos = 0;
-    while (pos < sig.size()) {
-      size_t end = sig.find(';', pos);
-      std::string item = sig.substr(pos, end - pos);
-      pos = end + 1;
-      std::string rank = item.substr(item.rfind(':') + 1);
-      if (rank == "*") {
-        for (size_t n = 0; n < ctx_.map.nodes.size(); ++n)
-          if (!ctx_.map.nodes[n].ranks.empty()) fence.expected.insert(static_cast<int>(n));
-      } else {
-        fence.expected.insert(ctx_.map.ranks.at(std::stoul(rank)).node);
-      }
+    // Which nodes host a participant: "ns:R;" items, "ns:*;" meaning every node with ranks.
+    if (!fence_nodes(f.signature(), fence.expected)) {
+      spdlog::warn("coordinator: node {} sent a fence with the malformed signature '{}'; ignored", node,
+                   f.signature().substr(0, 200));
+      fences_.erase(key);
+      return;
     }
   }
   fence.arrived.insert(node);
@@ -264,6 +287,27 @@ void Coordinator::fence(int node, const sf::control::FenceContribution& f) {
     send(n, std::move(m));
   }
   fences_.erase(key);
+}
+
+bool Coordinator::fence_nodes(const std::string& sig, std::set<int>& nodes) const {
+  size_t pos = 0;
+  while (pos < sig.size()) {
+    size_t end = sig.find(';', pos);
+    if (end == std::string::npos) end = sig.size();  // the last item needs no ';'
+    const std::string item = sig.substr(pos, end - pos);
+    pos = end + 1;
+    const std::string rank = item.substr(item.rfind(':') + 1);  // no ':': the item is the rank
+    if (rank == "*") {
+      for (size_t n = 0; n < ctx_.map.nodes.size(); ++n)
+        if (!ctx_.map.nodes[n].ranks.empty()) nodes.insert(static_cast<int>(n));
+      continue;
+    }
+    uint32_t r = 0;
+    const auto [ptr, ec] = std::from_chars(rank.data(), rank.data() + rank.size(), r);
+    if (rank.empty() || ec != std::errc() || ptr != rank.data() + rank.size() || !known_rank(r)) return false;
+    nodes.insert(ctx_.map.ranks[r].node);
+  }
+  return !nodes.empty();
 }
 
 void Coordinator::output(const sf::control::Output& o) {

@@ -58,6 +58,10 @@ class Coordinator {
     sf::control::Lookup request;
   };
 
+  bool known_rank(uint32_t rank) const;
+  bool valid(int from, const Envelope& m) const;
+  // The nodes a fence signature names; false if it is malformed or names no rank of the job.
+  bool fence_nodes(const std::string& signature, std::set<int>& nodes) const;
   void fence(int node, const sf::control::FenceContribution& f);
   void output(const sf::control::Output& o);
   void kill_job(const std::string& reason);

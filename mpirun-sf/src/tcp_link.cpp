@@ -38,13 +38,11 @@ void TcpLink::read_header() {
                    [self](const boost::system::error_code& ec, size_t) {
                      if (ec) return self->fail(ec == asio::error::eof ? "connection closed"
                                                                         : ec.message());
-                     uint32_t size = (uint32_t{self->header_[0]} << 24) |
-                                     (uint32_t{self->header_[1]} << 16) |
-                                     (uint32_t{self->header_[2]} << 8) | self->header_[3];
-                     if (size > kMaxFrame)
-                       return self->fail("frame of " + std::to_string(size) +
-                                         " bytes exceeds the limit");
-                     self->read_body(size);
+                     auto size = decode_frame_length(self->header_);
+                     if (!size)
+                       return self->fail("a frame exceeds the limit of " + std::to_string(kMaxFrame) +
+                                         " bytes");
+                     self->read_body(*size);
                    });
 }
 
@@ -64,14 +62,7 @@ void TcpLink::read_body(uint32_t size) {
 
 void TcpLink::send(Envelope message) {
   if (failed_) return;
-  std::string body = message.SerializeAsString();
-  std::string frame(4, '\0');
-  const auto n = static_cast<uint32_t>(body.size());
-  frame[0] = static_cast<char>(n >> 24);
-  frame[1] = static_cast<char>(n >> 16);
-  frame[2] = static_cast<char>(n >> 8);
-  frame[3] = static_cast<char>(n);
-  frame += body;
+  std::string frame = encode_frame(message);
   out_.push_back(std::move(frame));
   if (out_.size() == 1) write_next();
 }

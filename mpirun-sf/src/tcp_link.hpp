@@ -12,13 +12,14 @@
 #include <memory>
 #include <string>
 
+#include "control_frame.hpp"
 #include "link.hpp"
 
 namespace sf::mpirun {
 
 class TcpLink : public Link, public std::enable_shared_from_this<TcpLink> {
  public:
-  static constexpr uint32_t kMaxFrame = 64u << 20;
+  static constexpr uint32_t kMaxFrame = kMaxControlFrame;
   static constexpr uint32_t kProtocolVersion = 1;
 
   explicit TcpLink(boost::asio::ip::tcp::socket socket);
