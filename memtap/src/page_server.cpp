@@ -172,31 +172,16 @@ class Session : public std::enable_shared_from_this<Session> {
       shared_.stalled.push_back(shared_from_this());
       return;
     }
-    if (body_.size() < 4) return refuse(proto::WireStatus::kBadRequest, "FETCH body too short", false);
-    std::uint32_t n = get_le32(body_.data());
-    if (n > proto::kMaxRanges) return refuse(proto::WireStatus::kTooLarge, "too many ranges", false);
-    if (body_.size() != 4 + 16ull * n) return refuse(proto::WireStatus::kBadRequest, "FETCH body has a wrong size", false);
-    std::uint64_t total = 0;
-    for (std::uint32_t i = 0; i < n; ++i) {
-      std::uint64_t first = get_le64(body_.data() + 4 + 16 * i);
-      std::uint32_t count = get_le32(body_.data() + 12 + 16 * i);
-      if (first >= md.page_count() || count > md.page_count() - first) {
-        return refuse(proto::WireStatus::kOutOfRange, "pages " + std::to_string(first) + "+" + std::to_string(count) +
-                                                          " lie outside the image of " + std::to_string(md.page_count()) +
-                                                          " pages", false);
-      }
-      total += count;
-    }
-    if (total > shared_.options.max_batch_pages) {
-      return refuse(proto::WireStatus::kTooLarge, "more than " + std::to_string(shared_.options.max_batch_pages) + " pages", false);
-    }
+    const auto request = proto::decode_fetch_request(body_, md.page_count(), shared_.options.max_batch_pages);
+    if (request.status != proto::WireStatus::kOk) return refuse(request.status, request.error, false);
+    const std::uint64_t total = request.pages;
     bool corrupt = fault_fires(FaultKind::kServeCorrupt);
     page_buffers_.clear();
     XXH3_state_t* st = XXH3_createState();
     XXH3_64bits_reset(st);
-    for (std::uint32_t i = 0; i < n; ++i) {
-      std::uint64_t first = get_le64(body_.data() + 4 + 16 * i);
-      std::uint32_t count = get_le32(body_.data() + 12 + 16 * i);
+    for (const auto& range : request.ranges) {
+      const std::uint64_t first = range.first;
+      const std::uint32_t count = range.count;
       for (std::uint32_t k = 0; k < count; ++k) {
         std::uint64_t p = first + k;
         auto page = shared_.image->page(p);

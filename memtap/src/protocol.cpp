@@ -94,4 +94,44 @@ Result<HelloReply> decode_hello_reply(std::span<const std::byte> b) {
   return r;
 }
 
+std::vector<std::byte> encode_fetch_request(std::span<const PageRange> ranges) {
+  std::vector<std::byte> body(4 + 16 * ranges.size());
+  put_le32(body.data(), static_cast<std::uint32_t>(ranges.size()));
+  for (std::size_t i = 0; i < ranges.size(); ++i) {
+    put_le64(body.data() + 4 + 16 * i, ranges[i].first);
+    put_le32(body.data() + 12 + 16 * i, ranges[i].count);
+    put_le32(body.data() + 16 + 16 * i, 0);
+  }
+  return body;
+}
+
+FetchRequest decode_fetch_request(std::span<const std::byte> body, std::uint64_t page_count,
+                                  std::uint32_t max_batch_pages) {
+  FetchRequest r;
+  auto refuse = [&](WireStatus status, std::string message) {
+    r.status = status;
+    r.error = std::move(message);
+    r.ranges.clear();
+    r.pages = 0;
+    return r;
+  };
+  if (body.size() < 4) return refuse(WireStatus::kBadRequest, "FETCH body too short");
+  const std::uint32_t n = get_le32(body.data());
+  if (n > kMaxRanges) return refuse(WireStatus::kTooLarge, "too many ranges");
+  if (body.size() != 4 + 16ull * n) return refuse(WireStatus::kBadRequest, "FETCH body has a wrong size");
+  r.ranges.reserve(n);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uint64_t first = get_le64(body.data() + 4 + 16 * i);
+    const std::uint32_t count = get_le32(body.data() + 12 + 16 * i);
+    if (first >= page_count || count > page_count - first) {
+      return refuse(WireStatus::kOutOfRange, "pages " + std::to_string(first) + "+" + std::to_string(count) +
+                                                 " lie outside the image of " + std::to_string(page_count) + " pages");
+    }
+    r.ranges.push_back({first, count});
+    r.pages += count;
+  }
+  if (r.pages > max_batch_pages) return refuse(WireStatus::kTooLarge, "more than " + std::to_string(max_batch_pages) + " pages");
+  return r;
+}
+
 }  // namespace memtap::protocol

@@ -342,13 +342,7 @@ Status TcpPageSource::fetch(std::span<const PageRange> ranges, std::span<std::by
   if (out.size() != pages * metadata_.page_size()) {
     return make_error(ErrorCode::kInvalidArgument, "fetch buffer has the wrong size");
   }
-  std::vector<std::byte> body(4 + 16 * ranges.size());
-  put_le32(body.data(), static_cast<std::uint32_t>(ranges.size()));
-  for (std::size_t i = 0; i < ranges.size(); ++i) {
-    put_le64(body.data() + 4 + 16 * i, ranges[i].first);
-    put_le32(body.data() + 12 + 16 * i, ranges[i].count);
-    put_le32(body.data() + 16 + 16 * i, 0);
-  }
+  const std::vector<std::byte> body = proto::encode_fetch_request(ranges);
   auto conn = take_connection();
   if (!conn) return conn.error();
   std::vector<std::byte> err_body;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "memtap/error.hpp"
+#include "memtap/page_source.hpp"
 
 namespace memtap::protocol {
 
@@ -59,5 +60,19 @@ struct HelloReply {
 };
 std::vector<std::byte> encode_hello_reply(const HelloReply& r);
 Result<HelloReply> decode_hello_reply(std::span<const std::byte> body);
+
+// A FETCH body: the range count (u32), then per range first (u64), count (u32), reserved (u32).
+std::vector<std::byte> encode_fetch_request(std::span<const PageRange> ranges);
+
+// A FETCH body as the server checks it against an image of `page_count` pages and its batch
+// cap: status kOk with the ranges and their page total, or the status and message it refuses with.
+struct FetchRequest {
+  WireStatus status = WireStatus::kOk;
+  std::string error;
+  std::vector<PageRange> ranges;
+  std::uint64_t pages = 0;
+};
+FetchRequest decode_fetch_request(std::span<const std::byte> body, std::uint64_t page_count,
+                                  std::uint32_t max_batch_pages);
 
 }  // namespace memtap::protocol
