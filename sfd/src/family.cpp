@@ -286,18 +286,18 @@ void Family::read_io(Member& m, bool drain) {
         case gio::FrameType::stdout_data: write_all(1, frame.payload.data(), frame.payload.size()); break;
         case gio::FrameType::stderr_data: write_all(2, frame.payload.data(), frame.payload.size()); break;
         case gio::FrameType::error: {
-          auto j = json::parse(frame.text(), nullptr, false);
-          const std::string msg = j.is_object() ? j.value("message", frame.text()) : frame.text();
+          const std::string msg = gio::parse_error_message(frame.text());
           spdlog::error("in the guest{}: {}", m.id == 0 ? "" : " (clone " + std::to_string(m.id) + ")", msg);
           if (m.id == 0) guest_error_ = msg;
           break;
         }
         case gio::FrameType::exit: {
-          auto j = json::parse(frame.text(), nullptr, false);
-          const int code = j.is_object() ? j.value("code", 0) : kSfdFailureExit;
-          const int sig = j.is_object() ? j.value("signal", 0) : 0;
+          // A payload that is not {"code": N, "signal": S} is sfd's failure, not a crash.
+          const auto status = gio::parse_exit(frame.text());
+          const int code = status ? status->code : kSfdFailureExit;
+          const int sig = status ? status->signal : 0;
           if (m.id == 0) {
-            exit_code_ = j.is_object() ? shell_status(code, sig) : kSfdFailureExit;
+            exit_code_ = status ? shell_status(code, sig) : kSfdFailureExit;
             spdlog::info("the command exited with status {}; stopping the VMs", *exit_code_);
           } else if (m.synced) {
             end_clone(m, kSynced, m.sync_value);

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -84,8 +85,8 @@ int guest_agent_main() {
 
   // 1. The spec.
   gio::FrameDecoder decoder;
-  nlohmann::json spec;
-  while (spec.is_null()) {
+  std::optional<gio::CommandSpec> spec;
+  while (!spec) {
     std::uint8_t buf[65536];
     const ssize_t n = read(port, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
@@ -100,24 +101,24 @@ int guest_agent_main() {
       power_off();
     }
     if (*f && (*f)->type == gio::FrameType::spec) {
-      spec = nlohmann::json::parse((*f)->text(), nullptr, false);
-      if (spec.is_discarded() || !spec.is_object()) {
-        send_error_and_exit_status(port, "the command spec is not JSON", 125);
+      auto parsed = gio::parse_spec((*f)->text());
+      if (!parsed) {
+        send_error_and_exit_status(port, parsed.error().message, 125);
         power_off();
       }
+      spec = std::move(*parsed);
     }
   }
 
-  std::vector<std::string> argv = spec.value("argv", std::vector<std::string>{});
-  std::vector<std::string> env = spec.value("env", std::vector<std::string>{});
-  const std::string cwd = spec.value("cwd", std::string("/"));
-  const std::string work = spec.value("work_dir", std::string());
-  const std::string hostname = spec.value("hostname", std::string("sf-vm"));
+  std::vector<std::string> argv = spec->argv;
+  std::vector<std::string> env = spec->env;
+  const std::string cwd = spec->cwd;
+  const std::string work = spec->work_dir;
+  const std::string hostname = spec->hostname;
   sethostname(hostname.data(), hostname.size());
   // The cluster network (docs/sfd.md, "Network"): lo up; the NIC named, its MAC and address set.
-  if (const auto net = spec.find("net"); net != spec.end() && net->is_object()) {
-    if (sf::Error e = sf::apply_vm_identity(net->value("interface", std::string("sf0")), net->value("mac", std::string()),
-                                            net->value("address", std::string()), net->value("hostname", hostname))) {
+  if (const auto& net = spec->net) {
+    if (sf::Error e = sf::apply_vm_identity(net->interface, net->mac, net->address, net->hostname)) {
       send_error_and_exit_status(port, "cannot set up the network: " + e.message, 125);
       power_off();
     }
@@ -137,7 +138,7 @@ int guest_agent_main() {
 
   // 3. The command, with stdout and stderr on pipes we forward as frames, and stdin from the
   // host's stdin frames (spec "stdin": true) or /dev/null.
-  const bool forward_stdin = spec.value("stdin", false);
+  const bool forward_stdin = spec->forward_stdin;
   int out_pipe[2], err_pipe[2], in_pipe[2] = {-1, -1};
   if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0 ||
       (forward_stdin && pipe2(in_pipe, O_CLOEXEC) != 0)) {

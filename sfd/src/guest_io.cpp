@@ -3,6 +3,9 @@
 
 #include <xxhash.h>
 
+#include <limits>
+#include <nlohmann/json.hpp>
+
 #include <cstring>
 #include <string>
 
@@ -73,6 +76,68 @@ Result<std::optional<Frame>> FrameDecoder::next() {
   f.payload.assign(p, p + len);
   pos_ += kHeaderSize + len;
   return std::optional<Frame>{std::move(f)};
+}
+
+namespace {
+
+using json = nlohmann::json;
+
+// An integer field that fits an int: the value, `fallback` when absent, nullopt otherwise.
+std::optional<int> int_field(const json& j, const char* key, int fallback) {
+  const auto it = j.find(key);
+  if (it == j.end()) return fallback;
+  if (it->is_number_integer()) {
+    const auto v = it->get<std::int64_t>();
+    if (v >= std::numeric_limits<int>::min() && v <= std::numeric_limits<int>::max()) return static_cast<int>(v);
+  } else if (it->is_number_unsigned()) {
+    const auto v = it->get<std::uint64_t>();
+    if (v <= static_cast<std::uint64_t>(std::numeric_limits<int>::max())) return static_cast<int>(v);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<ExitStatus> parse_exit(const std::string& payload) {
+  const json j = json::parse(payload, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return std::nullopt;
+  const auto code = int_field(j, "code", 0);
+  const auto signal = int_field(j, "signal", 0);
+  if (!code || !signal) return std::nullopt;
+  return ExitStatus{*code, *signal};
+}
+
+std::string parse_error_message(const std::string& payload) {
+  const json j = json::parse(payload, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return payload;
+  const auto it = j.find("message");
+  if (it == j.end() || !it->is_string()) return payload;
+  return it->get<std::string>();
+}
+
+Result<CommandSpec> parse_spec(const std::string& payload) {
+  const json j = json::parse(payload, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return make_error("the command spec is not JSON");
+  try {
+    CommandSpec s;
+    s.argv = j.value("argv", std::vector<std::string>{});
+    s.env = j.value("env", std::vector<std::string>{});
+    s.cwd = j.value("cwd", s.cwd);
+    s.work_dir = j.value("work_dir", s.work_dir);
+    s.hostname = j.value("hostname", s.hostname);
+    s.forward_stdin = j.value("stdin", false);
+    if (const auto net = j.find("net"); net != j.end() && net->is_object()) {
+      NetSpec n;
+      n.interface = net->value("interface", n.interface);
+      n.mac = net->value("mac", std::string());
+      n.address = net->value("address", std::string());
+      n.hostname = net->value("hostname", s.hostname);
+      s.net = std::move(n);
+    }
+    return s;
+  } catch (const json::exception& e) {
+    return make_error(std::string("the command spec is malformed: ") + e.what());
+  }
 }
 
 }  // namespace sfd::guest_io

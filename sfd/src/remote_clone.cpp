@@ -407,8 +407,67 @@ Status read_ticket(const fs::path& path, RemoteCloneOptions& o) {
 
 namespace {
 
+// A non-negative integer field of at most `max`. nlohmann's get<std::uint64_t>() converts a
+// float such as 1e300 with a cast whose result is undefined; only integers are taken.
+Result<std::uint64_t> count_field(const json& j, const char* key, std::uint64_t max) {
+  const json& v = j.at(key);
+  std::uint64_t n = 0;
+  if (v.is_number_unsigned()) {
+    n = v.get<std::uint64_t>();
+  } else if (v.is_number_integer() && v.get<std::int64_t>() >= 0) {
+    n = static_cast<std::uint64_t>(v.get<std::int64_t>());
+  } else {
+    return make_error(std::string("malformed reply: ") + key + " is not a non-negative integer");
+  }
+  if (n == 0 || n > max) return make_error(std::string("malformed reply: ") + key + " " + std::to_string(n) + " out of range");
+  return n;
+}
+
+}  // namespace
+
+Result<OriginReply> parse_origin_reply(const std::string& text) {
+  const json m = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (m.is_discarded() || !m.is_object()) return make_error("malformed reply: not a JSON object");
+  try {
+    if (const auto e = m.find("error"); e != m.end())
+      return make_error("refused: " + (e->is_string() ? e->get<std::string>() : e->dump()));
+    OriginReply r;
+    const auto size = count_field(m, "descriptor_bytes", ~std::uint64_t{0});
+    if (!size) return size.error();
+    r.descriptor_bytes = *size;
+    if (r.descriptor_bytes > kMaxDescriptor)
+      return make_error("descriptor size " + std::to_string(r.descriptor_bytes) + " out of range");
+    r.descriptor_xxh3 = m.at("descriptor_xxh3").get<std::string>();
+    const json& mc = m.at("mcast");
+    r.mcast_key = mc.at("key").get<std::string>();
+    r.mcast_group = mc.at("group").get<std::string>();
+    const auto port = count_field(mc, "port", 65535);
+    if (!port) return port.error();
+    r.mcast_port = static_cast<std::uint16_t>(*port);
+    r.memtap = m.at("memtap").get<std::string>();
+    const json& v = m.at("vm");
+    const auto mem_mib = count_field(v, "mem_mib", 1ull << 24);
+    if (!mem_mib) return mem_mib.error();
+    r.vm.mem_mib = *mem_mib;
+    const auto cpus = count_field(v, "cpus", 4096);
+    if (!cpus) return cpus.error();
+    r.vm.cpus = static_cast<int>(*cpus);
+    r.vm.mode = v.at("mode").get<std::string>();
+    r.vm.accel = v.at("accel").get<std::string>() == "kvm" ? Accel::kvm : Accel::tcg;
+    r.vm.agent = v.at("agent").get<std::string>();
+    if (v.contains("system_disk")) r.vm.system_disk = v["system_disk"].get<std::string>();
+    if (v.contains("work_disk")) r.vm.work_disk = v["work_disk"].get<std::string>();
+    r.image_key = v.at("image_key").get<std::string>();
+    return r;
+  } catch (const json::exception& e) {
+    return make_error(std::string("malformed reply: ") + e.what());
+  }
+}
+
+namespace {
+
 struct ControlReply {
-  json meta;
+  OriginReply meta;
   std::string descriptor;
 };
 
@@ -440,18 +499,13 @@ Result<ControlReply> fetch_from_origin(const RemoteCloneOptions& o, const memtap
   std::string text(n, '\0');
   if (!recv_all(fd, text.data(), n)) return fail("reply cut short");
   ControlReply r;
-  try {
-    r.meta = json::parse(text);
-    if (r.meta.contains("error")) return fail("refused: " + r.meta["error"].get<std::string>());
-    const auto size = r.meta.at("descriptor_bytes").get<std::uint64_t>();
-    if (size == 0 || size > kMaxDescriptor) return fail("descriptor size " + std::to_string(size) + " out of range");
-    r.descriptor.resize(size);
-    if (!recv_all(fd, r.descriptor.data(), size)) return fail("descriptor cut short");
-    if (hex64(XXH3_64bits(r.descriptor.data(), size)) != r.meta.at("descriptor_xxh3").get<std::string>())
-      return fail("descriptor checksum mismatch");
-  } catch (const std::exception& e) {
-    return fail(std::string("malformed reply: ") + e.what());
-  }
+  auto meta = parse_origin_reply(text);
+  if (!meta) return fail(meta.error().message);
+  r.meta = std::move(*meta);
+  const auto size = r.meta.descriptor_bytes;
+  r.descriptor.resize(size);
+  if (!recv_all(fd, r.descriptor.data(), size)) return fail("descriptor cut short");
+  if (hex64(XXH3_64bits(r.descriptor.data(), size)) != r.meta.descriptor_xxh3) return fail("descriptor checksum mismatch");
   ::close(fd);
   return r;
 }
@@ -470,39 +524,26 @@ Result<std::unique_ptr<RemoteClone>> RemoteClone::start(const RemoteCloneOptions
   auto t0 = Clock::now();
   auto reply = fetch_from_origin(o, *token);
   if (!reply) return reply.error();
-  const json& m = reply->meta;
+  const OriginReply& m = reply->meta;
   const fs::path desc = rc->dir_ / "descriptor";
   if (auto st = write_private_file(desc, reply->descriptor); !st) return make_error("remote clone: " + st.error().message);
   const fs::path key_file = rc->dir_ / "mcast.key";
-  VmConfig cfg;
+  VmConfig cfg = m.vm;
   memtap::MulticastOptions mo;
-  std::string memtap_server;
-  try {
-    if (auto st = write_private_file(key_file, m.at("mcast").at("key").get<std::string>() + "\n"); !st)
-      return make_error("remote clone: " + st.error().message);
-    mo.group = m.at("mcast").at("group").get<std::string>();
-    mo.port = m.at("mcast").at("port").get<std::uint16_t>();
-    memtap_server = m.at("memtap").get<std::string>();
-    const json& v = m.at("vm");
-    cfg.mem_mib = v.at("mem_mib").get<std::uint64_t>();
-    cfg.cpus = v.at("cpus").get<int>();
-    cfg.mode = v.at("mode").get<std::string>();
-    cfg.accel = v.at("accel").get<std::string>() == "kvm" ? Accel::kvm : Accel::tcg;
-    cfg.agent = v.at("agent").get<std::string>();
-    if (v.contains("system_disk")) cfg.system_disk = v["system_disk"].get<std::string>();
-    if (v.contains("work_disk")) cfg.work_disk = v["work_disk"].get<std::string>();
-    auto image = ensure_host_guest_image();
-    if (!image) return make_error("remote clone: guest image: " + image.error().message);
-    if (image->key != v.at("image_key").get<std::string>())
-      return make_error("remote clone: this host's guest image " + image->key + " is not the origin's " +
-                        v.at("image_key").get<std::string>() + " (the descriptor needs the same kernel and devices)");
-    cfg.image = *image;
-    for (const auto* disk : {&cfg.system_disk, &cfg.work_disk}) {
-      if (*disk && !fs::exists(**disk))
-        return make_error("remote clone: the root disk " + (*disk)->string() + " is not on this host (copy it to the same path)");
-    }
-  } catch (const std::exception& e) {
-    return make_error(std::string("remote clone: malformed origin reply: ") + e.what());
+  const std::string memtap_server = m.memtap;
+  if (auto st = write_private_file(key_file, m.mcast_key + "\n"); !st) return make_error("remote clone: " + st.error().message);
+  mo.group = m.mcast_group;
+  mo.port = m.mcast_port;
+  auto image = ensure_host_guest_image();
+  if (!image) return make_error("remote clone: guest image: " + image.error().message);
+  if (image->key != m.image_key)
+    return make_error("remote clone: this host's guest image " + image->key + " is not the origin's " + m.image_key +
+                      " (the descriptor needs the same kernel and devices)");
+  cfg.image = *image;
+  for (const auto* disk : {&cfg.system_disk, &cfg.work_disk}) {
+    std::error_code ec;
+    if (*disk && !fs::exists(**disk, ec))
+      return make_error("remote clone: the root disk " + (*disk)->string() + " is not on this host (copy it to the same path)");
   }
   t.descriptor = duration_cast<microseconds>(Clock::now() - t0);
   mo.interface = o.interface;

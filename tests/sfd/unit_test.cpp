@@ -13,6 +13,7 @@
 #include "sfd/guest_io.hpp"
 #include "sfd/paths.hpp"
 #include "sfd/qmp_client.hpp"
+#include "sfd/remote_clone.hpp"
 #include "sfd/rootfs.hpp"
 #include "sfd/run.hpp"
 #include "sfd/static_cluster.hpp"
@@ -413,4 +414,96 @@ TEST(StaticCluster, ComputeNodesServeSshOnlyOnTheirClusterAddress) {
   EXPECT_EQ(argv[0], "/bin/sh");
   EXPECT_NE(argv[2].find("dropbear -F -E -s -r /tmp/.sfd-rsh/key -p 10.213.0.3:22"), std::string::npos) << argv[2];
   EXPECT_NE(argv[2].find("\"/opt/sf/sfd\" rsh --write-key /tmp/.sfd-rsh/key"), std::string::npos) << argv[2];
+}
+
+// ---- payloads read from the other side (found by tests/fuzz/guest_io_fuzz, vm_descriptor_fuzz) ----
+
+TEST(GuestIoPayloads, ExitStatusOfWrongTypeIsNoStatusNotAnException) {
+  // sfd read {"code": "0"} with json::value<int>, which throws: a guest could end sfd.
+  EXPECT_FALSE(gio::parse_exit(R"({"code": "0"})"));
+  EXPECT_FALSE(gio::parse_exit(R"({"code": 0, "signal": [9]})"));
+  EXPECT_FALSE(gio::parse_exit(R"({"code": 4294967296})"));
+  EXPECT_FALSE(gio::parse_exit(R"({"code": 1.5})"));
+  EXPECT_FALSE(gio::parse_exit("[1]"));
+  EXPECT_FALSE(gio::parse_exit("not json"));
+  auto s = gio::parse_exit(R"({"code": 3, "signal": 0})");
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->code, 3);
+  EXPECT_EQ(s->signal, 0);
+  s = gio::parse_exit(R"({"signal": 9})");
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->code, 0);
+  EXPECT_EQ(s->signal, 9);
+  EXPECT_EQ(gio::parse_exit("{}")->code, 0);
+}
+
+TEST(GuestIoPayloads, ErrorMessageFallsBackToThePayload) {
+  EXPECT_EQ(gio::parse_error_message(R"({"message": "cannot run x"})"), "cannot run x");
+  EXPECT_EQ(gio::parse_error_message(R"({"message": 5})"), R"({"message": 5})");
+  EXPECT_EQ(gio::parse_error_message("plain text"), "plain text");
+}
+
+TEST(GuestIoPayloads, SpecWithWrongTypesIsAnErrorNotAnException) {
+  // The guest agent (PID 1) read "argv" with json::value<vector<string>>, which throws.
+  EXPECT_FALSE(gio::parse_spec(R"({"argv": "echo"})"));
+  EXPECT_FALSE(gio::parse_spec(R"({"argv": ["echo", 1]})"));
+  EXPECT_FALSE(gio::parse_spec(R"({"argv": ["echo"], "stdin": "yes"})"));
+  EXPECT_FALSE(gio::parse_spec(R"({"argv": ["echo"], "net": {"mac": 1}})"));
+  EXPECT_FALSE(gio::parse_spec("[]"));
+  auto s = gio::parse_spec(R"({"argv": ["echo", "hi"], "env": ["A=1"], "stdin": true,
+                               "net": {"address": "10.213.0.2/24", "mac": "52:54:00:53:46:01"}})");
+  ASSERT_TRUE(s) << s.error().message;
+  EXPECT_EQ(s->argv, (std::vector<std::string>{"echo", "hi"}));
+  EXPECT_EQ(s->env, (std::vector<std::string>{"A=1"}));
+  EXPECT_EQ(s->cwd, "/");
+  EXPECT_EQ(s->hostname, "sf-vm");
+  EXPECT_TRUE(s->forward_stdin);
+  ASSERT_TRUE(s->net);
+  EXPECT_EQ(s->net->interface, "sf0");
+  EXPECT_EQ(s->net->hostname, "sf-vm");
+  EXPECT_EQ(s->net->address, "10.213.0.2/24");
+}
+
+TEST(OriginReply, ParsesWhatTheOriginSends) {
+  const std::string text = R"({"version":1,"memtap":"10.213.0.1:40000",
+    "mcast":{"group":"239.1.2.3","port":5000,"key":"00ff"},"image_id":"1",
+    "vm":{"mem_mib":512,"cpus":2,"mode":"run","accel":"kvm","image_key":"k","agent":"/usr/bin/sfd",
+          "system_disk":"/var/lib/root.img"},
+    "descriptor_bytes":755316,"descriptor_xxh3":"0123456789abcdef"})";
+  auto r = sfd::parse_origin_reply(text);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->descriptor_bytes, 755316u);
+  EXPECT_EQ(r->mcast_port, 5000);
+  EXPECT_EQ(r->mcast_group, "239.1.2.3");
+  EXPECT_EQ(r->memtap, "10.213.0.1:40000");
+  EXPECT_EQ(r->vm.mem_mib, 512u);
+  EXPECT_EQ(r->vm.cpus, 2);
+  EXPECT_EQ(r->vm.accel, sfd::Accel::kvm);
+  EXPECT_EQ(r->vm.system_disk, fs::path("/var/lib/root.img"));
+  EXPECT_FALSE(r->vm.work_disk);
+  EXPECT_EQ(r->image_key, "k");
+}
+
+TEST(OriginReply, RefusalsAndMalformedRepliesAreErrors) {
+  auto r = sfd::parse_origin_reply(R"({"error":"wrong token"})");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message, "refused: wrong token");
+  // A refusal whose "error" is not a string threw out of the old reader.
+  r = sfd::parse_origin_reply(R"({"error":{"why":1}})");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("refused"), std::string::npos);
+  EXPECT_FALSE(sfd::parse_origin_reply("not json"));
+  EXPECT_FALSE(sfd::parse_origin_reply("[]"));
+  EXPECT_FALSE(sfd::parse_origin_reply(R"({"descriptor_bytes":0})"));
+  EXPECT_FALSE(sfd::parse_origin_reply(R"({"descriptor_bytes":"5"})"));
+  // A float too large for an integer was converted with undefined behaviour (UBSan, found by
+  // tests/fuzz/vm_descriptor_fuzz); so were negative and fractional counts.
+  EXPECT_FALSE(sfd::parse_origin_reply(R"({"descriptor_bytes":5.1e132})"));
+  EXPECT_FALSE(sfd::parse_origin_reply(R"({"descriptor_bytes":-1})"));
+  EXPECT_FALSE(sfd::parse_origin_reply(R"({"descriptor_bytes":1.5})"));
+  EXPECT_FALSE(sfd::parse_origin_reply(
+      R"({"descriptor_bytes":5,"descriptor_xxh3":"x","memtap":"a:1","mcast":{"group":"g","port":5000,"key":"k"},
+          "vm":{"mem_mib":512,"cpus":1e300,"mode":"run","accel":"tcg","agent":"a","image_key":"k"}})"));
+  EXPECT_FALSE(sfd::parse_origin_reply(
+      R"({"descriptor_bytes":5,"descriptor_xxh3":"x","memtap":"a:1","mcast":{"group":"g","port":70000,"key":"k"}})"));
 }

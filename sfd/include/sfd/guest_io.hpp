@@ -53,4 +53,34 @@ class FrameDecoder {
   std::size_t pos_ = 0;
 };
 
+// The payloads (JSON) of the frames. Each side reads what the other wrote, so none of these may
+// throw on a malformed payload; the fuzz target tests/fuzz/guest_io_fuzz.cpp feeds them garbage.
+
+// exit (guest -> host): {"code": N, "signal": S}, both optional (0). nullopt if the payload is
+// not a JSON object or code or signal is not an integer that fits an int.
+struct ExitStatus {
+  int code = 0;
+  int signal = 0;
+};
+std::optional<ExitStatus> parse_exit(const std::string& payload);
+
+// error (guest -> host): {"message": "..."}; the payload itself when it is not such an object.
+std::string parse_error_message(const std::string& payload);
+
+// spec (host -> guest): the command and its surroundings.
+struct NetSpec {
+  std::string interface = "sf0";
+  std::string mac, address, hostname;  // hostname: the spec's when absent
+};
+struct CommandSpec {
+  std::vector<std::string> argv, env;
+  std::string cwd = "/";
+  std::string work_dir;  // empty: no shared working directory
+  std::string hostname = "sf-vm";
+  bool forward_stdin = false;
+  std::optional<NetSpec> net;  // "net", if it is an object
+};
+// An Error if the payload is not a JSON object or a field has the wrong type.
+Result<CommandSpec> parse_spec(const std::string& payload);
+
 }  // namespace sfd::guest_io

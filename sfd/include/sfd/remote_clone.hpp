@@ -126,6 +126,21 @@ struct RemoteCloneOptions {
   // The clone's NIC (a member of an `sfd run` family, remote_member.hpp); none: no NIC.
   std::optional<VmConfig::UdpNic> nic;
 };
+// The origin's control reply (docs/protocols/remote-clone.md): the JSON that precedes the
+// descriptor, as a remote clone reads it. `vm` holds the VM fields (mem_mib, cpus, mode, accel,
+// agent, disks); the image is the remote host's own. An Error for a refusal ("error"), a reply
+// that is not JSON, a missing field or one of the wrong type or range.
+struct OriginReply {
+  std::uint64_t descriptor_bytes = 0;
+  std::string descriptor_xxh3;
+  std::string mcast_group, mcast_key;
+  std::uint16_t mcast_port = 0;
+  std::string memtap;  // ADDR:PORT of the page server
+  std::string image_key;
+  VmConfig vm;
+};
+Result<OriginReply> parse_origin_reply(const std::string& text);
+
 // Reads a ticket written by RemoteCloneOrigin::write_ticket into control and token_hex.
 Status read_ticket(const std::filesystem::path& path, RemoteCloneOptions& options);
 
