@@ -7,6 +7,7 @@ status the parent checks, instead of carrying on with the rest of the test run.
 """
 import os
 import select
+import json
 import signal
 import socket
 import subprocess
@@ -247,6 +248,73 @@ class Errors(unittest.TestCase):
 
 
 class Examples(unittest.TestCase):
+    def test_the_elastic_service_adds_a_clone_under_load_and_retires_it_when_idle(self):
+        import queue
+        import re
+        import urllib.request
+        events = queue.Queue()
+        server = subprocess.Popen(
+            [sys.executable, example("elastic.py", "SF_SOURCE_DIR", "examples/elastic/elastic.py"), "serve",
+             "--port", "0", "--min", "1", "--max", "2", "--idle", "1", "--records", "2000", "--load-rounds", "1",
+             "--work", "20000"], stderr=subprocess.PIPE, text=True)
+        log = []
+
+        def read_events():
+            for line in server.stderr:
+                log.append(line)
+                events.put(line)
+            events.put(None)
+        reader = threading.Thread(target=read_events, daemon=True)
+        reader.start()
+
+        def await_event(pattern):
+            while True:
+                try:
+                    line = events.get(timeout=AWAIT_SECONDS)
+                except queue.Empty:
+                    self.fail(f"no event {pattern!r} in {AWAIT_SECONDS} s; the log:\n{''.join(log)}")
+                self.assertIsNotNone(line, f"elastic.py ended before {pattern!r}; the log:\n{''.join(log)}")
+                m = re.search(pattern, line)
+                if m:
+                    return m
+
+        stop = threading.Event()
+        backends, failures = set(), []
+
+        def client():
+            while not stop.is_set():
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/item/7", timeout=AWAIT_SECONDS) as r:
+                        backends.add(json.loads(r.read())["backend"])
+                except OSError as e:
+                    failures.append(e)
+        try:
+            port = int(await_event(r"serving on 127\.0\.0\.1:(\d+) with 1 backend")[1])
+            clients = [threading.Thread(target=client) for _ in range(6)]
+            for c in clients:
+                c.start()
+            try:
+                await_event(r"adding backend 2 \(clone ")
+                await_event(r"backend clone \S+ served its first request")
+            finally:
+                stop.set()
+                for c in clients:
+                    c.join()
+            await_event(r"retired backend clone \S+; 1 left")
+            server.send_signal(signal.SIGTERM)
+            self.assertEqual(server.wait(timeout=AWAIT_SECONDS), 0, "".join(log))
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+            reader.join()
+            server.stderr.close()
+        self.assertEqual(failures, [])
+        self.assertEqual(len(backends), 2, backends)  # both clones answered
+        self.assertIn("stopped", log[-1])
+        report = snowflock.cleanup()  # anything the example left would be found and counted here
+        self.assertEqual((report["clusters"], report["processes"]), (0, 0), report)
+
     def test_sf_sum_in_python_gives_the_c_examples_answer(self):
         args = ["3", "1000000"]
         py = subprocess.run([sys.executable, example("sf_sum.py", "SF_SOURCE_DIR", "examples/sf-api/sf_sum.py")] + args,
