@@ -82,7 +82,14 @@ Context prescan(const std::vector<std::string>& tokens, const po::options_descri
       attached = body.substr(eq + 1);
       has_attached = true;
     }
-    const po::option_description* d = table.find_nothrow(name, false);
+    // An empty name ("-=x", "--=x") matches every option: Boost throws ambiguous_option even
+    // from find_nothrow. It is an unknown option like any other.
+    const po::option_description* d = nullptr;
+    try {
+      if (!name.empty()) d = table.find_nothrow(name, false);
+    } catch (const po::error&) {
+      d = nullptr;
+    }
     if (!d) throw UsageError("unknown option \"" + t + "\"; type 'mpirun-sf --help' for usage");
     size_t arity = (name == "mca" || name == "gmca") ? 2 : (d->semantic()->max_tokens() ? 1 : 0);
     std::vector<std::string> values;

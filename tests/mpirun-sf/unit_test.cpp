@@ -220,6 +220,17 @@ TEST(ParseCommandLine, UnknownOptionIsNamed) {
   EXPECT_TRUE(rejection({"-zz", "prog"}).thrown);
 }
 
+TEST(ParseCommandLine, OptionWithAnEmptyNameIsUnknown) {
+  // "-=x" has the empty name, which Boost found ambiguous (it matches every option) and threw
+  // boost::program_options::ambiguous_option, not a UsageError (found by mpirun_cli_fuzz).
+  for (const std::string t : {"-=x", "--=x", "--="}) {
+    SCOPED_TRACE(t);
+    Rejection r = rejection({"--clones", "3", t, "prog"});
+    EXPECT_TRUE(r.thrown);
+    EXPECT_NE(r.message.find("unknown option \"" + t + "\""), std::string::npos) << r.message;
+  }
+}
+
 TEST(ParseCommandLine, FlagsRejectValuesAndValuedOptionsNeedOne) {
   EXPECT_TRUE(rejection({"--tag-output=yes", "prog"}).thrown);
   Rejection r = rejection({"--wdir"});
