@@ -1,8 +1,8 @@
 // Unit tests of the control protocol's receiving end: the TCP framing (control_frame.hpp) and
 // the coordinator's handling of messages a node's agent sends (coordinator.cpp). A message that
 // names a rank or node outside the job, or a malformed fence signature, is dropped: it must
-// neither throw out of the event loop (which ended mpirun-sf) nor hang it. The inputs are the
-// cases tests/fuzz/control_frame_fuzz found.
+// neither throw out of the event loop (which ended mpirun-sf) nor hang it. Found while writing
+// tests/fuzz/control_frame_fuzz; its corpus holds these inputs as frames.
 #include <gtest/gtest.h>
 
 #include <array>
