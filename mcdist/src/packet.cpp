@@ -260,6 +260,12 @@ Result<Header> parse_header(std::span<const std::uint8_t> d) {
     case PacketType::kHeartbeat:
       if (!power_of_two(h.page_size) || h.page_size < kMinPageSize || h.page_size > kMaxPageSize)
         return Error{"bad page_size " + std::to_string(h.page_size)};
+      // The image's geometry: 1..kMaxImageBytes/page_size pages, the last one holding
+      // 1..page_size bytes (aux); a receiver sizes its tables and the image from these.
+      if (h.page_count == 0 || h.page_count > kMaxImageBytes / h.page_size)
+        return Error{"bad page_count " + std::to_string(h.page_count)};
+      if (h.aux == 0 || h.aux > h.page_size)
+        return Error{"bad tail length " + std::to_string(h.aux) + " for page_size " + std::to_string(h.page_size)};
       if (h.type == PacketType::kData &&
           (h.payload_len != h.page_size || h.page_index >= h.page_count))
         return Error{"DATA payload/page_index out of bounds"};

@@ -439,6 +439,9 @@ Result<std::unique_ptr<MulticastSender>> MulticastSender::start(SenderConfig cfg
     return Error{"mcdist sender: page size " + std::to_string(cfg.page_size) +
                  " is not a power of two in 512..16384"};
   if (cfg.image_bytes == 0) return Error{"mcdist sender: the image is empty"};
+  if (cfg.image_bytes > kMaxImageBytes)
+    return Error{"mcdist sender: the image is " + std::to_string(cfg.image_bytes) + " bytes; at most " +
+                 std::to_string(kMaxImageBytes) + " (1 TiB) per session"};
   if (cfg.max_rate_bps < 1'000'000) return Error{"mcdist sender: rate below 1 Mbit/s"};
   if (!pages) return Error{"mcdist sender: no page source"};
   auto iface = net::resolve_interface(cfg.interface);

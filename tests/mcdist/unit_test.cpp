@@ -207,6 +207,41 @@ TEST(McdistPacket, SizeCapsAndVersionAreEnforced) {
   EXPECT_FALSE(parse_header(version).ok());
 }
 
+// A server packet's geometry sizes the receiver's tables and the image: an empty image (whose
+// size would underflow), one beyond 1 TiB, or a last page of 0 or more than page_size bytes is
+// malformed even when it is authenticated.
+TEST(McdistPacket, ImageGeometryIsBounded) {
+  auto key = key_of(1);
+  PacketAuthenticator auth(key);
+  Header h;
+  auto heartbeat = [&](void (*edit)(Header&)) {
+    Header x;
+    x.type = PacketType::kHeartbeat;
+    x.cluster_id = 7;
+    x.session_id = 99;
+    x.sequence = 1;
+    x.page_count = 10;
+    x.page_size = 4096;
+    x.aux = 100;
+    edit(x);
+    std::vector<std::uint8_t> pkt(kHeaderSize);
+    encode_header(x, {}, auth, std::span<std::uint8_t, kHeaderSize>(pkt.data(), kHeaderSize));
+    return pkt;
+  };
+  EXPECT_EQ(validate(heartbeat(+[](Header&) {}), 7, auth, &h), Verdict::kAccepted);
+  EXPECT_EQ(validate(heartbeat(+[](Header& x) { x.aux = 4096; }), 7, auth, &h), Verdict::kAccepted);
+  EXPECT_EQ(validate(heartbeat(+[](Header& x) { x.page_count = kMaxImageBytes / 4096; }), 7, auth, &h),
+            Verdict::kAccepted);
+  EXPECT_EQ(validate(heartbeat(+[](Header& x) { x.page_count = 0; }), 7, auth, &h), Verdict::kMalformed);
+  EXPECT_EQ(validate(heartbeat(+[](Header& x) { x.page_count = kMaxImageBytes / 4096 + 1; }), 7, auth, &h),
+            Verdict::kMalformed);
+  EXPECT_EQ(validate(heartbeat(+[](Header& x) { x.page_count = ~0ull; }), 7, auth, &h), Verdict::kMalformed);
+  EXPECT_EQ(validate(heartbeat(+[](Header& x) { x.aux = 0; }), 7, auth, &h), Verdict::kMalformed);
+  EXPECT_EQ(validate(heartbeat(+[](Header& x) { x.aux = 4097; }), 7, auth, &h), Verdict::kMalformed);
+  auto data = reencode(data_packet(7, key, 1), key, +[](Header& x) { x.aux = 0; });
+  EXPECT_EQ(validate(data, 7, auth, &h), Verdict::kMalformed);
+}
+
 TEST(McdistPacket, RangesRoundTripAndCoalesce) {
   auto ranges = to_ranges({9, 3, 4, 5, 100, 3});
   ASSERT_EQ(ranges.size(), 3u);

@@ -25,6 +25,9 @@ inline constexpr std::size_t kStatusPayload = 16;
 inline constexpr std::size_t kMacSize = 16;
 inline constexpr std::size_t kKeySize = 32;
 inline constexpr std::uint32_t kMinPageSize = 512;
+// The largest image a session carries (1 TiB): a bound on what a server packet's page_count can
+// make a receiver allocate.
+inline constexpr std::uint64_t kMaxImageBytes = 1ull << 40;
 inline constexpr std::uint32_t kMaxPageSize = 16384;
 // Bytes an Ethernet link carries per datagram beyond the UDP payload: 14 Ethernet + 20 IPv4 +
 // 8 UDP. The pacer counts these so that a rate of R bit/s fits a link of R bit/s.
