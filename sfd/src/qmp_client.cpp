@@ -101,8 +101,10 @@ Result<Json> QmpClient::execute(const std::string& command, const Json& argument
     }
     if (!msg->contains("id") || (*msg)["id"] != id) continue;  // a reply to an abandoned call
     if (msg->contains("error")) {
-      const auto& err = (*msg)["error"];
-      return make_error("qmp: " + command + " failed: " + err.value("desc", err.dump()));
+      // QEMU sends {"class": ..., "desc": "..."}; anything else is shown as it came.
+      const Json& err = (*msg)["error"];
+      const bool has_desc = err.is_object() && err.contains("desc") && err["desc"].is_string();
+      return make_error("qmp: " + command + " failed: " + (has_desc ? err["desc"].get<std::string>() : err.dump()));
     }
     return msg->value("return", Json::object());
   }

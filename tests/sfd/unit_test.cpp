@@ -341,6 +341,47 @@ TEST(QmpClient, HandshakeCommandsEventsAndErrorsAgainstAFakePeer) {
                                                 "migrate-set-capabilities", "migrate", "cont", "quit"}));
 }
 
+// An error reply of another shape than QEMU's ({"class", "desc": string}) is an Error that
+// shows what came, not an exception out of sfd.
+TEST(QmpClient, MisshapenErrorRepliesAreErrors) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  std::thread peer([&] {
+    FILE* f = fdopen(sv[1], "r+");
+    auto send = [&](const std::string& s) {
+      std::fputs((s + "\r\n").c_str(), f);
+      std::fflush(f);
+    };
+    send(R"({"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}})");
+    const std::vector<nlohmann::json> errors{nlohmann::json::object(), "not an object", {{"desc", 5}},
+                                             {{"class", "GenericError"}}};
+    char line[4096];
+    for (std::size_t n = 0; std::fgets(line, sizeof line, f) != nullptr; ++n) {
+      auto j = nlohmann::json::parse(line);
+      if (n == 0)
+        send(nlohmann::json{{"return", nlohmann::json::object()}, {"id", j["id"]}}.dump());
+      else
+        send(nlohmann::json{{"error", errors.at(n)}, {"id", j["id"]}}.dump());
+      if (n + 1 == errors.size()) break;
+    }
+    std::fclose(f);
+  });
+  auto qmp = sfd::QmpClient::adopt(sv[0]);
+  ASSERT_TRUE(qmp.ok());
+  auto& c = **qmp;
+  ASSERT_TRUE(c.handshake().ok());
+  auto a = c.stop();
+  ASSERT_FALSE(a.ok());
+  EXPECT_NE(a.error().message.find("stop failed: \"not an object\""), std::string::npos) << a.error().message;
+  auto b = c.cont();
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.error().message.find(R"({"desc":5})"), std::string::npos) << b.error().message;
+  auto d = c.query_status();
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.error().message.find("GenericError"), std::string::npos) << d.error().message;
+  peer.join();
+}
+
 TEST(QmpClient, SilentPeerTimesOutInsteadOfHanging) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
