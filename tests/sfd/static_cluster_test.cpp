@@ -47,6 +47,7 @@ TEST(StaticCluster, SigkillOfSfdTakesEveryNodeAlong) {
   TestDirs dirs;
   SfdProcess p({"--nodes", "3", "--mem", "256M", "--", "sh", "-c", "echo node0.up; sleep 600"}, dirs);
   ASSERT_TRUE(p.read_until("node0.up")) << p.out() << p.err();
+  ASSERT_TRUE(qemu_running_for(p.pid())) << "the QEMUs of this run are not where the check looks";
   kill(p.pid(), SIGKILL);
   ASSERT_TRUE(p.finish(std::chrono::seconds(60)).has_value());
   EXPECT_TRUE(wait_no_qemu(p.pid())) << "a QEMU outlived its SIGKILLed sfd";
