@@ -2,6 +2,7 @@
 // "On a Slurm cluster".
 #include "slurm_nodes.hpp"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -148,8 +149,16 @@ void SlurmNodes::release() {
   // The agents end on Shutdown and srun with them; give it time, then end it.
   auto wait_for = [this](milliseconds limit) {
     auto deadline = steady_clock::now() + limit;
-    while (!reap(false) && steady_clock::now() < deadline)
-      std::this_thread::sleep_for(milliseconds(5));
+    while (!reap(false)) {
+      auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
+      if (left <= milliseconds(0)) break;
+      if (pidfd_ >= 0) {
+        pollfd exited{pidfd_, POLLIN, 0};  // readable once srun has exited
+        ::poll(&exited, 1, static_cast<int>(left.count()));
+      } else {
+        std::this_thread::sleep_for(std::min(left, milliseconds(5)));
+      }
+    }
     return status_.has_value();
   };
   if (wait_for(milliseconds(ctx_.kill_grace_ms + 5000))) return;
