@@ -289,18 +289,25 @@ TEST(Paths, OwnerPidOfVmNames) {
   EXPECT_EQ(sfd::owner_pid_of("vader_segment.1"), 0);
 }
 
+// A fake QMP peer's side of a socketpair: one message per line, and QEMU's greeting first.
+static void send_qmp(FILE* f, const std::string& message) {
+  std::fputs((message + "\r\n").c_str(), f);
+  std::fflush(f);
+}
+static FILE* greet_as_qmp(int fd) {
+  FILE* f = fdopen(fd, "r+");
+  send_qmp(f, R"({"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}})");
+  return f;
+}
+
 // A fake QMP peer: greets, answers each command by script, and can send events in between.
 TEST(QmpClient, HandshakeCommandsEventsAndErrorsAgainstAFakePeer) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
   std::vector<std::string> received;
   std::thread peer([&] {
-    FILE* f = fdopen(sv[1], "r+");
-    auto send = [&](const std::string& s) {
-      std::fputs((s + "\r\n").c_str(), f);
-      std::fflush(f);
-    };
-    send(R"({"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}})");
+    FILE* f = greet_as_qmp(sv[1]);
+    auto send = [f](const std::string& s) { send_qmp(f, s); };
     char line[4096];
     while (std::fgets(line, sizeof line, f) != nullptr) {
       auto j = nlohmann::json::parse(line);
@@ -347,12 +354,8 @@ TEST(QmpClient, MisshapenErrorRepliesAreErrors) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
   std::thread peer([&] {
-    FILE* f = fdopen(sv[1], "r+");
-    auto send = [&](const std::string& s) {
-      std::fputs((s + "\r\n").c_str(), f);
-      std::fflush(f);
-    };
-    send(R"({"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}})");
+    FILE* f = greet_as_qmp(sv[1]);
+    auto send = [f](const std::string& s) { send_qmp(f, s); };
     const std::vector<nlohmann::json> errors{nlohmann::json::object(), "not an object", {{"desc", 5}},
                                              {{"class", "GenericError"}}};
     char line[4096];
