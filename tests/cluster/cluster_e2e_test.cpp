@@ -14,11 +14,13 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <memory>
 #include <regex>
 #include <set>
 #include <sstream>
 
 #include "run_command.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -58,24 +60,21 @@ std::optional<Account> account(const char* name) {
 class UserReachableCopies : public ::testing::Environment {
  public:
   static const std::string& dir() {
-    if (dir_.empty()) {
-      char tmpl[] = "/var/tmp/sft-cluster-XXXXXX";
-      if (!mkdtemp(tmpl)) return dir_;
-      chmod(tmpl, 0755);
-      fs::copy_file(sf::test::build_path("bin/mpirun-sf"), fs::path(tmpl) / "mpirun-sf");
+    static const std::string none;
+    if (!dir_) {
+      dir_ = std::make_unique<sf::test::TempDir>("cluster", "/var/tmp");
+      if (!dir_->ok()) return none;
+      chmod(dir_->path().c_str(), 0755);
+      fs::copy_file(sf::test::build_path("bin/mpirun-sf"), *dir_ / "mpirun-sf");
       for (const char* name : kExamples)
-        fs::copy_file(sf::test::build_path(std::string("examples/") + name), fs::path(tmpl) / name);
-      dir_ = tmpl;
+        fs::copy_file(sf::test::build_path(std::string("examples/") + name), *dir_ / name);
     }
-    return dir_;
+    return dir_->ok() ? dir_->path() : none;
   }
-  void TearDown() override {
-    std::error_code ec;
-    if (!dir_.empty()) fs::remove_all(dir_, ec);
-  }
+  void TearDown() override { dir_.reset(); }
 
  private:
-  static inline std::string dir_;
+  static inline std::unique_ptr<sf::test::TempDir> dir_;
 };
 [[maybe_unused]] auto* const g_copies = ::testing::AddGlobalTestEnvironment(new UserReachableCopies);
 
@@ -95,10 +94,10 @@ class ClusterE2E : public ::testing::TestWithParam<Who> {
       user_ = *a;
       ASSERT_FALSE(UserReachableCopies::dir().empty()) << "cannot copy the binaries to /var/tmp";
       // A working directory of the user's own (not under /tmp: every clone overlays its own).
-      char tmpl[] = "/var/tmp/sft-work-XXXXXX";
-      ASSERT_NE(mkdtemp(tmpl), nullptr);
-      work_ = tmpl;
-      ASSERT_EQ(chown(tmpl, user_.uid, user_.gid), 0);
+      work_dir_ = std::make_unique<sf::test::TempDir>("work", "/var/tmp");
+      ASSERT_TRUE(work_dir_->ok()) << work_dir_->error();
+      work_ = work_dir_->path();
+      ASSERT_EQ(chown(work_.c_str(), user_.uid, user_.gid), 0);
     }
     marker_ = sf::test::unique_marker();
     shm_before_ = shm_entries();
@@ -145,8 +144,6 @@ class ClusterE2E : public ::testing::TestWithParam<Who> {
       // No state file stays; nothing of an ordinary user's cluster ever reaches the host's
       // network namespace (checked below by name too).
       EXPECT_EQ(state_files(), "");
-      std::error_code ec;
-      fs::remove_all(work_, ec);
     }
     if (!bridge_.empty()) {
       // The cluster's bridge and veths go with it (sfv<slot>_<i>).
@@ -198,6 +195,7 @@ class ClusterE2E : public ::testing::TestWithParam<Who> {
     std::smatch m;
     if (std::regex_search(out, m, std::regex("Interface: (sfbr[0-9]+)"))) bridge_ = m[1];
   }
+  std::unique_ptr<sf::test::TempDir> work_dir_;  // as_user(): the user's working directory
   std::string marker_, bridge_, work_;
   Account user_;
   std::set<std::string> shm_before_;
@@ -415,10 +413,10 @@ TEST_P(OrdinaryUser, RanksAreTheUserWithoutCapabilitiesAndWhatTheyWriteIsTheUser
 TEST_P(OrdinaryUser, TwoUsersCannotSeeReachKillOrCleanEachOthersClusters) {
   auto other = account(kOtherUser);
   ASSERT_TRUE(other) << "the ordinary test user " << kOtherUser << " does not exist: run scripts/setup as root";
-  char tmpl[] = "/var/tmp/sft-work-XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  std::string other_work = tmpl;
-  ASSERT_EQ(chown(tmpl, other->uid, other->gid), 0);
+  const sf::test::TempDir other_dir("work", "/var/tmp");
+  ASSERT_TRUE(other_dir.ok()) << other_dir.error();
+  const std::string other_work = other_dir.path();
+  ASSERT_EQ(chown(other_work.c_str(), other->uid, other->gid), 0);
   CommandOptions other_options = options();
   account_environment(other_options, *other, other_work);
 
@@ -454,8 +452,6 @@ TEST_P(OrdinaryUser, TwoUsersCannotSeeReachKillOrCleanEachOthersClusters) {
   // The first cluster was not disturbed: every rank finishes.
   CommandResult done = first.wait(60s);
   EXPECT_TRUE(done.exited_with(0)) << done.describe();
-  std::error_code ec;
-  fs::remove_all(other_work, ec);
 }
 
 TEST_P(OrdinaryUser, DisabledUserNamespacesAreAClearErrorAndLeaveNothing) {

@@ -11,6 +11,7 @@
 
 #include "program_output.hpp"
 #include "run_command.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -22,9 +23,8 @@ using sf::test::CommandResult;
 class Installed : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/var/tmp/sft-install-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
+    ASSERT_TRUE(dir_.ok()) << dir_.error();
+    root_ = dir_.fs_path();
     prefix_ = root_ / "prefix";
     CommandOptions o;
     o.timeout = 120s;
@@ -40,10 +40,6 @@ class Installed : public ::testing::Test {
       if (e.path().filename().string().rfind("snowflock.cpython-", 0) == 0) pythondir_ = e.path().parent_path();
     ASSERT_FALSE(pythondir_.empty()) << "no Python module snowflock installed";
   }
-  void TearDown() override {
-    std::error_code ec;
-    if (!root_.empty()) fs::remove_all(root_, ec);
-  }
   CommandOptions options() const {
     CommandOptions o;
     o.timeout = 120s;
@@ -52,6 +48,7 @@ class Installed : public ::testing::Test {
                      "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"};
     return o;
   }
+  sf::test::TempDir dir_{"install", "/var/tmp"};
   fs::path root_, prefix_, libdir_, pythondir_;
 };
 
@@ -157,9 +154,9 @@ namespace {
 
 // The Debian package of the same tree (what scripts/package makes from a release build).
 TEST(DebianPackage, DeclaresItsDependenciesInstallsAndItsMpirunSfRuns) {
-  char tmpl[] = "/var/tmp/sft-deb-XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  const fs::path root = tmpl;
+  const sf::test::TempDir dir("deb", "/var/tmp");
+  ASSERT_TRUE(dir.ok()) << dir.error();
+  const fs::path root = dir.fs_path();
   CommandOptions o;
   o.timeout = 240s;
   o.working_directory = root.string();
@@ -201,8 +198,6 @@ TEST(DebianPackage, DeclaresItsDependenciesInstallsAndItsMpirunSfRuns) {
   CommandResult import = sf::test::run_command({"/usr/bin/python3", "-c", "import snowflock; print(snowflock.ERR_BAD_STATE)"}, o);
   EXPECT_TRUE(import.exited_with(0)) << import.describe();
   EXPECT_EQ(import.stdout_text, "11\n") << import.describe();
-  std::error_code ec;
-  fs::remove_all(root, ec);
 }
 
 }  // namespace

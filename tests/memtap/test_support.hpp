@@ -22,6 +22,8 @@
 #include <utility>
 #include <vector>
 
+#include "temp_dir.hpp"
+
 namespace memtap_test {
 
 namespace fs = std::filesystem;
@@ -32,21 +34,9 @@ inline std::string memtap_bin() { return MEMTAP_BIN; }
 #endif
 
 // A directory under /tmp named sft-memtap-*, removed with everything in it.
-class TempDir {
+class TempDir : public sf::test::TempDir {
  public:
-  TempDir() {
-    char tmpl[] = "/tmp/sft-memtap-XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : sf::test::TempDir("memtap") {}
 };
 
 inline std::string read_file(const std::string& path) {

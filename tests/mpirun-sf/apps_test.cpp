@@ -14,6 +14,7 @@
 
 #include "program_output.hpp"
 #include "run_command.hpp"
+#include "temp_dir.hpp"
 
 namespace {
 
@@ -24,19 +25,11 @@ namespace fs = std::filesystem;
 
 class RealApps : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/var/tmp/sft-apps-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
+  void SetUp() override { ASSERT_TRUE(dir_.ok()) << dir_.error(); }
   CommandResult run(std::vector<std::string> argv) {
     CommandOptions o;
     o.timeout = 300s;
-    o.working_directory = dir_.string();
+    o.working_directory = dir_.path();
     o.environment = {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"};
     return sf::test::run_command(argv, o);
   }
@@ -56,7 +49,7 @@ class RealApps : public ::testing::Test {
     s << in.rdbuf();
     return s.str();
   }
-  fs::path dir_;
+  sf::test::TempDir dir_{"apps", "/var/tmp"};
 };
 
 // What of HPCC's output must equal mpirun's: HPL's scaled residual and pass line, the

@@ -19,6 +19,7 @@
 
 #include "pmix-plugin/job_map.hpp"
 #include "pmix-plugin/server.hpp"
+#include "temp_dir.hpp"
 
 extern char** environ;
 
@@ -133,14 +134,13 @@ std::string joined(const std::vector<std::string>& v) {
 class PmixServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    char tmpl[] = "/tmp/sft-pmix-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    session_dir_ = tmpl;
+    session_dir_ = new sf::test::TempDir("pmix");
+    ASSERT_TRUE(session_dir_->ok()) << session_dir_->error();
     setenv("PMIX_MCA_gds", "hash", 1);
     // Fences among ranks of one node reach the host only without this optimisation.
     setenv("PMIX_MCA_pmix_server_fence_localonly_opt", "0", 1);
     host_ = new RecordingHost;
-    auto server = sf::pmix::PmixServer::start({session_dir_, "sft-node", 0}, *host_);
+    auto server = sf::pmix::PmixServer::start({session_dir_->path(), "sft-node", 0}, *host_);
     ASSERT_TRUE(server) << server.error().message;
     server_ = server->release();
   }
@@ -149,8 +149,8 @@ class PmixServerTest : public ::testing::Test {
     server_ = nullptr;
     delete host_;
     host_ = nullptr;
-    std::error_code ec;
-    fs::remove_all(session_dir_, ec);
+    delete session_dir_;
+    session_dir_ = nullptr;
   }
 
   // Registers a 2-rank job and runs both ranks as clients doing `what`; returns their statuses.
@@ -189,7 +189,7 @@ class PmixServerTest : public ::testing::Test {
     return statuses;
   }
 
-  static inline std::string session_dir_;
+  static inline sf::test::TempDir* session_dir_ = nullptr;
   static inline RecordingHost* host_ = nullptr;
   static inline sf::pmix::PmixServer* server_ = nullptr;
   static inline int jobs_ = 0;

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -21,6 +22,7 @@
 
 #include "program_output.hpp"
 #include "run_command.hpp"
+#include "temp_dir.hpp"
 #include "testbed_leftovers.hpp"
 
 namespace {
@@ -56,10 +58,13 @@ class Testbed : public ::testing::Environment {
   static const std::string& bin() { return bin_; }
   void SetUp() override {
     if (geteuid() != 0) return;  // the tests skip themselves
-    char tmpl[] = "/var/tmp/sft-slurm-XXXXXX";
-    if (!mkdtemp(tmpl)) return;
-    chmod(tmpl, 0755);
-    bin_ = tmpl;
+    bin_dir_ = std::make_unique<sf::test::TempDir>("slurm", "/var/tmp");
+    if (!bin_dir_->ok()) {
+      error_ = bin_dir_->error();
+      return;
+    }
+    bin_ = bin_dir_->path();
+    chmod(bin_.c_str(), 0755);
     fs::copy_file(sf::test::build_path("bin/mpirun-sf"), fs::path(bin_) / "mpirun-sf");
     for (const char* name : kExamples)
       fs::copy_file(sf::test::build_path(std::string("examples/") + name), fs::path(bin_) / name);
@@ -74,13 +79,13 @@ class Testbed : public ::testing::Environment {
   void TearDown() override {
     if (geteuid() != 0) return;
     testbed_command({"down"});
-    std::error_code ec;
-    if (!bin_.empty()) fs::remove_all(bin_, ec);
+    bin_dir_.reset();
   }
   static const std::string& error() { return error_; }
 
  private:
   static inline bool up_ = false;
+  static inline std::unique_ptr<sf::test::TempDir> bin_dir_;
   static inline std::string bin_, error_;
 };
 [[maybe_unused]] auto* const g_testbed = ::testing::AddGlobalTestEnvironment(new Testbed);
@@ -140,10 +145,10 @@ class SlurmJobs : public ::testing::TestWithParam<Who> {
       gid_ = pw->pw_gid;
       home_ = pw->pw_dir;
     }
-    char tmpl[] = "/var/tmp/sft-slurm-work-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    work_ = tmpl;
-    ASSERT_EQ(chown(tmpl, uid_, gid_), 0);
+    work_dir_ = std::make_unique<sf::test::TempDir>("slurm-work", "/var/tmp");
+    ASSERT_TRUE(work_dir_->ok()) << work_dir_->error();
+    work_ = work_dir_->path();
+    ASSERT_EQ(chown(work_.c_str(), uid_, gid_), 0);
     marker_ = sf::test::unique_marker();
   }
   void TearDown() override {
@@ -154,8 +159,6 @@ class SlurmJobs : public ::testing::TestWithParam<Who> {
     EXPECT_TRUE(left.empty()) << "left behind:\n" << sf::test::describe(left);
     EXPECT_EQ(queue(), "") << "a job outlived the test";
     EXPECT_EQ(session_dirs(), "");
-    std::error_code ec;
-    fs::remove_all(work_, ec);
   }
   bool as_user() const { return GetParam() == Who::ordinary_user; }
   std::string bin(const std::string& name) const { return Testbed::bin() + "/" + name; }
@@ -246,6 +249,7 @@ class SlurmJobs : public ::testing::TestWithParam<Who> {
 
   uid_t uid_ = 0;
   gid_t gid_ = 0;
+  std::unique_ptr<sf::test::TempDir> work_dir_;
   std::string home_, work_, marker_;
 };
 
