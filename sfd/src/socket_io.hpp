@@ -1,5 +1,5 @@
 // sfd (internal): whole-buffer socket reads and writes with timeouts, for the small control
-// exchanges of remote clones (remote_clone.cpp, remote_member.cpp), and write_all for any fd
+// exchanges of remote clones (remote_origin.cpp, remote_clone.cpp, remote_member.cpp), and write_all for any fd
 // (family.cpp).
 #pragma once
 
