@@ -12,7 +12,8 @@ namespace asio = boost::asio;
 namespace sf::mpirun {
 
 Coordinator::Coordinator(asio::io_context& io, const LaunchContext& ctx, OutputSink& sink)
-    : io_(io), ctx_(ctx), sink_(sink), nodes_(ctx.map.nodes.size(), nullptr), timeout_(io) {}
+    : io_(io), ctx_(ctx), sink_(sink), nodes_(ctx.map.nodes.size(), nullptr), timeout_(io),
+      teardown_deadline_(io) {}
 
 std::string Coordinator::jobid() const {
   // Open MPI names processes [[jobfamily,job],rank]; ours is [[pid,1],rank].
@@ -59,6 +60,22 @@ void Coordinator::kill_job(const std::string& reason) {
   // Parked lookups and open fences will never complete now.
   parked_.clear();
   timeout_.cancel();
+  // A node that never hears of the kill (its link is down, its agent stopped) would keep the
+  // job waiting forever, past --timeout: give every node the kill grace and some seconds to
+  // finish, then count the rest as lost.
+  const auto bound = std::chrono::milliseconds(ctx_.kill_grace_ms + ctx_.teardown_margin_ms);
+  teardown_deadline_.expires_after(bound);
+  teardown_deadline_.async_wait([this, bound](const boost::system::error_code& ec) {
+    if (ec) return;
+    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(bound).count();
+    for (size_t n = 0; n < nodes_.size(); ++n) {
+      // The launcher's own node (an in-process agent) ends its ranks itself.
+      if (finished_nodes_.count(static_cast<int>(n)) || dynamic_cast<LocalLink*>(nodes_[n])) continue;
+      abandoned_ = true;
+      node_lost(static_cast<int>(n), "it did not finish within " + std::to_string(seconds) +
+                                         " s after the job was killed");
+    }
+  });
 }
 
 void Coordinator::start_timeout() {

@@ -40,6 +40,9 @@ class Coordinator {
   void stdin_data(int rank, std::string data, bool eof);
 
   bool done() const { return finished_nodes_.size() == nodes_.size(); }
+  // Whether some node was given up because it did not finish after the job was killed (its
+  // link may be down): its clone must then be killed rather than waited for.
+  bool abandoned_nodes() const { return abandoned_; }
   const JobOutcome& outcome() const { return outcome_; }
   std::string jobid() const;
 
@@ -81,6 +84,9 @@ class Coordinator {
   std::vector<ParkedLookup> parked_;
   std::map<std::pair<int, int>, std::unique_ptr<boost::asio::steady_timer>> partial_timers_;
   boost::asio::steady_timer timeout_;
+  // Bounds the teardown: nodes that have not finished this long after KillJob are lost.
+  boost::asio::steady_timer teardown_deadline_;
+  bool abandoned_ = false;
 };
 
 }  // namespace sf::mpirun

@@ -20,6 +20,7 @@ struct LaunchContext {
   std::vector<std::string> program_paths;  // per application context, resolved
   std::vector<std::string> app_wdirs;      // per application context, absolute
   int kill_grace_ms = 2000;                // SIGTERM, then SIGKILL after this
+  int teardown_margin_ms = 10000;          // after the grace: a node still running is lost
   TerminalSize terminal_size;              // of the launcher's terminal: the ranks' get it
 };
 

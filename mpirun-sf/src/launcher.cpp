@@ -222,6 +222,7 @@ int run_launcher_node(LaunchContext& ctx, int local_node, RemoteNodes* remote, R
   }
   int exit_code = 0;
   std::string closing;
+  bool abandoned = false;
   {
     asio::io_context io;
     OutputOptions oo{spec.tag_output, spec.timestamp_output, spec.merge_stderr_to_stdout,
@@ -391,8 +392,13 @@ int run_launcher_node(LaunchContext& ctx, int local_node, RemoteNodes* remote, R
         closing = coordinator.outcome().closing_message(coordinator.jobid());
     }
     for (auto& [n, l] : node_links) l->close();
+    abandoned = coordinator.abandoned_nodes();
   }
-  if (remote) remote->release();
+  if (remote) {
+    // A node given up during teardown never got the shutdown: end it instead of waiting.
+    if (abandoned) remote->kill();
+    else remote->release();
+  }
   std::error_code ec;
   fs::remove_all(session_dir, ec);
   if (!closing.empty()) fputs(closing.c_str(), stderr);

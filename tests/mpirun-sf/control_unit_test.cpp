@@ -140,5 +140,28 @@ TEST(Coordinator, WellFormedFenceOfAllNodes) {
   }
 }
 
+TEST(Coordinator, ANodeThatNeverHearsOfTheKillIsLostAfterTheGraceAndMargin) {
+  // A clone whose link went down never gets KillJob nor sends NodeFinished: the job must
+  // still end (it waited forever, past --timeout), with that node given up.
+  Job job;
+  job.ctx.kill_grace_ms = 0;
+  job.ctx.teardown_margin_ms = 0;
+  Envelope m;
+  m.mutable_rank_exited()->set_rank(0);
+  m.mutable_rank_exited()->set_code(5);
+  job.coordinator->handle(0, m);
+  for (int n : {0, 1}) {
+    m.Clear();
+    m.mutable_node_finished()->set_node(static_cast<uint32_t>(n));
+    job.coordinator->handle(n, m);
+  }
+  EXPECT_FALSE(job.coordinator->done());
+  EXPECT_FALSE(job.coordinator->abandoned_nodes());
+  job.io.run_for(std::chrono::seconds(5));
+  EXPECT_TRUE(job.coordinator->done());
+  EXPECT_TRUE(job.coordinator->abandoned_nodes());
+  EXPECT_EQ(job.coordinator->outcome().exit_code(), 5);
+}
+
 }  // namespace
 }  // namespace sf::mpirun
