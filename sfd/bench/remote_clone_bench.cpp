@@ -24,6 +24,7 @@
 #include "sfd/paths.hpp"
 #include "sfd/remote_clone.hpp"
 #include "sfd/vm.hpp"
+#include "namespace_hosts.hpp"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -39,11 +40,6 @@ void check_stop() {
   if (g_stop != 0) throw std::runtime_error("interrupted");
 }
 
-int sh(const std::string& cmd) {
-  const int rc = std::system(("(" + cmd + ") >/dev/null 2>&1").c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
 std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   std::stringstream ss;
@@ -57,32 +53,14 @@ int count_of(const std::string& s, const std::string& what) {
   return n;
 }
 
-struct Hosts {
-  std::string prefix = "sfbrc" + std::to_string(getpid() % 100000);
-  std::string bridge = prefix + "br";
-  std::string net = "10.78." + std::to_string(getpid() % 200 + 20) + ".";
-  int n = 0;
-  bool ok = false;
-  std::string ns(int i) const { return prefix + "-" + std::to_string(i); }
-  explicit Hosts(int hosts) : n(hosts) {
-    ok = sh("ip link add " + bridge + " type bridge mcast_snooping 0") == 0 &&
-         sh("ip addr add " + net + "1/24 dev " + bridge) == 0 && sh("ip link set " + bridge + " up") == 0;
-    for (int i = 1; ok && i <= n; ++i) {
-      const std::string veth = prefix + "h" + std::to_string(i);
-      ok = sh("ip netns add " + ns(i)) == 0 && sh("ip link add " + veth + " type veth peer name eth0 netns " + ns(i)) == 0 &&
-           sh("ip link set " + veth + " master " + bridge + " up") == 0 && sh("ip -n " + ns(i) + " link set lo up") == 0 &&
-           sh("ip -n " + ns(i) + " addr add " + net + std::to_string(10 + i) + "/24 dev eth0") == 0 &&
-           sh("ip -n " + ns(i) + " link set eth0 up") == 0;
-    }
-  }
-  ~Hosts() {
-    for (int i = 1; i <= n; ++i) {
-      sh("ip netns del " + ns(i));
-      sh("ip link del " + prefix + "h" + std::to_string(i));
-    }
-    sh("ip link del " + bridge);
-  }
-};
+// Namespace hosts on a private bridge (the tests' own test bed), subnet 10.78.X.0/24.
+using Hosts = sf::test::NamespaceHosts;
+Hosts::Options host_options() {
+  Hosts::Options o;
+  o.tag = "brc";
+  o.net_base = "10.78";
+  return o;
+}
 
 struct Remote {
   pid_t pid = -1;
@@ -185,7 +163,7 @@ int main(int argc, char** argv) {
   json result = {{"mem_mib", mem}, {"runs", runs}, {"ticks", ticks}};
   int rc = 0;
   try {
-    Hosts hosts(4);
+    Hosts hosts(4, host_options());
     if (!hosts.ok) throw std::runtime_error("cannot build the bridge and namespaces (needs root)");
     auto image = sfd::ensure_host_guest_image();
     if (!image) throw std::runtime_error(image.error().message);

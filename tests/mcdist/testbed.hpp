@@ -1,7 +1,8 @@
 // mcdist tests: a throw-away network of namespaces on one bridge (hosts "s", 1..N and
-// optionally "i" for an injector), link impairments with nftables and htb (netem is not in
-// this kernel), and child processes run inside the namespaces. Everything is named with a
-// per-process "sft<pid>" prefix and removed in the destructor, on every path.
+// optionally "i" for an injector; tests/common/namespace_hosts.hpp), link impairments with
+// nftables and htb (netem is not in this kernel), and child processes run inside the
+// namespaces. Everything is named with a per-process prefix and removed in the destructor, on
+// every path.
 #pragma once
 
 #include <signal.h>
@@ -16,6 +17,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "namespace_hosts.hpp"
 
 namespace mcdist_test {
 
@@ -34,27 +37,10 @@ inline std::string read_file(const std::string& path) {
 class Testbed {
  public:
   explicit Testbed(int receivers, bool injector = false, int mtu = 9000)
-      : prefix_("sft" + std::to_string(getpid() % 100000)) {
-    hosts_.push_back("s");
-    for (int i = 1; i <= receivers; ++i) hosts_.push_back(std::to_string(i));
-    if (injector) hosts_.push_back("i");
+      : hosts_(host_list(receivers, injector), options(mtu)), prefix_(hosts_.prefix) {
     tmp_ = "/tmp/" + prefix_ + "-mcdist";
     sh("rm -rf " + tmp_);
     sh("mkdir -p " + tmp_);
-    std::string br = prefix_ + "br";
-    ok_ = sh("ip link add " + br + " type bridge mcast_snooping 0") == 0 &&
-          sh("ip link set " + br + " mtu " + std::to_string(mtu) + " up") == 0;
-    int n = 0;
-    for (auto& h : hosts_) {
-      std::string ns = netns(h), veth = host_veth(h);
-      std::string addr = h == "s" ? "10.77.0.1" : h == "i" ? "10.77.0.9" : "10.77.0." + std::to_string(10 + ++n);
-      ok_ = ok_ && sh("ip netns add " + ns) == 0 &&
-            sh("ip link add " + veth + " type veth peer name eth0 netns " + ns) == 0 &&
-            sh("ip link set " + veth + " master " + br + " mtu " + std::to_string(mtu) + " up") == 0 &&
-            sh("ip -n " + ns + " link set lo up") == 0 &&
-            sh("ip -n " + ns + " link set eth0 mtu " + std::to_string(mtu) + " up") == 0 &&
-            sh("ip -n " + ns + " addr add " + addr + "/24 dev eth0") == 0;
-    }
   }
 
   ~Testbed() {
@@ -62,20 +48,17 @@ class Testbed {
       kill(p, SIGKILL);
       waitpid(p, nullptr, 0);
     }
-    for (auto& h : hosts_) {
-      sh("nft delete table netdev " + prefix_ + "_" + h);
-      sh("ip netns del " + netns(h));
-      sh("ip link del " + host_veth(h));
-    }
-    sh("ip link del " + prefix_ + "br");
+    for (const auto& h : hosts_.hosts()) sh("nft delete table netdev " + prefix_ + "_" + h.name);
     sh("rm -rf " + tmp_);
-  }
+  }  // then hosts_ removes the namespaces, veths and bridge
 
-  bool ok() const { return ok_; }
+  bool ok() const { return hosts_.ok; }
   const std::string& prefix() const { return prefix_; }
   const std::string& tmp() const { return tmp_; }
-  std::string netns(const std::string& h) const { return prefix_ + "-" + h; }
-  std::string host_veth(const std::string& h) const { return prefix_ + "h" + h; }
+  std::string netns(const std::string& h) const { return hosts_.ns(h); }
+  std::string host_veth(const std::string& h) const { return hosts_.veth(h); }
+  // Host h's address: "s" the sender, "i" the injector, "1".."N" the receivers.
+  std::string address(const std::string& h) const { return hosts_.address(h); }
   std::string receiver(int i) const { return std::to_string(i); }
 
   // Impairs the link towards host h (egress of its bridge port): loss and duplication with
@@ -147,11 +130,25 @@ class Testbed {
   }
 
  private:
+  static std::vector<sf::test::NamespaceHosts::Host> host_list(int receivers, bool injector) {
+    std::vector<sf::test::NamespaceHosts::Host> v{{"s", 1}};
+    for (int i = 1; i <= receivers; ++i) v.push_back({std::to_string(i), 10 + i});
+    if (injector) v.push_back({"i", 9});
+    return v;
+  }
+  static sf::test::NamespaceHosts::Options options(int mtu) {
+    sf::test::NamespaceHosts::Options o;
+    o.tag = "mc";
+    o.mtu = mtu;
+    o.bridge_address = false;
+    o.net_base = "10.77";
+    return o;
+  }
+
+  sf::test::NamespaceHosts hosts_;
   std::string prefix_;
-  std::vector<std::string> hosts_;
   std::vector<pid_t> children_;
   std::string tmp_;
-  bool ok_ = false;
 };
 
 }  // namespace mcdist_test

@@ -366,12 +366,12 @@ TEST(MemtapMulticast, TwoClientsInNamespacesGetTheImageAndTheSecondStoresPagesIt
     const std::vector<std::string> mcast{"--mcast-iface", "eth0", "--mcast-group", "239.255.77.9", "--mcast-port", "7709",
                                          "--mcast-key-file", dir / "key"};
     const std::vector<std::string> env{};  // no SIGBUS expected: the sanitizers check the clients fully
-    std::vector<std::string> serve{memtap_bin(), "serve", dir / "img", "--listen", "10.77.0.1:0", "--port-file", dir / "port"};
+    std::vector<std::string> serve{memtap_bin(), "serve", dir / "img", "--listen", net.address("s") + ":0", "--port-file", dir / "port"};
     serve.insert(serve.end(), mcast.begin(), mcast.end());
     Child server = Child::spawn(in_netns(net.netns("s"), serve), {}, dir / "server.out", dir / "server.err", false);
     ASSERT_TRUE(eventually([&] { return fs::exists(dir / "port") || !server.running(); }));
     ASSERT_TRUE(fs::exists(dir / "port")) << read_file(dir / "server.err");
-    const std::string address = "10.77.0.1:" + std::to_string(std::atoi(read_file(dir / "port").c_str()));
+    const std::string address = net.address("s") + ":" + std::to_string(std::atoi(read_file(dir / "port").c_str()));
 
     auto touch = [&](const std::string& host, std::vector<std::string> extra, bool pipe) {
       std::vector<std::string> argv{memtap_bin(), "touch", address, "--token-file", dir / "img.token", "--compare",

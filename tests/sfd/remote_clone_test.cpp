@@ -24,6 +24,8 @@
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+using sf::test::NamespaceHosts;
+
 namespace {
 
 std::string read_file(const fs::path& p) {

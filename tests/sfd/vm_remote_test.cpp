@@ -18,6 +18,8 @@
 #include "e2e_support.hpp"
 #include "namespace_hosts.hpp"
 
+using sf::test::NamespaceHosts;
+
 namespace {
 
 using json = nlohmann::json;
@@ -79,7 +81,7 @@ struct SshServer {
   bool ok = false;
   static constexpr int kPort = 2222;
 
-  SshServer(const NamespaceHosts& hosts, unsigned k, const RunAs& user) : address(hosts.net + std::to_string(10 + k)) {
+  SshServer(const NamespaceHosts& hosts, unsigned k, const RunAs& user) : address(hosts.address(k)) {
     user_name = getpwuid(user.uid)->pw_name;
     home_ssh = fs::path(user.home) / ".ssh";
     fs::create_directories(home_ssh);
