@@ -8,6 +8,7 @@
 //   ASSERT_TRUE(dir.ok()) << dir.error();         mkdtemp can fail (full or read-only base)
 //   dir.path()  (std::string), dir.fs_path(), dir / "file"  (std::string)
 //   dir.release()                                 keeps the directory: the caller removes it
+//   sf::test::make_temp_dir("sfd", "/dev/shm")    a directory the caller owns and removes
 #pragma once
 
 #include <cerrno>
@@ -59,5 +60,11 @@ class TempDir {
   std::string path_;
   std::string error_;
 };
+
+// A new directory base/sft-<what>-XXXXXX that the caller removes (prefer TempDir, which removes
+// it on every path); an empty path if it cannot be made.
+inline std::filesystem::path make_temp_dir(std::string_view what, const std::filesystem::path& base = "/tmp") {
+  return TempDir(what, base).release();
+}
 
 }  // namespace sf::test

@@ -23,8 +23,11 @@
 #include "sfd/paths.hpp"
 #include "sfd/rootfs.hpp"
 #include "sfd/vm.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
+
+using sf::test::make_temp_dir;
 
 namespace {
 
@@ -47,12 +50,6 @@ bool wait_for_text(const fs::path& file, const std::string& text, std::chrono::s
 std::uint64_t hash_file(const fs::path& p) {
   const std::string s = read_file(p);
   return XXH3_64bits(s.data(), s.size());
-}
-
-fs::path make_temp_dir(const fs::path& base) {
-  std::string t = (base / "sft-sfd-XXXXXX").string();
-  EXPECT_NE(mkdtemp(t.data()), nullptr);
-  return t;
 }
 
 // Reads a VM's guest I/O stream (sf.io) and collects its stdout.
@@ -118,9 +115,9 @@ TEST(LocalClone, ARunningGuestWithItsRootOnDisksClonesAndEveryCopyRunsOn) {
   ASSERT_TRUE(image.ok()) << image.error().message;
   auto system = sfd::ensure_host_system_image();
   ASSERT_TRUE(system.ok()) << system.error().message;
-  const auto run = make_temp_dir("/tmp");
-  const auto ram = make_temp_dir("/dev/shm");
-  const auto work = make_temp_dir("/tmp");
+  const auto run = make_temp_dir("sfd");
+  const auto ram = make_temp_dir("sfd", "/dev/shm");
+  const auto work = make_temp_dir("sfd");
   std::ofstream(work / "start") << "40\n";
   setenv("SF_RUNTIME_DIR", run.c_str(), 1);
   setenv("SF_RAM_DIR", ram.c_str(), 1);
@@ -179,8 +176,8 @@ TEST(LocalClone, TwoClonesAndTheParentRunOnFromAFrozenImage) {
   ASSERT_TRUE(inputs.ok()) << inputs.error().message;
   auto image = sfd::ensure_guest_image(*inputs, sfd::cache_dir());
   ASSERT_TRUE(image.ok()) << image.error().message;
-  const auto run = make_temp_dir("/tmp");
-  const auto ram = make_temp_dir("/dev/shm");
+  const auto run = make_temp_dir("sfd");
+  const auto ram = make_temp_dir("sfd", "/dev/shm");
   setenv("SF_RUNTIME_DIR", run.c_str(), 1);
   setenv("SF_RAM_DIR", ram.c_str(), 1);
   {

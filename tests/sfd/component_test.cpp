@@ -17,16 +17,13 @@
 #include "sfd/qmp_client.hpp"
 #include "sfd/rootfs.hpp"
 #include "sfd/vm.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 
-namespace {
+using sf::test::make_temp_dir;
 
-fs::path make_temp_dir() {
-  std::string t = (fs::temp_directory_path() / "sft-sfd-XXXXXX").string();
-  EXPECT_NE(mkdtemp(t.data()), nullptr);
-  return t;
-}
+namespace {
 
 std::string run_capture(const std::string& cmd) {
   std::string out;
@@ -44,7 +41,7 @@ std::string run_capture(const std::string& cmd) {
 TEST(GuestImageBuild, BuildsOnceFromTheHostKernelAndRebuildsWhenAnInputChanges) {
   auto inputs = sfd::find_guest_inputs();
   if (!inputs) GTEST_SKIP() << "no usable guest kernel here: " << inputs.error().message;
-  const auto cache = make_temp_dir();
+  const auto cache = make_temp_dir("sfd");
   auto first = sfd::ensure_guest_image(*inputs, cache);
   ASSERT_TRUE(first.ok()) << first.error().message;
   EXPECT_TRUE(first->built_now);
@@ -110,7 +107,7 @@ TEST(QmpClientWithQemu, TalksToARealQemu) {
 }
 
 TEST(StaleSweep, RemovesFilesOfADeadSfdAndKeepsLiveOnes) {
-  const auto dir = make_temp_dir();
+  const auto dir = make_temp_dir("sfd");
   setenv("SF_RAM_DIR", (dir / "ram").c_str(), 1);
   setenv("SF_RUNTIME_DIR", (dir / "run").c_str(), 1);
   fs::create_directories(dir / "ram");
@@ -138,7 +135,7 @@ TEST(StaleSweep, RemovesFilesOfADeadSfdAndKeepsLiveOnes) {
 TEST(AccelChoice, ProbesOnceSaysWhyAndHonoursSfAccel) {
   auto inputs = sfd::find_guest_inputs();
   ASSERT_TRUE(inputs.ok()) << inputs.error().message;
-  const auto cache = make_temp_dir();
+  const auto cache = make_temp_dir("sfd");
   auto image = sfd::ensure_guest_image(*inputs, cache);
   ASSERT_TRUE(image.ok()) << image.error().message;
   setenv("SF_CACHE_DIR", cache.c_str(), 1);
@@ -178,7 +175,7 @@ void write_text(const fs::path& p, const std::string& text) {
 // rebuilt (and the old one removed) when an included file changes, not when an excluded one
 // does; the image holds the included trees and the merged-/usr links, not the rest.
 TEST(SystemImage, ReusedUntilAnIncludedFileChangesThenRebuilt) {
-  const auto dir = make_temp_dir();
+  const auto dir = make_temp_dir("sfd");
   const auto root = dir / "root";
   write_text(root / "usr/bin/prog", "program-v1");
   write_text(root / "usr/share/doc/readme", "docs");
@@ -229,7 +226,7 @@ TEST(SystemImage, ReusedUntilAnIncludedFileChangesThenRebuilt) {
 }
 
 TEST(WorkImage, PacksThePathsAndRefusesTooMuchData) {
-  const auto dir = make_temp_dir();
+  const auto dir = make_temp_dir("sfd");
   write_text(dir / "job/input", "0123456789");
   write_text(dir / "tools/t", "tool");
   write_text(dir / "unrelated", "no");

@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.hpp"
+
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
@@ -28,17 +30,11 @@ inline namespace sfd_e2e {
 
 inline constexpr auto kBootDeadline = std::chrono::seconds(300);
 
-inline fs::path make_temp_dir(const fs::path& base) {
-  std::string t = (base / "sft-sfd-XXXXXX").string();
-  EXPECT_NE(mkdtemp(t.data()), nullptr);
-  return t;
-}
-
 // Private runtime and RAM directories, so the cleanup checks see only what these tests made.
 struct TestDirs {
-  fs::path work = make_temp_dir("/tmp");
-  fs::path run = make_temp_dir("/tmp");
-  fs::path ram = make_temp_dir("/dev/shm");
+  fs::path work = sf::test::make_temp_dir("sfd");
+  fs::path run = sf::test::make_temp_dir("sfd");
+  fs::path ram = sf::test::make_temp_dir("sfd", "/dev/shm");
   ~TestDirs() {
     std::error_code ec;
     fs::remove_all(work, ec);

@@ -20,11 +20,14 @@
 #include "sfd/remote_clone.hpp"
 #include "sfd/vm.hpp"
 #include "namespace_hosts.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 using sf::test::NamespaceHosts;
+
+using sf::test::make_temp_dir;
 
 namespace {
 
@@ -96,12 +99,6 @@ int wait_exit(pid_t pid, std::chrono::seconds limit) {
   }
 }
 
-fs::path make_temp_dir(const fs::path& base) {
-  std::string t = (base / "sft-rc-XXXXXX").string();
-  EXPECT_NE(mkdtemp(t.data()), nullptr);
-  return t;
-}
-
 }  // namespace
 
 TEST(RemoteClone, RunsOnANamespaceHostWithMemoryFromMemtapOverMcdistAndCleansUp) {
@@ -109,8 +106,8 @@ TEST(RemoteClone, RunsOnANamespaceHostWithMemoryFromMemtapOverMcdistAndCleansUp)
   ASSERT_TRUE(hosts.ok) << "cannot build the bridge and namespace (needs root)";
   auto image = sfd::ensure_host_guest_image();
   ASSERT_TRUE(image.ok()) << image.error().message;
-  const auto run = make_temp_dir("/tmp");
-  const auto ram = make_temp_dir("/dev/shm");
+  const auto run = make_temp_dir("rc");
+  const auto ram = make_temp_dir("rc", "/dev/shm");
   setenv("SF_RUNTIME_DIR", run.c_str(), 1);
   setenv("SF_RAM_DIR", ram.c_str(), 1);
   {

@@ -18,17 +18,14 @@
 #include "sfd/run.hpp"
 #include "sfd/static_cluster.hpp"
 #include "sfd/vm.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 namespace gio = sfd::guest_io;
 
-namespace {
+using sf::test::make_temp_dir;
 
-fs::path make_temp_dir() {
-  std::string t = (fs::temp_directory_path() / "sft-sfd-XXXXXX").string();
-  EXPECT_NE(mkdtemp(t.data()), nullptr);
-  return t;
-}
+namespace {
 
 void write_file(const fs::path& p, const std::string& text) {
   fs::create_directories(p.parent_path());
@@ -150,7 +147,7 @@ TEST(RootFs, RootModeParses) {
 }
 
 TEST(RootFs, ExcludesKeepOnlyTheIncludedPathsAndTheirAncestors) {
-  const auto dir = make_temp_dir();
+  const auto dir = make_temp_dir("sfd");
   for (const char* f : {"usr/bin/sh", "usr/share/doc/x", "etc/passwd", "var/log/l", "home/u/job/a", "home/u/other/b", "home/v/c"})
     write_file(dir / f, "x");
   auto ex = sfd::erofs_excludes_for(dir, {"usr", "etc", "home/u/job"}, {"usr/share/doc"});
@@ -160,7 +157,7 @@ TEST(RootFs, ExcludesKeepOnlyTheIncludedPathsAndTheirAncestors) {
 }
 
 TEST(RootFs, WorkImagePathsAddTheCommandsAndSfdsDirectoriesWhenElsewhere) {
-  const auto dir = make_temp_dir();
+  const auto dir = make_temp_dir("sfd");
   write_file(dir / "job/sub/prog", "x");
   write_file(dir / "tools/bin/tool", "x");
   fs::permissions(dir / "tools/bin/tool", fs::perms::owner_all);
@@ -180,7 +177,7 @@ TEST(RootFs, WorkImagePathsAddTheCommandsAndSfdsDirectoriesWhenElsewhere) {
 }
 
 TEST(GuestImage, ModuleOrderPutsDependenciesFirst) {
-  const auto dir = make_temp_dir();
+  const auto dir = make_temp_dir("sfd");
   write_file(dir / "modules.dep",
              "kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko\n"
              "kernel/net/9p/9pnet.ko:\n"
@@ -203,7 +200,7 @@ TEST(GuestImage, ModuleOrderPutsDependenciesFirst) {
 }
 
 TEST(GuestImage, KeyChangesWhenAnyInputChanges) {
-  const auto dir = make_temp_dir();
+  const auto dir = make_temp_dir("sfd");
   write_file(dir / "vmlinuz", "kernel-bytes");
   write_file(dir / "busybox", "busybox-bytes");
   write_file(dir / "mods/kernel/a.ko", "module-a");

@@ -74,7 +74,7 @@ std::vector<std::string> cat(std::vector<std::string> a, const std::vector<std::
 // key of the ordinary test user's own authorized there: how an ordinary user's sfd really
 // starts its members on other hosts. Stopped, and the key removed, by the destructor.
 struct SshServer {
-  fs::path dir = make_temp_dir("/tmp");
+  fs::path dir = sf::test::make_temp_dir("sfd");
   fs::path home_ssh;
   std::string address, user_name;
   pid_t pid = -1;
