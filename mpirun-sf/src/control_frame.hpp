@@ -14,10 +14,15 @@ namespace sf::mpirun {
 
 inline constexpr std::uint32_t kMaxControlFrame = 64u << 20;
 
+// The body length a frame header announces, whatever it is.
+inline std::uint32_t announced_frame_length(const std::array<unsigned char, 4>& header) {
+  return (std::uint32_t{header[0]} << 24) | (std::uint32_t{header[1]} << 16) | (std::uint32_t{header[2]} << 8) |
+         header[3];
+}
+
 // The body length a frame header announces; nullopt when it exceeds kMaxControlFrame.
 inline std::optional<std::uint32_t> decode_frame_length(const std::array<unsigned char, 4>& header) {
-  const std::uint32_t size = (std::uint32_t{header[0]} << 24) | (std::uint32_t{header[1]} << 16) |
-                             (std::uint32_t{header[2]} << 8) | header[3];
+  const std::uint32_t size = announced_frame_length(header);
   if (size > kMaxControlFrame) return std::nullopt;
   return size;
 }

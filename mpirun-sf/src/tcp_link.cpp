@@ -40,8 +40,8 @@ void TcpLink::read_header() {
                                                                         : ec.message());
                      auto size = decode_frame_length(self->header_);
                      if (!size)
-                       return self->fail("a frame exceeds the limit of " + std::to_string(kMaxFrame) +
-                                         " bytes");
+                       return self->fail("a frame of " + std::to_string(announced_frame_length(self->header_)) +
+                                         " bytes exceeds the limit of " + std::to_string(kMaxFrame) + " bytes");
                      self->read_body(*size);
                    });
 }

@@ -11,6 +11,7 @@
 
 #include "control_frame.hpp"
 #include "coordinator.hpp"
+#include "tcp_link.hpp"
 
 namespace sf::mpirun {
 namespace {
@@ -64,6 +65,26 @@ TEST(ControlFrame, LengthIsBigEndianAndCapped) {
   Envelope back;
   ASSERT_TRUE(back.ParseFromString(frame.substr(4)));
   EXPECT_EQ(back.kill().reason(), "x");
+}
+
+// A peer announcing a frame over the limit: the link fails with the size it announced and the
+// limit (the message a user sees when a node agent speaks something else on the port).
+TEST(TcpLinkFraming, AnOversizeFrameFailsTheLinkNamingItsSize) {
+  namespace asio = boost::asio;
+  asio::io_context io;
+  asio::ip::tcp::acceptor acceptor(io, {asio::ip::make_address("127.0.0.1"), 0});
+  asio::ip::tcp::socket peer(io);
+  peer.connect(acceptor.local_endpoint());
+  auto link = std::make_shared<TcpLink>(acceptor.accept());
+  std::string error;
+  bool got_message = false;
+  link->start([&](Envelope) { got_message = true; }, [&](const std::string& why) { error = why; });
+  const std::array<unsigned char, 4> header{0x7f, 0xff, 0xff, 0xff};
+  asio::write(peer, asio::buffer(header));
+  while (error.empty() && io.run_one() > 0) {
+  }
+  EXPECT_FALSE(got_message);
+  EXPECT_EQ(error, "a frame of 2147483647 bytes exceeds the limit of " + std::to_string(kMaxControlFrame) + " bytes");
 }
 
 TEST(Coordinator, MessagesNamingRanksOutsideTheJobAreDropped) {
