@@ -59,7 +59,10 @@ Result<Json> QmpClient::read_message(std::chrono::steady_clock::time_point deadl
       return make_error("qmp: no answer from QEMU before the deadline");
   }
   if (result_ec) {
-    if (result_ec == asio::error::eof) return make_error("qmp: QEMU closed the connection");
+    if (result_ec == asio::error::eof) {
+      peer_closed_ = true;
+      return make_error("qmp: QEMU closed the connection");
+    }
     return make_error("qmp: read failed: " + result_ec.message());
   }
   std::istream in(&impl_->buffer);
@@ -132,7 +135,7 @@ Result<Json> QmpClient::query_status() { return execute("query-status"); }
 
 Status QmpClient::quit(std::chrono::milliseconds timeout) {
   auto r = execute("quit", Json::object(), timeout);
-  if (!r && r.error().message.find("closed the connection") == std::string::npos) return r.error();
+  if (!r && !peer_closed_) return r.error();
   return ok_status();
 }
 

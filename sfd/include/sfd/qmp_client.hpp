@@ -61,6 +61,7 @@ class QmpClient {
   Json greeting_;
   std::deque<Json> events_;
   long next_id_ = 1;
+  bool peer_closed_ = false;  // QEMU closed the socket (end of file on a read)
 };
 
 }  // namespace sfd
