@@ -11,14 +11,13 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "clone-core/free_pages.hpp"
+#include "clone-core/guest_control.hpp"
 #include "clone-core/vm_identity.hpp"
 
 namespace sf {
 namespace fs = std::filesystem;
-using nlohmann::json;
 
 std::optional<std::string> find_virtio_port(const std::string& name, const std::string& sysfs_root) {
   std::error_code ec;
@@ -33,33 +32,24 @@ std::optional<std::string> find_virtio_port(const std::string& name, const std::
 
 namespace {
 
-constexpr std::size_t kMaxLine = 1u << 20;
+namespace gc = guest_control;
 
-Result<CloneEnd> parse_end(const std::string& s) {
-  if (s == "synced") return CloneEnd::synced;
-  if (s == "exited") return CloneEnd::exited;
-  if (s == "signaled") return CloneEnd::signaled;
-  if (s == "killed") return CloneEnd::killed;
-  if (s == "lost") return CloneEnd::lost;
-  return make_error(Errc::system, "clone-core: qemu driver: sfd sent an unknown clone end '" + s + "'");
+Error protocol_error(const std::string& what) { return make_error(Errc::system, "clone-core: qemu driver: " + what); }
+
+Result<CloneStatus> status_from_wire(const gc::CloneStatus& s) {
+  auto end = gc::from_wire(s.end());
+  if (!end) return protocol_error("sfd sent clone " + std::to_string(s.id()) + "'s status: " + end.error().message);
+  return CloneStatus{s.id(), *end, s.value()};
 }
 
-Result<CloneStatus> parse_status(const json& j) {
-  if (!j.is_object() || !j.contains("id") || !j.contains("end"))
-    return make_error(Errc::system, "clone-core: qemu driver: malformed clone status from sfd: " + j.dump());
-  auto end = parse_end(j.value("end", ""));
-  if (!end) return end.error();
-  return CloneStatus{j.value("id", 0u), *end, j.value("value", 0)};
-}
-
-// The sf.ctl connection: JSON lines, one request at a time, events queued on the side.
+// The sf.ctl connection (guest_control.hpp): one request at a time, events queued on the side.
 class ControlPort {
  public:
   ~ControlPort() {
     if (fd_ >= 0) close(fd_);
   }
   Error open_port() {
-    auto path = find_virtio_port(kVmControlPort);
+    auto path = find_virtio_port(gc::kControlPort);
     if (!path)
       return make_error(Errc::driver_unavailable, "clone-core: qemu driver: no virtio-serial port sf.ctl (not inside a SnowFlock VM)");
     fd_ = ::open(path->c_str(), O_RDWR | O_CLOEXEC);
@@ -72,78 +62,83 @@ class ControlPort {
   }
   int fd() const { return fd_; }
 
-  // Sends `request` and waits for the reply (events that arrive first are queued).
-  Result<json> call(const json& request) {
-    const std::string line = request.dump() + "\n";
+  // Sends `request` and waits for its reply (events that arrive first are queued). A refusal
+  // is an Error carrying sfd's message; so is a reply of another sf.ctl version.
+  Result<gc::HostMessage> call(const gc::Request& request) {
+    auto frame = gc::encode_frame(request);
+    if (!frame) return protocol_error(frame.error().message);
     std::size_t off = 0;
-    while (off < line.size()) {
-      const ssize_t n = ::write(fd_, line.data() + off, line.size() - off);
+    while (off < frame->size()) {
+      const ssize_t n = ::write(fd_, frame->data() + off, frame->size() - off);
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return make_error(Errc::system, std::string("clone-core: qemu driver: write to sf.ctl: ") + std::strerror(errno));
+      if (n <= 0) return protocol_error(std::string("write to sf.ctl: ") + std::strerror(errno));
       off += static_cast<std::size_t>(n);
     }
     for (;;) {
       auto msg = next_message(-1);
       if (!msg) return msg.error();
       if (!*msg) continue;
-      json& j = **msg;
-      if (j.contains("event")) {
-        events_.push_back(std::move(j));
+      gc::HostMessage& m = **msg;
+      if (m.version() != gc::kVersion) {
+        // A refusal of another version still names its reason (field 2 in every version).
+        std::string why = gc::version_mismatch(m.version(), gc::kVersion);
+        if (m.has_error()) why += " (sfd said: " + m.error() + ")";
+        return make_error(Errc::driver_unavailable, "clone-core: qemu driver: " + why);
+      }
+      if (m.has_ended()) {
+        events_.push_back(m.ended());
         continue;
       }
-      if (!j.value("ok", false))
-        return make_error(Errc::clone_failed, "sfd: " + j.value("error", std::string("request refused")));
-      return std::move(j);
+      if (m.has_error()) return make_error(Errc::clone_failed, "sfd: " + m.error());
+      return std::move(m);
     }
   }
 
   // Events queued or readable now (non-blocking).
-  std::vector<json> take_events() {
+  std::vector<gc::CloneStatus> take_events() {
     for (;;) {
       auto msg = next_message(0);
       if (!msg || !*msg) break;
-      if ((**msg).contains("event")) events_.push_back(std::move(**msg));
+      if ((**msg).has_ended()) events_.push_back((**msg).ended());
     }
-    std::vector<json> out(events_.begin(), events_.end());
+    std::vector<gc::CloneStatus> out(events_.begin(), events_.end());
     events_.clear();
     return out;
   }
 
  private:
   // One message: waits up to timeout_ms (-1: forever); nullopt if none yet.
-  Result<std::optional<json>> next_message(int timeout_ms) {
+  Result<std::optional<gc::HostMessage>> next_message(int timeout_ms) {
     for (;;) {
-      const auto nl = buf_.find('\n');
-      if (nl != std::string::npos) {
-        std::string line = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        auto j = json::parse(line, nullptr, false);
-        if (j.is_discarded() || !j.is_object())
-          return make_error(Errc::system, "clone-core: qemu driver: sfd sent a line that is not a JSON object");
-        return std::optional<json>(std::move(j));
+      auto body = reader_.next();
+      if (!body) return protocol_error(body.error().message);
+      if (*body) {
+        auto m = gc::decode_host_message(**body);
+        if (!m) return protocol_error(m.error().message);
+        return std::optional<gc::HostMessage>(std::move(*m));
       }
-      if (buf_.size() > kMaxLine) return make_error(Errc::system, "clone-core: qemu driver: a line from sfd exceeds 1 MiB");
       pollfd p{fd_, POLLIN, 0};
       const int r = ::poll(&p, 1, timeout_ms);
       if (r < 0 && errno == EINTR) continue;
-      if (r < 0) return make_error(Errc::system, std::string("clone-core: qemu driver: poll sf.ctl: ") + std::strerror(errno));
-      if (r == 0) return std::optional<json>();
+      if (r < 0) return protocol_error(std::string("poll sf.ctl: ") + std::strerror(errno));
+      if (r == 0) return std::optional<gc::HostMessage>();
       char chunk[4096];
       const ssize_t n = ::read(fd_, chunk, sizeof chunk);
       if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      if (n < 0) return make_error(Errc::system, std::string("clone-core: qemu driver: read sf.ctl: ") + std::strerror(errno));
+      if (n < 0) return protocol_error(std::string("read sf.ctl: ") + std::strerror(errno));
       if (n == 0) {
         // The host end is not connected (sfd gone): a virtio-serial read returns 0.
-        if (timeout_ms == 0) return std::optional<json>();
-        return make_error(Errc::system, "clone-core: qemu driver: sfd closed the control port");
+        if (timeout_ms == 0) return std::optional<gc::HostMessage>();
+        if (Error e = reader_.finish(); e) return protocol_error("sfd closed the control port: " + e.message);
+        return protocol_error("sfd closed the control port");
       }
-      buf_.append(chunk, static_cast<std::size_t>(n));
+      reader_.feed(chunk, static_cast<std::size_t>(n));
     }
   }
 
   int fd_ = -1;
-  std::string buf_;
-  std::deque<json> events_;
+  gc::FrameReader reader_;
+  std::deque<gc::CloneStatus> events_;
 };
 
 std::string guest_interface() {
@@ -174,23 +169,20 @@ class QemuCluster final : public ClusterInstance {
   const ClusterLayout& layout() const override { return layout_; }
 
   Result<unsigned> clone() override {
-    try {
-      return clone_impl();
-    } catch (const json::exception& e) {
-      return make_error(Errc::system, std::string("clone-core: qemu driver: malformed reply from sfd: ") + e.what());
-    }
-  }
-  Result<unsigned> clone_impl() {
-    json request = {{"op", "clone"}};
+    gc::Request request = gc::make_request();
+    gc::CloneRequest& clone = *request.mutable_clone();
     // The free-page report for the no-fetch map of remote clones (a hint, checked by sfd);
-    // without it (e.g. no /proc/kpageflags) every page is simply fetched.
+    // without it (e.g. no /proc/kpageflags, or a report above the frame limit) every page is
+    // simply fetched.
     if (auto report = scan_free_pages()) {
-      request["free_pages"] = encode_page_ranges(report->ranges);
-      request["free_page_count"] = report->free_pages;
+      clone.set_free_pages(encode_page_ranges(report->ranges));
+      clone.set_free_page_count(report->free_pages);
+      if (request.ByteSizeLong() > gc::kMaxFrame) clone.Clear();
     }
     auto reply = port_->call(request);
     if (!reply) return reply.error();
-    const unsigned id = reply->value("id", 0u);
+    if (!reply->has_clone()) return protocol_error("sfd answered clone with another reply");
+    const unsigned id = reply->clone().id();
     if (id > layout_.clones()) return make_error(Errc::system, "clone-core: qemu driver: sfd sent clone id " + std::to_string(id) + " beyond the ticket");
     id_ = id;
     if (id != 0) {
@@ -204,26 +196,24 @@ class QemuCluster final : public ClusterInstance {
 
   Error sync(int status) override {
     if (id_ == 0) return make_error(Errc::wrong_side, "clone-core: sync() called in the parent; the parent calls join()");
-    auto reply = port_->call({{"op", "sync"}, {"status", status}});
+    gc::Request request = gc::make_request();
+    request.mutable_sync()->set_status(status);
+    auto reply = port_->call(request);
     if (!reply) return reply.error();
     // As with the sandbox driver, sync ends the clone: the command exits, sfd destroys the VM.
     _exit(0);
   }
 
   Result<std::vector<CloneStatus>> join() override {
-    try {
-      return join_impl();
-    } catch (const json::exception& e) {
-      return make_error(Errc::system, std::string("clone-core: qemu driver: malformed reply from sfd: ") + e.what());
-    }
-  }
-  Result<std::vector<CloneStatus>> join_impl() {
-    auto reply = port_->call({{"op", "join"}});
+    gc::Request request = gc::make_request();
+    request.mutable_join();
+    auto reply = port_->call(request);
     if (!reply) return reply.error();
+    if (!reply->has_join()) return protocol_error("sfd answered join with another reply");
     std::vector<CloneStatus> out(layout_.clones());
     for (unsigned i = 0; i < out.size(); ++i) out[i] = {i + 1, CloneEnd::lost, 0};
-    for (const auto& s : reply->value("statuses", json::array())) {
-      auto st = parse_status(s);
+    for (const auto& s : reply->join().statuses()) {
+      auto st = status_from_wire(s);
       if (!st) return st.error();
       if (st->id >= 1 && st->id <= out.size()) out[st->id - 1] = *st;
     }
@@ -234,7 +224,9 @@ class QemuCluster final : public ClusterInstance {
   Error kill() override {
     if (finished_ || !cloned_) return {};
     finished_ = true;
-    auto reply = port_->call({{"op", "kill"}});
+    gc::Request request = gc::make_request();
+    request.mutable_kill();
+    auto reply = port_->call(request);
     if (!reply) return reply.error();
     return {};
   }
@@ -244,12 +236,8 @@ class QemuCluster final : public ClusterInstance {
   std::vector<CloneStatus> poll_exited() override {
     std::vector<CloneStatus> out;
     for (const auto& e : port_->take_events()) {
-      try {
-        if (e.value("event", "") != "ended") continue;
-        if (auto st = parse_status(e)) out.push_back(*st);
-      } catch (const json::exception&) {
-        // A malformed event is dropped; join() still reports every clone.
-      }
+      // A status this version cannot read is dropped; join() still reports every clone.
+      if (auto st = status_from_wire(e)) out.push_back(*st);
     }
     return out;
   }
@@ -268,54 +256,51 @@ class QemuDriver final : public Driver {
  public:
   std::string_view name() const override { return "qemu"; }
   Probe probe() const override {
-    auto port = find_virtio_port(kVmControlPort);
+    auto port = find_virtio_port(gc::kControlPort);
     if (!port) return {false, "not inside a SnowFlock VM (no virtio-serial port named sf.ctl); run under `sfd run`"};
     return {true, "inside a SnowFlock VM (clone requests go to sfd over " + *port + ")"};
   }
   unsigned max_clones() const override { return kMaxClonesPerCluster; }
 
   Result<std::unique_ptr<ClusterInstance>> prepare(const ClusterSpec& spec) override {
-    try {
-      return prepare_impl(spec);
-    } catch (const json::exception& e) {
-      return make_error(Errc::system, std::string("clone-core: qemu driver: malformed reply from sfd: ") + e.what());
-    }
-  }
-  Result<std::unique_ptr<ClusterInstance>> prepare_impl(const ClusterSpec& spec) {
     auto port = std::make_unique<ControlPort>();
     if (Error e = port->open_port(); e) return e;
-    auto reply = port->call({{"op", "ticket"},
-                             {"clones", spec.clones},
-                             {"min_clones", spec.clones},
-                             {"procs_per_clone", spec.procs_per_clone},
-                             {"hostname", spec.parent_hostname}});
+    gc::Request request = gc::make_request();
+    gc::TicketRequest& ticket = *request.mutable_ticket();
+    ticket.set_clones(spec.clones);
+    ticket.set_min_clones(spec.clones);
+    ticket.set_procs_per_clone(spec.procs_per_clone);
+    ticket.set_hostname(spec.parent_hostname);
+    auto reply = port->call(request);
     if (!reply) return reply.error();
+    if (!reply->has_ticket()) return protocol_error("sfd answered ticket with another reply");
+    const gc::TicketReply& granted = reply->ticket();
     const std::string ifname = guest_interface();
     if (ifname.empty())
       return make_error(Errc::network_setup, "clone-core: qemu driver: the VM has no network interface for the cluster network");
     ClusterLayout layout;
-    auto subnet = parse_ipv4_net(reply->value("subnet", std::string()));
+    auto subnet = parse_ipv4_net(granted.subnet());
     if (!subnet) return subnet.error();
     layout.subnet = *subnet;
     layout.bridge = ifname;
     std::vector<std::string> macs;
     unsigned prefix = 24;
-    for (const auto& n : reply->value("nodes", json::array())) {
+    for (const auto& n : granted.nodes()) {
       NodeInfo node;
-      node.id = n.value("id", 0u);
-      node.address_text = n.value("address", std::string());
+      node.id = n.id();
+      node.address_text = n.address();
       in_addr a{};
       if (node.id != layout.nodes.size() || inet_pton(AF_INET, node.address_text.c_str(), &a) != 1)
-        return make_error(Errc::system, "clone-core: qemu driver: malformed node in sfd's ticket reply: " + n.dump());
+        return protocol_error("malformed node " + std::to_string(n.id()) + " (address '" + n.address() + "') in sfd's ticket reply");
       node.address = ntohl(a.s_addr);
-      node.hostname = n.value("hostname", std::string());
+      node.hostname = n.hostname();
       node.interface = ifname;
-      prefix = n.value("prefix", 24u);
-      macs.push_back(n.value("mac", std::string()));
+      prefix = n.prefix();
+      macs.push_back(n.mac());
       layout.nodes.push_back(std::move(node));
     }
-    if (layout.nodes.empty() || layout.clones() != reply->value("granted", 0u))
-      return make_error(Errc::system, "clone-core: qemu driver: sfd's ticket reply lists the wrong number of nodes");
+    if (layout.nodes.empty() || layout.clones() != granted.granted())
+      return protocol_error("sfd's ticket reply lists the wrong number of nodes");
     return std::unique_ptr<ClusterInstance>(
         std::make_unique<QemuCluster>(std::move(port), std::move(layout), std::move(macs), prefix));
   }

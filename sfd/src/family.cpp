@@ -29,6 +29,7 @@
 #include "sfd/guest_io.hpp"
 #include "sfd/paths.hpp"
 #include "clone-core/free_pages.hpp"
+#include "clone-core/guest_control.hpp"
 #include "sfd/remote_clone.hpp"
 #include "sfd/run.hpp"
 #include "socket_io.hpp"
@@ -36,6 +37,8 @@
 namespace sfd {
 namespace fs = std::filesystem;
 namespace gio = guest_io;
+namespace gc = sf::guest_control;
+using sf::CloneEnd;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 using socket_io::write_all;
@@ -93,11 +96,6 @@ std::uint64_t mem_available_mib() {
   return 0;
 }
 
-const char* end_name(int end) {
-  static const std::array<const char*, 5> names = {"synced", "exited", "signaled", "killed", "lost"};
-  return names.at(static_cast<std::size_t>(end));
-}
-enum End { kSynced = 0, kExited, kSignaled, kKilled, kLost };
 
 struct Member {
   unsigned id = 0;
@@ -106,11 +104,11 @@ struct Member {
   int io = -1;
   int ctl = -1;
   gio::FrameDecoder decoder;
-  std::string ctl_buf;
+  gc::FrameReader ctl_reader;  // sf.ctl requests (clone-core/guest_control.hpp)
   bool synced = false;
   int sync_value = 0;
   bool ended = false;   // clones: the end below is final
-  int end = kLost;
+  CloneEnd end = CloneEnd::lost;
   int value = 0;
 
   void close_fds() {
@@ -147,17 +145,25 @@ class Family {
   }
   void read_io(Member& m, bool drain);
   void read_ctl(Member& m);
-  void handle_request(Member& m, const json& req);
-  void reply(Member& m, const json& j) {
+  void handle_request(Member& m, const gc::Request& req);
+  void reply(Member& m, const gc::HostMessage& message) {
     if (m.ctl < 0) return;
-    const std::string line = j.dump() + "\n";
-    if (!write_all(m.ctl, line.data(), line.size())) spdlog::info("VM {}: control port write failed", m.id);
+    auto frame = gc::encode_frame(message);
+    if (!frame) {
+      spdlog::error("VM {}: {}", m.id, frame.error().message);
+      return;
+    }
+    if (!write_all(m.ctl, frame->data(), frame->size())) spdlog::info("VM {}: control port write failed", m.id);
   }
-  void refuse(Member& m, const std::string& why) { reply(m, {{"ok", false}, {"error", why}}); }
-  void do_clone(Member& parent, const json& request);
+  void refuse(Member& m, const std::string& why) {
+    gc::HostMessage message = gc::make_host_message();
+    message.set_error(why);
+    reply(m, message);
+  }
+  void do_clone(Member& parent, const gc::CloneRequest& request);
   // The remote part of a clone (remote_member.hpp): serve the image, start the members and
   // take their connections. Fills members `ids` (placed on remote hosts) of `added`.
-  Status start_remote_members(const std::vector<unsigned>& ids, const VmConfig& config, const json& request,
+  Status start_remote_members(const std::vector<unsigned>& ids, const VmConfig& config, const gc::CloneRequest& request,
                               std::vector<std::shared_ptr<const TapDevice>>& taps,
                               std::vector<std::unique_ptr<Member>>& added);
   void report_remote(Member& m);
@@ -166,19 +172,30 @@ class Family {
   void read_stdin();
   void write_to_guest(Member& m0);
   bool settle_stdin(Member& m0, std::chrono::milliseconds limit);
-  void end_clone(Member& m, int end, int value);
+  void end_clone(Member& m, CloneEnd end, int value);
   void stop_vm(Member& m, std::chrono::milliseconds grace);
   void reap_all();
   void kill_clones();
   bool all_clones_ended() const {
     return std::all_of(members_.begin(), members_.end(), [](const auto& m) { return m->id == 0 || m->ended; });
   }
-  json statuses() const {
-    json out = json::array();
+  static void set_status(gc::CloneStatus& s, unsigned id, CloneEnd end, int value) {
+    s.set_id(id);
+    s.set_end(gc::to_wire(end));
+    s.set_value(value);
+  }
+  gc::HostMessage join_reply() const {
+    gc::HostMessage message = gc::make_host_message();
+    gc::JoinReply& join = *message.mutable_join();
     for (const auto& m : members_) {
-      if (m->id != 0) out.push_back({{"id", m->id}, {"end", end_name(m->end)}, {"value", m->value}});
+      if (m->id != 0) set_status(*join.add_statuses(), m->id, m->end, m->value);
     }
-    return out;
+    return message;
+  }
+  static gc::HostMessage done_reply() {
+    gc::HostMessage message = gc::make_host_message();
+    message.mutable_done();
+    return message;
   }
   int fail(const std::string& why) {
     spdlog::error("{}", why);
@@ -217,30 +234,32 @@ void Family::stop_vm(Member& m, std::chrono::milliseconds grace) {
   if (!m.vm->wait_exit(grace)) m.vm->terminate(std::chrono::milliseconds(500));
 }
 
-void Family::end_clone(Member& m, int end, int value) {
+void Family::end_clone(Member& m, CloneEnd end, int value) {
   if (m.ended) return;
   m.ended = true;
   m.end = end;
   m.value = value;
-  if (static_cluster_ && end != kKilled)  // a node's service should run until the master ends
-    spdlog::warn("node {} stopped early ({} {}): the master's command cannot use it", m.id, end_name(end), value);
+  if (static_cluster_ && end != CloneEnd::killed)  // a node's service should run until the master ends
+    spdlog::warn("node {} stopped early ({} {}): the master's command cannot use it", m.id, sf::clone_end_name(end), value);
   else
-    spdlog::info("{} {} ended: {} {}", static_cluster_ ? "node" : "clone", m.id, end_name(end), value);
+    spdlog::info("{} {} ended: {} {}", static_cluster_ ? "node" : "clone", m.id, sf::clone_end_name(end), value);
   stop_vm(m, std::chrono::milliseconds(2000));
   m.close_fds();
   m.vm.reset();
   if (Member* p = member(0); p != nullptr && !static_cluster_) {
-    reply(*p, {{"event", "ended"}, {"id", m.id}, {"end", end_name(end)}, {"value", value}});
+    gc::HostMessage event = gc::make_host_message();
+    set_status(*event.mutable_ended(), m.id, end, value);
+    reply(*p, event);
     if (pending_join_ && all_clones_ended()) {
       pending_join_ = false;
-      reply(*p, {{"ok", true}, {"statuses", statuses()}});
+      reply(*p, join_reply());
     }
   }
 }
 
 void Family::kill_clones() {
   for (auto& m : members_) {
-    if (m->id != 0 && !m->ended) end_clone(*m, kKilled, SIGKILL);
+    if (m->id != 0 && !m->ended) end_clone(*m, CloneEnd::killed, SIGKILL);
   }
 }
 
@@ -251,7 +270,7 @@ void Family::reap_all() {
     if (m->id == 0) continue;  // handled by the loop (the run ends)
     // A clone's QEMU went away: output already queued is still read, then it is lost.
     read_io(*m, true);
-    if (!m->ended) end_clone(*m, kLost, 0);
+    if (!m->ended) end_clone(*m, CloneEnd::lost, 0);
   }
 }
 
@@ -300,10 +319,10 @@ void Family::read_io(Member& m, bool drain) {
             exit_code_ = status ? shell_status(code, sig) : kSfdFailureExit;
             spdlog::info("the command exited with status {}; stopping the VMs", *exit_code_);
           } else if (m.synced) {
-            end_clone(m, kSynced, m.sync_value);
+            end_clone(m, CloneEnd::synced, m.sync_value);
             return;
           } else {
-            end_clone(m, sig != 0 ? kSignaled : kExited, sig != 0 ? sig : code);
+            end_clone(m, sig != 0 ? CloneEnd::signaled : CloneEnd::exited, sig != 0 ? sig : code);
             return;
           }
           break;
@@ -321,86 +340,94 @@ void Family::read_ctl(Member& m) {
   const ssize_t n = ::read(m.ctl, buf.data(), buf.size());
   if (n < 0 && errno == EINTR) return;
   if (n <= 0) {
+    if (sf::Error e = m.ctl_reader.finish(); e) spdlog::info("VM {}: {}", m.id, e.message);
     ::close(m.ctl);
     m.ctl = -1;
     return;
   }
-  m.ctl_buf.append(buf.data(), static_cast<std::size_t>(n));
+  m.ctl_reader.feed(buf.data(), static_cast<std::size_t>(n));
   for (;;) {
-    const auto nl = m.ctl_buf.find('\n');
-    if (nl == std::string::npos) break;
-    const std::string line = m.ctl_buf.substr(0, nl);
-    m.ctl_buf.erase(0, nl + 1);
-    auto j = json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) {
-      refuse(m, "sfd: a control request that is not a JSON object");
+    auto body = m.ctl_reader.next();
+    if (!body) {
+      // The frame boundaries are lost: nothing more on this port can be read.
+      spdlog::error("VM {}: {}; closing its control port", m.id, body.error().message);
+      ::close(m.ctl);
+      m.ctl = -1;
+      return;
+    }
+    if (!*body) break;
+    auto req = gc::decode_request(**body);
+    if (!req) {
+      refuse(m, "sfd: " + req.error().message);
       continue;
     }
-    try {
-      handle_request(m, j);
-    } catch (const json::exception& e) {
-      refuse(m, std::string("sfd: a malformed control request: ") + e.what());
+    if (req->version() != gc::kVersion) {
+      spdlog::error("VM {}: {}", m.id, gc::version_mismatch(gc::kVersion, req->version()));
+      refuse(m, gc::version_mismatch(gc::kVersion, req->version()));
+      continue;
     }
+    handle_request(m, *req);
     if (replaced_) return;  // cloning replaced every member, m included
     if (m.ctl < 0) return;
   }
-  if (m.ctl_buf.size() > (1u << 20)) {
-    refuse(m, "sfd: a control request exceeds 1 MiB");
-    m.ctl_buf.clear();
-  }
 }
 
-void Family::handle_request(Member& m, const json& req) {
-  const std::string op = req.value("op", "");
-  if (op == "ticket") {
-    if (m.id != 0) return refuse(m, "nested clusters are not supported: a clone cannot request a ticket");
-    if (static_cluster_)
-      return refuse(m, "this VM is node 0 of a static cluster (sfd run --nodes): it cannot be cloned; run without --nodes to clone");
-    if (granted_ != 0) return refuse(m, "one ticket per sfd run: this VM has already been given one");
-    const unsigned asked = req.value("clones", 0u);
-    std::string why;
-    const unsigned g = grant_clones(asked, cfg_.max_clones, cfg_.mem_mib, mem_available_mib(), &why);
-    if (g == 0) return refuse(m, "cannot clone this VM: " + why);
-    granted_ = g;
-    const std::string host = req.value("hostname", std::string("sf-vm"));
-    nodes_.clear();
-    json nodes = json::array();
-    for (unsigned i = 0; i <= g; ++i) {
-      nodes_.push_back(cfg_.identity(i, host));
-      const NodeIdentity& n = nodes_.back();
-      nodes.push_back({{"id", i}, {"address", n.address}, {"prefix", n.prefix}, {"mac", n.mac}, {"hostname", n.hostname}});
+void Family::handle_request(Member& m, const gc::Request& req) {
+  switch (req.op_case()) {
+    case gc::Request::kTicket: {
+      if (m.id != 0) return refuse(m, "nested clusters are not supported: a clone cannot request a ticket");
+      if (static_cluster_)
+        return refuse(m, "this VM is node 0 of a static cluster (sfd run --nodes): it cannot be cloned; run without --nodes to clone");
+      if (granted_ != 0) return refuse(m, "one ticket per sfd run: this VM has already been given one");
+      std::string why;
+      const unsigned g = grant_clones(req.ticket().clones(), cfg_.max_clones, cfg_.mem_mib, mem_available_mib(), &why);
+      if (g == 0) return refuse(m, "cannot clone this VM: " + why);
+      granted_ = g;
+      const std::string host = req.ticket().hostname().empty() ? std::string("sf-vm") : req.ticket().hostname();
+      nodes_.clear();
+      gc::HostMessage message = gc::make_host_message();
+      gc::TicketReply& ticket = *message.mutable_ticket();
+      ticket.set_granted(g);
+      ticket.set_subnet(cfg_.subnet);
+      for (unsigned i = 0; i <= g; ++i) {
+        nodes_.push_back(cfg_.identity(i, host));
+        const NodeIdentity& n = nodes_.back();
+        gc::Node& node = *ticket.add_nodes();
+        node.set_id(i);
+        node.set_address(n.address);
+        node.set_prefix(n.prefix);
+        node.set_mac(n.mac);
+        node.set_hostname(n.hostname);
+      }
+      spdlog::info("ticket: {} clone(s) granted", g);
+      return reply(m, message);
     }
-    spdlog::info("ticket: {} clone(s) granted", g);
-    return reply(m, {{"ok", true}, {"granted", g}, {"subnet", cfg_.subnet}, {"nodes", nodes}});
+    case gc::Request::kClone:
+      if (m.id != 0) return refuse(m, "nested clusters are not supported: a clone cannot clone");
+      if (granted_ == 0) return refuse(m, "clone without a ticket: request a ticket first");
+      if (cloned_) return refuse(m, "this ticket was already used to clone");
+      return do_clone(m, req.clone());
+    case gc::Request::kSync:
+      if (m.id == 0) return refuse(m, "sync() is for clones; the parent calls join()");
+      m.synced = true;
+      m.sync_value = req.sync().status();
+      return reply(m, done_reply());
+    case gc::Request::kJoin:
+      if (m.id != 0) return refuse(m, "join() is for the parent; clones call sync()");
+      if (!cloned_) return refuse(m, "join() before clone()");
+      if (all_clones_ended()) return reply(m, join_reply());
+      pending_join_ = true;
+      return;
+    case gc::Request::kKill:
+      if (m.id != 0) return refuse(m, "kill() is for the parent");
+      kill_clones();
+      if (pending_join_) {
+        pending_join_ = false;  // answered by end_clone already
+      }
+      return reply(m, done_reply());
+    case gc::Request::OP_NOT_SET: break;
   }
-  if (op == "clone") {
-    if (m.id != 0) return refuse(m, "nested clusters are not supported: a clone cannot clone");
-    if (granted_ == 0) return refuse(m, "clone without a ticket: request a ticket first");
-    if (cloned_) return refuse(m, "this ticket was already used to clone");
-    return do_clone(m, req);
-  }
-  if (op == "sync") {
-    if (m.id == 0) return refuse(m, "sync() is for clones; the parent calls join()");
-    m.synced = true;
-    m.sync_value = req.value("status", 0);
-    return reply(m, {{"ok", true}});
-  }
-  if (op == "join") {
-    if (m.id != 0) return refuse(m, "join() is for the parent; clones call sync()");
-    if (!cloned_) return refuse(m, "join() before clone()");
-    if (all_clones_ended()) return reply(m, {{"ok", true}, {"statuses", statuses()}});
-    pending_join_ = true;
-    return;
-  }
-  if (op == "kill") {
-    if (m.id != 0) return refuse(m, "kill() is for the parent");
-    kill_clones();
-    if (pending_join_) {
-      pending_join_ = false;  // answered by end_clone already
-    }
-    return reply(m, {{"ok", true}});
-  }
-  refuse(m, "unknown request '" + op + "'");
+  refuse(m, "a request without an operation this sfd knows (sf.ctl version " + std::to_string(gc::kVersion) + ")");
 }
 
 void Family::read_stdin() {
@@ -441,7 +468,7 @@ bool Family::settle_stdin(Member& m0, std::chrono::milliseconds limit) {
   }
 }
 
-void Family::do_clone(Member& parent_member, const json& request) {
+void Family::do_clone(Member& parent_member, const gc::CloneRequest& request) {
   const auto t0 = Clock::now();
   QemuVm& parent = *parent_member.vm;
   if (parent_member.id == 0 && !settle_stdin(parent_member, std::chrono::milliseconds(2000)))
@@ -460,8 +487,8 @@ void Family::do_clone(Member& parent_member, const json& request) {
   }
   // Our metadata beside QEMU's stream: what a remote host needs besides the device state.
   const fs::path meta = desc.string() + ".json";
-  const std::string free_pages = request.value("free_pages", std::string());
-  const std::uint64_t free_count = request.value("free_page_count", std::uint64_t{0});
+  const std::string& free_pages = request.free_pages();
+  const std::uint64_t free_count = request.free_page_count();
   {
     std::ofstream out(meta);
     out << descriptor_metadata(cfg_, desc.filename().string(), stats->bytes, free_pages, free_count, nodes_).dump(1) << "\n";
@@ -543,7 +570,9 @@ void Family::do_clone(Member& parent_member, const json& request) {
   std::sort(added.begin(), added.end(), [](const auto& a, const auto& b) { return a->id < b->id; });
   for (auto& m : added) {
     m->decoder = decoder;
-    reply(*m, {{"ok", true}, {"id", m->id}});
+    gc::HostMessage cloned = gc::make_host_message();
+    cloned.mutable_clone()->set_id(m->id);
+    reply(*m, cloned);
     members_.push_back(std::move(m));
   }
   using ms = std::chrono::duration<double, std::milli>;
@@ -554,7 +583,7 @@ void Family::do_clone(Member& parent_member, const json& request) {
                ms(timings.start).count(), ms(timings.load).count(), ms(timings.resume).count());
 }
 
-Status Family::start_remote_members(const std::vector<unsigned>& ids, const VmConfig& config, const json& request,
+Status Family::start_remote_members(const std::vector<unsigned>& ids, const VmConfig& config, const gc::CloneRequest& request,
                                     std::vector<std::shared_ptr<const TapDevice>>& taps,
                                     std::vector<std::unique_ptr<Member>>& added) {
   const RemotePlacement& rp = cfg_.remote;
@@ -564,7 +593,7 @@ Status Family::start_remote_members(const std::vector<unsigned>& ids, const VmCo
   oo.no_fetch_map = rp.no_fetch_map;
   // The no-fetch map: the image's zero pages, cross-checked with the guest's free-page report
   // (init_on_free=1 zeroes every freed page, so the report adds nothing unsafe to trust).
-  if (auto ranges = sf::decode_page_ranges(request.value("free_pages", std::string())); ranges) oo.free_pages = std::move(*ranges);
+  if (auto ranges = sf::decode_page_ranges(request.free_pages()); ranges) oo.free_pages = std::move(*ranges);
   auto origin = RemoteCloneOrigin::start(config, *image_, oo);
   if (!origin) return origin.error();
   origin_ = std::move(*origin);

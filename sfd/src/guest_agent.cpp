@@ -72,9 +72,9 @@ void mkdir_p(const fs::path& p) {
 }  // namespace
 
 int guest_agent_main() {
-  const std::string port_path = find_port("sf.io");
+  const std::string port_path = find_port(gio::kIoPort);
   if (port_path.empty()) {
-    say("no virtio-serial port named sf.io; powering off");
+    say(std::string("no virtio-serial port named ") + gio::kIoPort + "; powering off");
     power_off();
   }
   const int port = open(port_path.c_str(), O_RDWR | O_CLOEXEC);

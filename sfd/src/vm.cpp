@@ -16,6 +16,8 @@
 #include <sstream>
 #include <thread>
 
+#include "clone-core/guest_control.hpp"
+#include "sfd/guest_io.hpp"
 #include "sfd/paths.hpp"
 #include "sfd/vm_network.hpp"
 
@@ -96,10 +98,10 @@ std::vector<std::string> qemu_command_line(const VmConfig& c, const VmPaths& p, 
     a.insert(a.end(), {
         "-device", "virtio-serial-pci,id=vser",
         "-chardev", "socket,id=sfio,fd=" + std::to_string(io_fd),
-        "-device", "virtserialport,bus=vser.0,chardev=sfio,name=sf.io",
+        "-device", std::string("virtserialport,bus=vser.0,chardev=sfio,name=") + guest_io::kIoPort,
         // The clone API's requests from the guest (docs/protocols/vm-clone.md).
         "-chardev", "socket,id=sfctl,fd=" + std::to_string(ctl_fd),
-        "-device", "virtserialport,bus=vser.0,chardev=sfctl,name=sf.ctl",
+        "-device", std::string("virtserialport,bus=vser.0,chardev=sfctl,name=") + sf::guest_control::kControlPort,
     });
     if (c.system_disk) {
       append_root_disks(a, c);

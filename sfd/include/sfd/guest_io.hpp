@@ -15,6 +15,8 @@
 
 namespace sfd::guest_io {
 
+// The virtio-serial port's name (QEMU `virtserialport,name=...`).
+inline constexpr const char* kIoPort = "sf.io";
 inline constexpr std::uint16_t kMagic = 0x4653;  // "SF" little-endian on the wire
 inline constexpr std::uint8_t kVersion = 1;
 inline constexpr std::size_t kHeaderSize = 12;
