@@ -96,7 +96,6 @@ std::uint64_t mem_available_mib() {
   return 0;
 }
 
-
 struct Member {
   unsigned id = 0;
   std::unique_ptr<QemuVm> vm;                 // a VM on this host, or
