@@ -1,10 +1,11 @@
 // sf_fuzz_seeds DIR: writes the seed corpus of every fuzz target into DIR/<name>/, made with
 // the project's own encoders (control frames, memtap metadata and frames, mcdist packets,
-// guest I/O frames, free-page ranges) or, for text protocols, as the peer writes them (QMP as
+// guest I/O frames, sf.ctl frames, free-page ranges) or, for text protocols, as the peer writes them (QMP as
 // QEMU 7.2 speaks it, the origin's reply as RemoteCloneOrigin builds it). The checked-in
 // tests/fuzz/corpus/ was made by it; run it again after a format changes.
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "clone-core/free_pages.hpp"
+#include "clone-core/guest_control.hpp"
 #include "control_frame.hpp"
 #include "mcdist/packet.hpp"
 #include "memtap/image.hpp"
@@ -246,6 +248,71 @@ void guest_io() {
   put("guest_io", "signaled", "\x01" + frame(gio::FrameType::exit, json{{"code", 0}, {"signal", 9}}.dump()));
 }
 
+void guest_control() {
+  namespace gc = sf::guest_control;
+  auto frame = [](const auto& message) {
+    auto f = gc::encode_frame(message);
+    if (!f) {
+      std::cerr << f.error().message << "\n";
+      std::exit(1);
+    }
+    return *f;
+  };
+  // The parent's side of a run: ticket, clone (with a free-page report), join, kill.
+  gc::Request ticket = gc::make_request();
+  ticket.mutable_ticket()->set_clones(2);
+  ticket.mutable_ticket()->set_min_clones(2);
+  ticket.mutable_ticket()->set_procs_per_clone(1);
+  ticket.mutable_ticket()->set_hostname("sf-vm");
+  gc::Request clone = gc::make_request();
+  const std::vector<sf::PageRange> free = {{0x100, 0x400}, {0x1a00, 2}, {0x20000, 0x8000}};
+  clone.mutable_clone()->set_free_pages(sf::encode_page_ranges(free));
+  clone.mutable_clone()->set_free_page_count(0x8402);
+  gc::Request join = gc::make_request();
+  join.mutable_join();
+  gc::Request kill = gc::make_request();
+  kill.mutable_kill();
+  put("guest_control", "parent-requests", "\x07" + frame(ticket) + frame(clone) + frame(join) + frame(kill));
+  gc::Request sync = gc::make_request();
+  sync.mutable_sync()->set_status(3);
+  put("guest_control", "clone-sync", "\x00"s + frame(sync));
+  gc::Request old = gc::make_request();
+  old.set_version(1);
+  old.mutable_join();
+  put("guest_control", "other-version", "\x02" + frame(old));
+  // sfd's side: ticket reply, clone reply, an event, join reply, a refusal.
+  gc::HostMessage granted = gc::make_host_message();
+  granted.mutable_ticket()->set_granted(2);
+  granted.mutable_ticket()->set_subnet("10.213.0.0/24");
+  for (unsigned i = 0; i <= 2; ++i) {
+    gc::Node& n = *granted.mutable_ticket()->add_nodes();
+    n.set_id(i);
+    n.set_address("10.213.0." + std::to_string(i + 1));
+    n.set_prefix(24);
+    n.set_mac("52:54:00:53:46:0" + std::to_string(i));
+    n.set_hostname(i == 0 ? "sf-vm" : "sf-vm-" + std::to_string(i));
+  }
+  gc::HostMessage cloned = gc::make_host_message();
+  cloned.mutable_clone()->set_id(1);
+  gc::HostMessage ended = gc::make_host_message();
+  ended.mutable_ended()->set_id(2);
+  ended.mutable_ended()->set_end(gc::to_wire(sf::CloneEnd::signaled));
+  ended.mutable_ended()->set_value(11);
+  gc::HostMessage joined = gc::make_host_message();
+  for (unsigned i = 1; i <= 2; ++i) {
+    gc::CloneStatus& s = *joined.mutable_join()->add_statuses();
+    s.set_id(i);
+    s.set_end(gc::to_wire(i == 1 ? sf::CloneEnd::synced : sf::CloneEnd::signaled));
+    s.set_value(i == 1 ? 0 : 11);
+  }
+  gc::HostMessage done = gc::make_host_message();
+  done.mutable_done();
+  put("guest_control", "sfd-replies", "\x3f" + frame(granted) + frame(cloned) + frame(ended) + frame(joined) + frame(done));
+  gc::HostMessage refusal = gc::make_host_message();
+  refusal.set_error(gc::version_mismatch(gc::kVersion, 1));
+  put("guest_control", "refusal", "\x10" + frame(refusal));
+}
+
 void qmp_reply() {
   const std::string greeting =
       R"({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7"}, "capabilities": ["oob"]}})"
@@ -289,6 +356,7 @@ int main(int argc, char** argv) {
   mcdist_seeds();
   vm_descriptor();
   guest_io();
+  guest_control();
   qmp_reply();
   mpirun_cli();
   return 0;
