@@ -1,6 +1,7 @@
 // clone-core: the sf.ctl codec (see guest_control.hpp, docs/protocols/vm-clone.md).
 #include "clone-core/guest_control.hpp"
 
+#include "sf-common/byte_order.hpp"
 
 namespace sf::guest_control {
 namespace {
@@ -17,10 +18,7 @@ Result<std::string> encode(const google::protobuf::MessageLite& message, const c
     return make_error(Errc::invalid_argument, std::string("sf.ctl: a ") + what + " of " + std::to_string(n) +
                                                   " bytes exceeds the frame limit of " + std::to_string(kMaxFrame) + " bytes");
   std::string frame(kHeaderBytes, '\0');
-  frame[0] = static_cast<char>(n >> 24);
-  frame[1] = static_cast<char>(n >> 16);
-  frame[2] = static_cast<char>(n >> 8);
-  frame[3] = static_cast<char>(n);
+  put_be32(frame.data(), static_cast<std::uint32_t>(n));
   if (!message.AppendToString(&frame))
     return make_error(Errc::system, std::string("sf.ctl: cannot serialize a ") + what);
   return frame;
@@ -56,7 +54,7 @@ Result<std::optional<std::string>> FrameReader::next() {
   if (broken_) return *broken_;
   if (buffered() < kHeaderBytes) return std::optional<std::string>();
   const auto* h = reinterpret_cast<const unsigned char*>(buf_.data() + pos_);
-  const std::uint32_t n = (std::uint32_t{h[0]} << 24) | (std::uint32_t{h[1]} << 16) | (std::uint32_t{h[2]} << 8) | h[3];
+  const std::uint32_t n = get_be32(h);
   if (n > kMaxFrame) {
     std::string why = "sf.ctl: a frame announces " + std::to_string(n) + " bytes, more than the limit of " +
                       std::to_string(kMaxFrame) + "; the stream is not sf.ctl version " + std::to_string(kVersion);

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "control.pb.h"
+#include "sf-common/byte_order.hpp"
 
 namespace sf::mpirun {
 
@@ -16,8 +17,7 @@ inline constexpr std::uint32_t kMaxControlFrame = 64u << 20;
 
 // The body length a frame header announces, whatever it is.
 inline std::uint32_t announced_frame_length(const std::array<unsigned char, 4>& header) {
-  return (std::uint32_t{header[0]} << 24) | (std::uint32_t{header[1]} << 16) | (std::uint32_t{header[2]} << 8) |
-         header[3];
+  return sf::get_be32(header.data());
 }
 
 // The body length a frame header announces; nullopt when it exceeds kMaxControlFrame.
@@ -31,11 +31,7 @@ inline std::optional<std::uint32_t> decode_frame_length(const std::array<unsigne
 inline std::string encode_frame(const sf::control::Envelope& message) {
   std::string body = message.SerializeAsString();
   std::string frame(4, '\0');
-  const auto n = static_cast<std::uint32_t>(body.size());
-  frame[0] = static_cast<char>(n >> 24);
-  frame[1] = static_cast<char>(n >> 16);
-  frame[2] = static_cast<char>(n >> 8);
-  frame[3] = static_cast<char>(n);
+  sf::put_be32(frame.data(), static_cast<std::uint32_t>(body.size()));
   frame += body;
   return frame;
 }
