@@ -70,7 +70,7 @@ void Coordinator::kill_job(const std::string& reason) {
     const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(bound).count();
     for (size_t n = 0; n < nodes_.size(); ++n) {
       // The launcher's own node (an in-process agent) ends its ranks itself.
-      if (finished_nodes_.count(static_cast<int>(n)) || dynamic_cast<LocalLink*>(nodes_[n])) continue;
+      if (finished_nodes_.count(static_cast<int>(n)) || nodes_[n]->in_process()) continue;
       abandoned_ = true;
       node_lost(static_cast<int>(n), "it did not finish within " + std::to_string(seconds) +
                                          " s after the job was killed");

@@ -20,6 +20,8 @@ class Link {
  public:
   virtual ~Link() = default;
   virtual void send(Envelope message) = 0;
+  // True for the launcher's own node: its agent shares the coordinator's process and loop.
+  virtual bool in_process() const { return false; }
 };
 
 // Delivers on the same event loop, never re-entrantly.
@@ -27,6 +29,7 @@ class LocalLink : public Link {
  public:
   explicit LocalLink(boost::asio::io_context& io) : io_(io) {}
   void set_handler(EnvelopeHandler handler) { handler_ = std::move(handler); }
+  bool in_process() const override { return true; }
   void send(Envelope message) override {
     boost::asio::post(io_, [this, m = std::move(message)]() mutable {
       if (handler_) handler_(std::move(m));
