@@ -1,11 +1,12 @@
 // The coordinator; see coordinator.hpp.
 #include "coordinator.hpp"
 
-#include <pmix_common.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <charconv>
+
+#include "pmix-plugin/server.hpp"  // the PMIx statuses of lookups and fences
 
 namespace asio = boost::asio;
 
@@ -203,10 +204,10 @@ void Coordinator::handle(int from, Envelope m) {
     }
     case Envelope::kPublish: {
       const auto& p = m.publish();
-      int status = PMIX_SUCCESS;
+      int status = pmix::kSuccess;
       for (const auto& v : p.values())
-        if (store_.count(v.key())) status = PMIX_ERR_DUPLICATE_KEY;
-      if (status == PMIX_SUCCESS)
+        if (store_.count(v.key())) status = pmix::kErrDuplicateKey;
+      if (status == pmix::kSuccess)
         for (const auto& v : p.values())
           store_[v.key()] = Published{v.packed(), p.nspace(), p.rank()};
       Envelope reply;
@@ -224,14 +225,14 @@ void Coordinator::handle(int from, Envelope m) {
       break;
     case Envelope::kUnpublish: {
       const auto& u = m.unpublish();
-      int status = PMIX_SUCCESS;
+      int status = pmix::kSuccess;
       if (u.keys().empty()) {
         std::erase_if(store_, [&](const auto& kv) { return kv.second.rank == u.rank(); });
       } else {
         for (const auto& k : u.keys()) {
           auto it = store_.find(k);
           if (it == store_.end() || it->second.rank != u.rank())
-            status = PMIX_ERR_NOT_FOUND;
+            status = pmix::kErrNotFound;
           else
             store_.erase(it);
         }
@@ -272,7 +273,7 @@ void Coordinator::answer_lookup(int node, const sf::control::Lookup& l) {
     parked_.push_back(ParkedLookup{node, l});
     return;
   }
-  r->set_status(r->hits_size() > 0 ? PMIX_SUCCESS : PMIX_ERR_NOT_FOUND);
+  r->set_status(r->hits_size() > 0 ? pmix::kSuccess : pmix::kErrNotFound);
   send(node, std::move(reply));
 }
 
@@ -290,7 +291,7 @@ void Coordinator::fence(int node, const sf::control::FenceContribution& f) {
   }
   fence.arrived.insert(node);
   fence.data[node] = f.data();
-  if (f.status() != PMIX_SUCCESS && fence.status == PMIX_SUCCESS) fence.status = f.status();
+  if (f.status() != pmix::kSuccess && fence.status == pmix::kSuccess) fence.status = f.status();
   if (fence.arrived != fence.expected) return;
   std::string all;
   for (auto& [n, d] : fence.data) all += d;

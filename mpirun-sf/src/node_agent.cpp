@@ -9,7 +9,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <pmix_common.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -491,7 +490,7 @@ void NodeAgent::abort(uint32_t rank, int status, std::string message, pmix::OpDo
     up_.send(std::move(m));
   });
   // Release the client at once: the aborting rank exits with the status itself.
-  done(PMIX_SUCCESS);
+  done(pmix::kSuccess);
 }
 
 void NodeAgent::fence(pmix::FenceRequest request, pmix::DataDone done) {

@@ -14,6 +14,10 @@
 #include <mutex>
 
 namespace sf::pmix {
+
+static_assert(kSuccess == PMIX_SUCCESS && kErrNotFound == PMIX_ERR_NOT_FOUND &&
+              kErrDuplicateKey == PMIX_ERR_DUPLICATE_KEY && kRankWildcard == PMIX_RANK_WILDCARD,
+              "server.hpp's copies of PMIx's constants");
 namespace {
 
 PmixHost* g_host = nullptr;  // the PMIx server is process-wide, so is its host

@@ -5,7 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "testbed.hpp"
+#include "multicast_testbed.hpp"
 
 using mcdist_test::read_file;
 using mcdist_test::sh;

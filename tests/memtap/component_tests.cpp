@@ -15,7 +15,7 @@
 #include "memtap/uffd_region.hpp"
 #include "test_support.hpp"
 // mcdist's namespace-and-bridge test network (reused, not copied).
-#include "../mcdist/testbed.hpp"
+#include "multicast_testbed.hpp"
 
 using namespace memtap;
 using namespace memtap_test;

@@ -35,7 +35,11 @@ class PmixError : public std::runtime_error {
 };
 
 inline constexpr uint32_t kRankWildcard = UINT32_MAX - 1;  // PMIX_RANK_WILDCARD
+// The PMIx statuses the host side sets or tests (it does not include PMIx's headers: PMIx is
+// this component's private dependency). server.cpp checks them against PMIx's values.
 inline constexpr int kSuccess = 0;                          // PMIX_SUCCESS
+inline constexpr int kErrNotFound = -46;                    // PMIX_ERR_NOT_FOUND
+inline constexpr int kErrDuplicateKey = -53;                // PMIX_ERR_DUPLICATE_KEY
 
 struct ProcId {
   std::string nspace;

@@ -1,8 +1,8 @@
-// mcdist tests: a throw-away network of namespaces on one bridge (hosts "s", 1..N and
-// optionally "i" for an injector; tests/common/namespace_hosts.hpp), link impairments with
-// nftables and htb (netem is not in this kernel), and child processes run inside the
-// namespaces. Everything is named with a per-process prefix and removed in the destructor, on
-// every path.
+// mcdist's and memtap's multicast tests: a throw-away network of namespaces on one bridge
+// (hosts "s", 1..N and optionally "i" for an injector; tests/common/namespace_hosts.hpp),
+// link impairments with nftables and htb (netem is not in this kernel), and child processes
+// run inside the namespaces. Everything is named with a per-process prefix and removed in the
+// destructor, on every path.
 #pragma once
 
 #include <signal.h>
