@@ -1,20 +1,15 @@
 // The launch sequence of a job on node 0; see launcher.hpp and docs/architecture.md.
 #include "mpirun-sf/launcher.hpp"
 
-#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
 
-#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <mutex>
-#include <semaphore>
-#include <thread>
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -25,80 +20,23 @@
 #include <regex>
 
 #include "clone-core/clone.hpp"
-#include "coordinator.hpp"
 #include "environment.hpp"
 #include "job_setup.hpp"
 #include "launch_context.hpp"
+#include "launcher_node.hpp"
 #include "mpirun-sf/exit_status.hpp"
 #include "mpirun-sf/plan.hpp"
 #include "mpirun-sf/slurm_allocation.hpp"
-#include "node_agent.hpp"
 #include "remote_node.hpp"
 #include "remote_nodes.hpp"
-#include "sf-common/fd_io.hpp"
 #include "slurm_nodes.hpp"
 #include "slurm_request.hpp"
-#include "tcp_link.hpp"
 
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
 
 namespace sf::mpirun {
 namespace {
-
-// Reads our stdin on a thread (it may be a terminal, a pipe or a file; only a thread can
-// block on all three) and hands each chunk to the loop, one at a time, so a rank that does not
-// read cannot make us buffer the whole input.
-class StdinPump {
- public:
-  using Deliver = std::function<void(std::string data, bool eof, std::function<void()> done)>;
-  StdinPump(asio::io_context& io, Deliver deliver)
-      : shared_(std::make_shared<Shared>()) {
-    shared_->io = &io;
-    shared_->deliver = std::move(deliver);
-    std::thread([s = shared_] { run(s); }).detach();
-  }
-  ~StdinPump() {
-    std::lock_guard lock(shared_->mutex);
-    shared_->alive = false;  // the thread may stay blocked in read(); it exits with us
-    shared_->credit.release();
-  }
-
- private:
-  struct Shared {
-    std::mutex mutex;
-    bool alive = true;
-    asio::io_context* io = nullptr;
-    Deliver deliver;
-    std::binary_semaphore credit{0};
-  };
-  static void run(std::shared_ptr<Shared> s) {
-    std::string buf(65536, '\0');
-    for (;;) {
-      ssize_t n = ::read(0, buf.data(), buf.size());
-      if (n < 0 && errno == EINTR) continue;
-      bool eof = n <= 0;
-      {
-        std::lock_guard lock(s->mutex);
-        if (!s->alive) return;
-        asio::post(*s->io, [s, data = std::string(buf.data(), eof ? 0 : static_cast<size_t>(n)),
-                            eof]() mutable {
-          s->deliver(std::move(data), eof, [s] { s->credit.release(); });
-        });
-      }
-      if (eof) return;
-      s->credit.acquire();
-    }
-  }
-  std::shared_ptr<Shared> shared_;
-};
-
-
-// Where the other nodes' agents find the coordinator.
-struct Rendezvous {
-  CoordinatorAddress coordinator;
-  int listen_fd = -1;
-};
 
 // Listens on `address` (an ephemeral port) and makes the job token: before cloning, so every
 // clone inherits both; before srun, which passes them to the Slurm nodes' agents.
@@ -203,206 +141,6 @@ void print_map(const LaunchContext& ctx, const std::string& jobid, const RemoteN
   out += "\n =============================================================\n";
   fputs(out.c_str(), stdout);
   fflush(stdout);
-}
-
-// The launcher: the coordinator, the agent of node `local_node` (-1: the launcher runs no
-// ranks, as in salloc on a login node) and, with remote nodes, the acceptor for their links.
-int run_launcher_node(LaunchContext& ctx, int local_node, RemoteNodes* remote, Rendezvous* rv) {
-  const JobSpec& spec = ctx.spec;
-  std::string session_dir;
-  try {
-    session_dir = make_session_dir();
-  } catch (const std::exception& e) {
-    fprintf(stderr, "mpirun-sf: %s\n", e.what());
-    if (remote) {
-      remote->kill();
-      remote->release();
-    }
-    return 1;
-  }
-  int exit_code = 0;
-  std::string closing;
-  bool abandoned = false;
-  {
-    asio::io_context io;
-    OutputOptions oo{spec.tag_output, spec.timestamp_output, spec.merge_stderr_to_stdout,
-                     spec.output_filename};
-    // Output that stdout does not take is dropped, as mpirun drops it.
-    OutputSink sink(oo, [](int fd, const std::string& bytes) { sf::write_all(fd, bytes.data(), bytes.size()); },
-                    [] { return std::time(nullptr); });
-    Coordinator coordinator(io, ctx, sink);
-    LocalLink to_coordinator(io), to_agent(io);
-    std::optional<NodeAgent> agent;
-    if (local_node >= 0) {
-      agent.emplace(io, ctx, local_node, to_coordinator);
-      to_coordinator.set_handler([&](Envelope m) { coordinator.handle(local_node, std::move(m)); });
-      to_agent.set_handler([&](Envelope m) { agent->deliver(std::move(m)); });
-      coordinator.connect_node(local_node, &to_agent);
-    }
-    const int node_count = static_cast<int>(ctx.map.nodes.size());
-
-    // The ranks start once every node's agent has joined, as mpirun starts them once every
-    // daemon has reported: a node that never comes leaves no rank started for nothing, and
-    // no input is sent to a node before it is there.
-    std::unique_ptr<StdinPump> stdin_pump;
-    bool begun = false;
-    std::function<void()> begin_ranks;
-    auto all_joined = [&] {
-      for (int n = 0; n < static_cast<int>(ctx.map.nodes.size()); ++n)
-        if (n != local_node && !coordinator.connected(n)) return false;
-      return true;
-    };
-
-    // The other nodes connect, say Hello with the job token, then talk to the coordinator.
-    std::map<int, std::shared_ptr<TcpLink>> node_links;
-    std::optional<asio::ip::tcp::acceptor> acceptor;
-    asio::steady_timer connect_deadline(io);
-    std::function<void()> accept_next = [&] {
-      acceptor->async_accept([&](const boost::system::error_code& ec, asio::ip::tcp::socket s) {
-        if (ec) return;
-        auto link = std::make_shared<TcpLink>(std::move(s));
-        auto node = std::make_shared<int>(-1);
-        std::weak_ptr<TcpLink> weak = link;
-        link->start(
-            [&, node, weak](Envelope m) {
-              if (*node < 0) {
-                const auto& h = m.hello();
-                int n = static_cast<int>(h.node());
-                if (!m.has_hello() || h.job_token() != rv->coordinator.token ||
-                    h.version() != TcpLink::kProtocolVersion || n < 0 || n >= node_count ||
-                    n == local_node || coordinator.connected(n)) {
-                  spdlog::warn("refused a control connection that is not one of this job's nodes");
-                  if (auto l = weak.lock()) l->close();
-                  return;
-                }
-                *node = n;
-                spdlog::debug("node {} connected", n);
-                if (auto l = weak.lock()) {
-                  node_links[n] = l;
-                  coordinator.connect_node(n, l.get());
-                }
-                if (all_joined() && begin_ranks) begin_ranks();
-                return;
-              }
-              coordinator.handle(*node, std::move(m));
-            },
-            [&, node](const std::string& why) {
-              if (*node >= 0) coordinator.node_lost(*node, "control link: " + why);
-            });
-        accept_next();
-      });
-    };
-    if (remote) {
-      acceptor.emplace(io);
-      acceptor->assign(asio::ip::tcp::v4(), rv->listen_fd);
-      rv->listen_fd = -1;
-      accept_next();
-      remote->watch(io, [&](int n, const std::string& why) { coordinator.node_lost(n, why); });
-      connect_deadline.expires_after(std::chrono::seconds(remote->connect_seconds()));
-      connect_deadline.async_wait([&, seconds = remote->connect_seconds()](const boost::system::error_code& ec) {
-        if (ec) return;
-        for (int n = 0; n < node_count; ++n)
-          if (n != local_node && !coordinator.connected(n))
-            coordinator.node_lost(n, "its agent did not connect within " + std::to_string(seconds) + " s");
-      });
-    }
-
-    if (std::string err = sink.prepare_files(ctx.plan.np); !err.empty()) {
-      fprintf(stderr, "mpirun-sf: %s\n", err.c_str());
-      coordinator.interrupt(SIGTERM);
-      exit_code = 1;
-    }
-
-    signal(SIGPIPE, SIG_IGN);
-    asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
-    asio::signal_set forwarded(io, SIGUSR1, SIGUSR2);
-    int interrupts = 0;
-    std::function<void(const boost::system::error_code&, int)> on_signal =
-        [&](const boost::system::error_code& ec, int sig) {
-          if (ec) return;
-          if (++interrupts == 1) {
-            coordinator.interrupt(sig);
-          } else {
-            if (agent) agent->kill_now();  // a second interrupt: no more grace
-            if (remote) remote->kill();
-          }
-          signals.async_wait(on_signal);
-        };
-    signals.async_wait(on_signal);
-    std::function<void(const boost::system::error_code&, int)> on_forward =
-        [&](const boost::system::error_code& ec, int sig) {
-          if (ec) return;
-          coordinator.forward_signal(sig);
-          forwarded.async_wait(on_forward);
-        };
-    forwarded.async_wait(on_forward);
-
-    begin_ranks = [&] {
-      if (begun) return;
-      begun = true;
-      if (agent) agent->launch_ranks();
-      const auto& target = spec.stdin_target;
-      if (target.kind != StdinTarget::Kind::None &&
-          (target.kind == StdinTarget::Kind::All || target.rank < ctx.plan.np)) {
-        stdin_pump = std::make_unique<StdinPump>(
-            io, [&](std::string data, bool eof, std::function<void()> done) {
-              if (target.kind == StdinTarget::Kind::All) {
-                for (int r = 0; r < ctx.plan.np; ++r) coordinator.stdin_data(r, data, eof);
-                done();
-              } else if (agent && ctx.map.ranks[static_cast<size_t>(target.rank)].node == local_node) {
-                agent->write_stdin(target.rank, std::move(data), eof, std::move(done));
-              } else {
-                coordinator.stdin_data(target.rank, std::move(data), eof);
-                done();
-              }
-            });
-      }
-    };
-    try {
-      if (exit_code == 0) {
-        if (agent) agent->prepare(session_dir);
-        coordinator.start_timeout();
-        if (all_joined()) begin_ranks();
-      }
-      while (!coordinator.done()) io.run_one();
-    } catch (const std::exception& e) {
-      fprintf(stderr, "mpirun-sf: %s\n", e.what());
-      if (agent) agent->kill_now();
-      exit_code = 1;
-    }
-    stdin_pump.reset();
-    signals.cancel();
-    forwarded.cancel();
-    connect_deadline.cancel();
-    if (remote) {
-      // Tell the other nodes to end and let the messages leave.
-      coordinator.shutdown_nodes(local_node);
-      for (int i = 0; i < 200; ++i) {
-        bool idle = true;
-        for (auto& [n, l] : node_links) idle = idle && l->idle();
-        if (idle) break;
-        io.run_for(std::chrono::milliseconds(10));
-      }
-      if (acceptor) acceptor->close();
-      remote->stop_watching();
-    }
-    if (exit_code == 0) {
-      exit_code = coordinator.outcome().exit_code();
-      if (!spec.quiet || exit_code != 0)
-        closing = coordinator.outcome().closing_message(coordinator.jobid());
-    }
-    for (auto& [n, l] : node_links) l->close();
-    abandoned = coordinator.abandoned_nodes();
-  }
-  if (remote) {
-    // A node given up during teardown never got the shutdown: end it instead of waiting.
-    if (abandoned) remote->kill();
-    else remote->release();
-  }
-  std::error_code ec;
-  fs::remove_all(session_dir, ec);
-  if (!closing.empty()) fputs(closing.c_str(), stderr);
-  return exit_code;
 }
 
 // This machine and, when the job needs them, its clones.
