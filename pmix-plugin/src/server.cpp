@@ -12,6 +12,7 @@
 #include <cstring>
 #include <future>
 #include <mutex>
+#include <thread>
 
 namespace sf::pmix {
 
@@ -385,8 +386,18 @@ PmixServer::~PmixServer() {
       return;
     }
   }
-  pmix_status_t rc = PMIx_server_finalize();
-  if (rc != PMIX_SUCCESS) spdlog::warn("pmix: PMIx_server_finalize: {}", text(rc));
+  // Bounded too: PMIx 4.2.2 can leave a lock of its own taken when a client dies while it
+  // connects ("PMIX ERROR: UNREACHABLE ... ptl_base_connection_hdlr.c"), and its finalize
+  // then waits for that lock forever. The thread that is stuck there stays behind; the
+  // process is about to end and takes it along.
+  auto finalized = std::make_shared<std::promise<pmix_status_t>>();
+  auto answered = finalized->get_future();
+  std::thread([finalized] { finalized->set_value(PMIx_server_finalize()); }).detach();
+  if (answered.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    spdlog::warn("pmix: the PMIx server did not finalize within 10 s; going on without it");
+  } else if (pmix_status_t rc = answered.get(); rc != PMIX_SUCCESS) {
+    spdlog::warn("pmix: PMIx_server_finalize: {}", text(rc));
+  }
   g_host = nullptr;
 }
 
