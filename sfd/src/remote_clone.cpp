@@ -308,6 +308,7 @@ Result<std::unique_ptr<RemoteClone>> RemoteClone::start(const RemoteCloneOptions
   cfg.ram_file = ram;
   cfg.udp_nic = o.nic;
   cfg.ram_shared = false;
+  cfg.ram_remote = true;
   cfg.incoming_defer = true;
   if (auto st = refuse_madv_hugepage_for_children(); !st) return st.error();
   auto vm = QemuVm::launch(cfg);

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -66,7 +67,9 @@ std::vector<std::string> qemu_command_line(const VmConfig& c, const VmPaths& p, 
       "-nodefaults", "-no-user-config", "-nographic",
       // Exit instead of rebooting: a guest panic (panic=-1) or power-off ends the process.
       "-no-reboot",
-      "-machine", "pc,accel=" + to_string(c.accel) + ",memory-backend=ram",
+      // dump-guest-core=off: a core of QEMU (if the user's limit allows one) leaves the guest's
+      // RAM out; it would be as big as the VM.
+      "-machine", "pc,accel=" + to_string(c.accel) + ",memory-backend=ram,dump-guest-core=off",
       "-cpu", c.accel == Accel::kvm ? "host" : "max",
       "-smp", std::to_string(c.cpus), "-m", mem,
       // Guest RAM in a named file, mapped shared: the clone path freezes this file and maps
@@ -167,6 +170,7 @@ Result<std::unique_ptr<QemuVm>> QemuVm::launch(const VmConfig& config) {
   const std::string log = vm->paths_.qemu_log.string();
   const pid_t parent = getpid();
   const int tap_fd = config.nic ? config.nic->fd : -1;
+  const bool no_core = config.ram_remote;
 
   const pid_t pid = fork();
   if (pid < 0) return make_error(std::string("vm: fork: ") + std::strerror(errno));
@@ -179,6 +183,10 @@ Result<std::unique_ptr<QemuVm>> QemuVm::launch(const VmConfig& config) {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     if (getppid() != parent) _exit(127);  // sfd died before prctl took effect
+    if (no_core) {
+      const rlimit none_core{0, 0};
+      setrlimit(RLIMIT_CORE, &none_core);
+    }
     int fds[5] = {qmp_pair[1], io_pair[1], con_pair[1], ctl_pair[1], tap_fd};
     // Move the ends above 6 first so dup2 onto 3..6 cannot clobber one we still need.
     for (int& fd : fds) {

@@ -55,6 +55,10 @@ struct VmConfig {
   std::optional<std::filesystem::path> ram_file;
   bool ram_shared = true;
   bool incoming_defer = false;
+  // RAM served by a page server over the network (a remote clone's FUSE file): if the server
+  // goes, the guest's next fetch is a SIGBUS that ends QEMU, the clone's documented end, so
+  // QEMU writes no core file (RLIMIT_CORE 0) into the user's directory for it.
+  bool ram_remote = false;
 };
 
 // The paths one VM uses; all named after the owning sfd's pid (kVmPrefix) for the sweep.
