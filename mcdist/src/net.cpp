@@ -17,20 +17,20 @@ std::string errno_text() { return std::strerror(errno); }
 Error fail_and_close(int fd, std::string what) {
   std::string msg = "mcdist: " + what + ": " + errno_text();
   ::close(fd);
-  return Error{msg};
+  return make_error(msg);
 }
 }  // namespace
 
 Result<InterfaceInfo> resolve_interface(const std::string& name) {
   if (name.empty())
-    return Error{"mcdist: no interface given; name the link the clones are on (--iface)"};
+    return make_error("mcdist: no interface given; name the link the clones are on (--iface)");
   InterfaceInfo info;
   info.name = name;
   info.index = if_nametoindex(name.c_str());
   if (info.index == 0)
-    return Error{"mcdist: interface '" + name + "' does not exist here: " + errno_text()};
+    return make_error("mcdist: interface '" + name + "' does not exist here: " + errno_text());
   ifaddrs* list = nullptr;
-  if (getifaddrs(&list) != 0) return Error{"mcdist: getifaddrs: " + errno_text()};
+  if (getifaddrs(&list) != 0) return make_error("mcdist: getifaddrs: " + errno_text());
   bool found = false;
   for (ifaddrs* a = list; a; a = a->ifa_next) {
     if (a->ifa_addr && a->ifa_addr->sa_family == AF_INET && name == a->ifa_name) {
@@ -41,14 +41,14 @@ Result<InterfaceInfo> resolve_interface(const std::string& name) {
   }
   freeifaddrs(list);
   if (!found)
-    return Error{"mcdist: interface '" + name + "' has no IPv4 address; assign one first"};
+    return make_error("mcdist: interface '" + name + "' has no IPv4 address; assign one first");
   return info;
 }
 
 Result<in_addr> parse_multicast_group(const std::string& group) {
   in_addr a{};
   if (inet_pton(AF_INET, group.c_str(), &a) != 1 || !IN_MULTICAST(ntohl(a.s_addr)))
-    return Error{"mcdist: '" + group + "' is not an IPv4 multicast group (224.0.0.0/4); use e.g. 239.255.77.1"};
+    return make_error("mcdist: '" + group + "' is not an IPv4 multicast group (224.0.0.0/4); use e.g. 239.255.77.1");
   return a;
 }
 
@@ -57,9 +57,9 @@ Result<sockaddr_in> parse_endpoint(const std::string& s) {
   sockaddr_in a{};
   a.sin_family = AF_INET;
   if (colon == std::string::npos || inet_pton(AF_INET, s.substr(0, colon).c_str(), &a.sin_addr) != 1)
-    return Error{"mcdist: '" + s + "' is not ADDR:PORT"};
+    return make_error("mcdist: '" + s + "' is not ADDR:PORT");
   int port = std::atoi(s.c_str() + colon + 1);
-  if (port <= 0 || port > 65535) return Error{"mcdist: bad port in '" + s + "'"};
+  if (port <= 0 || port > 65535) return make_error("mcdist: bad port in '" + s + "'");
   a.sin_port = htons(static_cast<std::uint16_t>(port));
   return a;
 }
@@ -80,7 +80,7 @@ void set_buffers(int fd, int bytes) {
 
 Result<int> open_sender_socket(const InterfaceInfo& iface, std::uint16_t port) {
   int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Error{"mcdist: socket: " + errno_text()};
+  if (fd < 0) return make_error("mcdist: socket: " + errno_text());
   ip_mreqn mreq{};
   mreq.imr_ifindex = static_cast<int>(iface.index);
   mreq.imr_address = iface.address;
@@ -104,7 +104,7 @@ Result<int> open_sender_socket(const InterfaceInfo& iface, std::uint16_t port) {
 
 Result<int> open_group_socket(const InterfaceInfo& iface, in_addr group, std::uint16_t port) {
   int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Error{"mcdist: socket: " + errno_text()};
+  if (fd < 0) return make_error("mcdist: socket: " + errno_text());
   int one = 1, zero = 0;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   // Only the groups joined on this socket, not every group any socket of the host joined.
@@ -131,7 +131,7 @@ Result<int> open_group_socket(const InterfaceInfo& iface, in_addr group, std::ui
 
 Result<int> open_unicast_socket(const InterfaceInfo& iface) {
   int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Error{"mcdist: socket: " + errno_text()};
+  if (fd < 0) return make_error("mcdist: socket: " + errno_text());
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr = iface.address;

@@ -68,9 +68,9 @@ Result<ClusterKey> ClusterKey::from_hex(std::string_view hex) {
   while (!hex.empty() && (hex.back() == '\n' || hex.back() == ' ' || hex.back() == '\r'))
     hex.remove_suffix(1);
   if (hex.size() != 2 * kKeySize)
-    return Error{"mcdist: cluster key must be " + std::to_string(2 * kKeySize) +
-                 " hex digits, got " + std::to_string(hex.size()) +
-                 " characters; generate one with `head -c32 /dev/urandom | xxd -p -c64`"};
+    return make_error("mcdist: cluster key must be " + std::to_string(2 * kKeySize) +
+                      " hex digits, got " + std::to_string(hex.size()) +
+                      " characters; generate one with `head -c32 /dev/urandom | xxd -p -c64`");
   ClusterKey key;
   for (std::size_t i = 0; i < kKeySize; ++i) {
     unsigned v = 0;
@@ -80,7 +80,7 @@ Result<ClusterKey> ClusterKey::from_hex(std::string_view hex) {
                    : (c >= 'a' && c <= 'f') ? c - 'a' + 10
                    : (c >= 'A' && c <= 'F') ? c - 'A' + 10
                                             : 16;
-      if (d == 16) return Error{"mcdist: cluster key has a non-hex character"};
+      if (d == 16) return make_error("mcdist: cluster key has a non-hex character");
       v = v * 16 + d;
     }
     key.bytes[i] = static_cast<std::uint8_t>(v);
@@ -90,12 +90,12 @@ Result<ClusterKey> ClusterKey::from_hex(std::string_view hex) {
 
 Result<ClusterKey> ClusterKey::from_file(const std::string& path) {
   std::ifstream in(path);
-  if (!in) return Error{"mcdist: cannot read key file " + path + ": check the path"};
+  if (!in) return make_error("mcdist: cannot read key file " + path + ": check the path");
   std::stringstream ss;
   ss << in.rdbuf();
   auto text = ss.str();
   auto key = from_hex(text);
-  if (!key) return Error{key.error().message + " (in " + path + ")"};
+  if (!key) return make_error(key.error().message + " (in " + path + ")");
   return key;
 }
 
@@ -233,19 +233,19 @@ void encode_header(Header& h, std::span<const std::uint8_t> payload, PacketAuthe
 
 Result<Header> parse_header(std::span<const std::uint8_t> d) {
   if (d.size() < kHeaderSize)
-    return Error{"datagram of " + std::to_string(d.size()) + " bytes is shorter than a header"};
+    return make_error("datagram of " + std::to_string(d.size()) + " bytes is shorter than a header");
   const std::uint8_t* b = d.data();
-  if (get<std::uint32_t>(b) != kMagic) return Error{"bad magic"};
-  if (b[4] != kVersion) return Error{"unsupported version " + std::to_string(b[4])};
-  if (get<std::uint16_t>(b + 8) != kHeaderSize) return Error{"bad header_len"};
+  if (get<std::uint32_t>(b) != kMagic) return make_error("bad magic");
+  if (b[4] != kVersion) return make_error("unsupported version " + std::to_string(b[4]));
+  if (get<std::uint16_t>(b + 8) != kHeaderSize) return make_error("bad header_len");
   Header h;
   std::uint8_t t = b[5];
-  if (t < 1 || t > 4) return Error{"unknown type " + std::to_string(t)};
+  if (t < 1 || t > 4) return make_error("unknown type " + std::to_string(t));
   h.type = static_cast<PacketType>(t);
   h.flags = get<std::uint16_t>(b + 6);
   h.payload_len = get<std::uint32_t>(b + 12);
   if (h.payload_len > kMaxPayload || h.payload_len != d.size() - kHeaderSize)
-    return Error{"payload_len " + std::to_string(h.payload_len) + " does not match datagram"};
+    return make_error("payload_len " + std::to_string(h.payload_len) + " does not match datagram");
   h.cluster_id = get<std::uint64_t>(b + 16);
   h.session_id = get<std::uint64_t>(b + 24);
   h.origin = get<std::uint64_t>(b + 32);
@@ -259,26 +259,26 @@ Result<Header> parse_header(std::span<const std::uint8_t> d) {
     case PacketType::kData:
     case PacketType::kHeartbeat:
       if (!power_of_two(h.page_size) || h.page_size < kMinPageSize || h.page_size > kMaxPageSize)
-        return Error{"bad page_size " + std::to_string(h.page_size)};
+        return make_error("bad page_size " + std::to_string(h.page_size));
       // The image's geometry: 1..kMaxImageBytes/page_size pages, the last one holding
       // 1..page_size bytes (aux); a receiver sizes its tables and the image from these.
       if (h.page_count == 0 || h.page_count > kMaxImageBytes / h.page_size)
-        return Error{"bad page_count " + std::to_string(h.page_count)};
+        return make_error("bad page_count " + std::to_string(h.page_count));
       if (h.aux == 0 || h.aux > h.page_size)
-        return Error{"bad tail length " + std::to_string(h.aux) + " for page_size " + std::to_string(h.page_size)};
+        return make_error("bad tail length " + std::to_string(h.aux) + " for page_size " + std::to_string(h.page_size));
       if (h.type == PacketType::kData &&
           (h.payload_len != h.page_size || h.page_index >= h.page_count))
-        return Error{"DATA payload/page_index out of bounds"};
+        return make_error("DATA payload/page_index out of bounds");
       if (h.type == PacketType::kHeartbeat && h.payload_len != 0)
-        return Error{"HEARTBEAT with payload"};
+        return make_error("HEARTBEAT with payload");
       break;
     case PacketType::kRequest:
       if (h.payload_len == 0 || h.payload_len % kRangeSize != 0 ||
           h.payload_len / kRangeSize > kMaxRanges)
-        return Error{"REQUEST payload is not 1..64 ranges"};
+        return make_error("REQUEST payload is not 1..64 ranges");
       break;
     case PacketType::kStatus:
-      if (h.payload_len != kStatusPayload) return Error{"STATUS payload size"};
+      if (h.payload_len != kStatusPayload) return make_error("STATUS payload size");
       break;
   }
   return h;
@@ -314,7 +314,7 @@ std::vector<std::uint8_t> encode_ranges(std::span<const PageRange> ranges) {
 
 Result<std::vector<PageRange>> decode_ranges(std::span<const std::uint8_t> p) {
   if (p.empty() || p.size() % kRangeSize != 0 || p.size() / kRangeSize > kMaxRanges)
-    return Error{"request payload is not 1..64 ranges"};
+    return make_error("request payload is not 1..64 ranges");
   std::vector<PageRange> out;
   for (std::size_t off = 0; off < p.size(); off += kRangeSize)
     out.push_back({get<std::uint64_t>(p.data() + off), get<std::uint32_t>(p.data() + off + 8)});

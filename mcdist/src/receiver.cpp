@@ -103,7 +103,7 @@ struct MulticastReceiver::Impl {
   void fail(std::string message) {
     if (local.failed || local.complete) return;
     local.failed = true;
-    Error e{std::move(message)};
+    Error e = make_error(std::move(message));
     {
       std::lock_guard lock(mu);
       failure = e;
@@ -396,7 +396,7 @@ Result<std::unique_ptr<MulticastReceiver>> MulticastReceiver::start(ReceiverConf
   if (!iface) return iface.error();
   auto group = net::parse_multicast_group(cfg.group);
   if (!group) return group.error();
-  if (cfg.port == 0) return Error{"mcdist receiver: no group port given"};
+  if (cfg.port == 0) return make_error("mcdist receiver: no group port given");
   if (!cfg.server.empty()) {
     auto ep = net::parse_endpoint(cfg.server);
     if (!ep) return ep.error();
@@ -457,10 +457,10 @@ Status MulticastReceiver::wait_complete(std::chrono::milliseconds timeout) {
   if (impl_->published.complete) return Ok{};
   if (impl_->failure) return *impl_->failure;
   if (!finished)
-    return Error{"mcdist receiver: image not complete after " + std::to_string(timeout.count()) +
-                 " ms (" + std::to_string(impl_->published.pages_received) + " of " +
-                 std::to_string(impl_->published.page_count) + " pages)"};
-  return Error{"mcdist receiver: stopped"};
+    return make_error("mcdist receiver: image not complete after " + std::to_string(timeout.count()) +
+                      " ms (" + std::to_string(impl_->published.pages_received) + " of " +
+                      std::to_string(impl_->published.page_count) + " pages)");
+  return make_error("mcdist receiver: stopped");
 }
 
 std::optional<std::uint64_t> MulticastReceiver::page_count() const {

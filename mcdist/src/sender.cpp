@@ -436,19 +436,19 @@ Result<std::unique_ptr<MulticastSender>> MulticastSender::start(SenderConfig cfg
   auto impl = std::make_unique<Impl>();
   if (cfg.page_size < kMinPageSize || cfg.page_size > kMaxPageSize ||
       (cfg.page_size & (cfg.page_size - 1)) != 0)
-    return Error{"mcdist sender: page size " + std::to_string(cfg.page_size) +
-                 " is not a power of two in 512..16384"};
-  if (cfg.image_bytes == 0) return Error{"mcdist sender: the image is empty"};
+    return make_error("mcdist sender: page size " + std::to_string(cfg.page_size) +
+                      " is not a power of two in 512..16384");
+  if (cfg.image_bytes == 0) return make_error("mcdist sender: the image is empty");
   if (cfg.image_bytes > kMaxImageBytes)
-    return Error{"mcdist sender: the image is " + std::to_string(cfg.image_bytes) + " bytes; at most " +
-                 std::to_string(kMaxImageBytes) + " (1 TiB) per session"};
-  if (cfg.max_rate_bps < 1'000'000) return Error{"mcdist sender: rate below 1 Mbit/s"};
-  if (!pages) return Error{"mcdist sender: no page source"};
+    return make_error("mcdist sender: the image is " + std::to_string(cfg.image_bytes) + " bytes; at most " +
+                      std::to_string(kMaxImageBytes) + " (1 TiB) per session");
+  if (cfg.max_rate_bps < 1'000'000) return make_error("mcdist sender: rate below 1 Mbit/s");
+  if (!pages) return make_error("mcdist sender: no page source");
   auto iface = net::resolve_interface(cfg.interface);
   if (!iface) return iface.error();
   auto group = net::parse_multicast_group(cfg.group);
   if (!group) return group.error();
-  if (cfg.port == 0) return Error{"mcdist sender: no group port given"};
+  if (cfg.port == 0) return make_error("mcdist sender: no group port given");
   auto fd = net::open_sender_socket(iface.value(), cfg.request_port);
   if (!fd) return fd.error();
   impl->fd = fd.value();

@@ -338,7 +338,7 @@ std::string join_ranks(const std::vector<int>& ranks) {
 }  // namespace
 
 Result<std::unique_ptr<PmixServer>> PmixServer::start(const ServerOptions& options, PmixHost& host) {
-  if (g_host) return Error{"pmix: a PMIx server is already running in this process"};
+  if (g_host) return Error{Errc::general, "pmix: a PMIx server is already running in this process"};
   pmix_data_array_t arr;
   try {
     InfoList info;
@@ -350,14 +350,14 @@ Result<std::unique_ptr<PmixServer>> PmixServer::start(const ServerOptions& optio
     info.add_u32(PMIX_SERVER_RANK, options.node_id);
     arr = info.convert();
   } catch (const PmixError& e) {
-    return Error{e.what()};
+    return Error{Errc::general, e.what()};
   }
   g_host = &host;
   pmix_status_t rc = PMIx_server_init(&g_module, static_cast<pmix_info_t*>(arr.array), arr.size);
   PMIx_Data_array_destruct(&arr);
   if (rc != PMIX_SUCCESS) {
     g_host = nullptr;
-    return Error{"pmix: PMIx_server_init failed: " + text(rc) + " (session directory " + options.session_dir + ")"};
+    return Error{Errc::general, "pmix: PMIx_server_init failed: " + text(rc) + " (session directory " + options.session_dir + ")"};
   }
   std::unique_ptr<PmixServer> server(new PmixServer());
   server->session_dir_ = options.session_dir;

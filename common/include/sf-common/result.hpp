@@ -1,17 +1,39 @@
-// sf-common: errors as values, shared by every component. A fallible step returns a
-// Result<T, E>: its value, or the component's Error naming what failed and what to do about
-// it; nothing throws across the components' APIs (and none crosses the C API).
+// sf-common: errors as values, one vocabulary for every component. A fallible step returns a
+// Result<T, E>: its value, or an Error naming what failed and what to do about it. A step
+// with nothing to return returns a Status (Result<Ok, E>). Nothing throws across the
+// components' APIs (and none crosses the C API).
+//
+// Every component's error is an Error<Code>: a code from the component's own enum (the kinds
+// its callers branch on, plus a general one) and a message "<step>: <what went wrong>; <what
+// to do>". The component's header holds thin aliases only:
+//   enum class Errc { ... };
+//   using Error = sfcommon::Error<Errc>;
+//   template <class T> using Result = sfcommon::Result<T, Error>;
+//   using Status = sfcommon::Status<Error>;
 //
 // Hand-written rather than a library: std::expected is C++23 (we build C++20), and
-// Boost.Outcome's policy machinery is heavier than this one small type needs. Each component
-// defines its own Error (memtap and clone-core carry codes) and an alias
-// `template <class T> using Result = sfcommon::Result<T, Error>;`.
+// Boost.Outcome's policy machinery is heavier than these small types need.
 #pragma once
 
+#include <string>
 #include <utility>
 #include <variant>
 
 namespace sfcommon {
+
+template <class Code>
+struct Error {
+  Code code{};
+  std::string message;
+};
+
+template <class Code>
+Error<Code> make_error(Code code, std::string message) {
+  return Error<Code>{code, std::move(message)};
+}
+
+// What a Status carries on success.
+struct Ok {};
 
 template <class T, class E>
 class [[nodiscard]] Result {
@@ -34,5 +56,12 @@ class [[nodiscard]] Result {
  private:
   std::variant<T, E> v_;
 };
+
+// Success or an Error: for steps that return nothing.
+template <class E>
+using Status = Result<Ok, E>;
+
+// `return ok_status();` in any function returning a Status (Ok converts to every Status<E>).
+constexpr Ok ok_status() noexcept { return {}; }
 
 }  // namespace sfcommon

@@ -1,25 +1,31 @@
-// mcdist: errors as values. A failing step returns an Error whose message names the problem
-// and what to do; nothing in mcdist throws across its API.
+// mcdist: errors as values (sf-common's vocabulary, common/include/sf-common/result.hpp). A
+// failing step returns an Error whose message names the problem and what to do; nothing in
+// mcdist throws across its API.
 #pragma once
 
 #include <string>
 #include <utility>
-#include <variant>
 
 #include "sf-common/result.hpp"
 
 namespace mcdist {
 
-struct Error {
-  std::string message;
+// No caller branches on the kind of an mcdist failure yet (they report the message), so
+// there is one code; add one when a caller needs to tell a failure apart.
+enum class Errc {
+  general,
 };
 
-// A value or the Error of the step that failed.
+using Error = sfcommon::Error<Errc>;
+
+// A failure of the general kind.
+inline Error make_error(std::string message) { return Error{Errc::general, std::move(message)}; }
+
+// A value or the Error of the step that failed; Status for steps that return nothing.
 template <typename T>
 using Result = sfcommon::Result<T, Error>;
-
-// For steps that return nothing on success.
-struct Ok {};
-using Status = Result<Ok>;
+using Status = sfcommon::Status<Error>;
+using sfcommon::Ok;
+using sfcommon::ok_status;
 
 }  // namespace mcdist

@@ -18,18 +18,18 @@ MappedFile::~MappedFile() {
 
 Result<std::unique_ptr<MappedFile>> map_file(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Error{"mcdist: cannot open " + path + ": " + std::strerror(errno)};
+  if (fd < 0) return make_error("mcdist: cannot open " + path + ": " + std::strerror(errno));
   struct stat st{};
   fstat(fd, &st);
   auto m = std::make_unique<MappedFile>();
   m->size = static_cast<std::size_t>(st.st_size);
   if (m->size == 0) {
     close(fd);
-    return Error{"mcdist: " + path + " is empty"};
+    return make_error("mcdist: " + path + " is empty");
   }
   void* p = mmap(nullptr, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
   close(fd);
-  if (p == MAP_FAILED) return Error{"mcdist: mmap " + path + ": " + std::strerror(errno)};
+  if (p == MAP_FAILED) return make_error("mcdist: mmap " + path + ": " + std::strerror(errno));
   m->data = static_cast<const std::uint8_t*>(p);
   return m;
 }

@@ -10,7 +10,7 @@
 #include <span>
 #include <string>
 
-#include "memtap/error.hpp"
+#include "memtap/result.hpp"
 #include "memtap/image.hpp"
 
 namespace memtap {

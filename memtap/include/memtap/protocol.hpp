@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "memtap/error.hpp"
+#include "memtap/result.hpp"
 #include "memtap/page_source.hpp"
 
 namespace memtap::protocol {

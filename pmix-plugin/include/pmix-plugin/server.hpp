@@ -20,12 +20,15 @@
 
 namespace sf::pmix {
 
-// What failed, with the PMIx status text.
-struct Error {
-  std::string message;
+// Errors as values (sf-common's vocabulary). No caller branches on the kind of a PMIx
+// failure (they report the message, which carries the PMIx status text), so there is one code.
+enum class Errc {
+  general,
 };
+using Error = sfcommon::Error<Errc>;
 template <class T>
 using Result = sfcommon::Result<T, Error>;
+using Status = sfcommon::Status<Error>;
 
 // A failing step of registering the job or a rank (register_job, prepare_rank), with the PMIx
 // status text; start() returns its errors instead.

@@ -1,10 +1,7 @@
 // memtap errors: every failing step returns a value naming the problem and what to do;
-// no exception leaves the library.
+// no exception leaves the library. The vocabulary is sf-common's
+// (common/include/sf-common/result.hpp) with memtap's codes.
 #pragma once
-
-#include <string>
-#include <utility>
-#include <variant>
 
 #include "sf-common/result.hpp"
 
@@ -26,20 +23,14 @@ enum class ErrorCode {
 
 const char* to_string(ErrorCode code);
 
-struct Error {
-  ErrorCode code;
-  std::string message;
-};
+using Error = sfcommon::Error<ErrorCode>;
+using sfcommon::make_error;
 
-// A value or an Error (sf-common's Result).
+// A value or an Error (sf-common's Result); Status for steps that return nothing.
 template <class T>
 using Result = sfcommon::Result<T, Error>;
-
-using Status = Result<std::monostate>;
-inline Status ok_status() { return Status(std::monostate{}); }
-
-inline Error make_error(ErrorCode code, std::string message) {
-  return Error{code, std::move(message)};
-}
+using Status = sfcommon::Status<Error>;
+using sfcommon::Ok;
+using sfcommon::ok_status;
 
 }  // namespace memtap
