@@ -81,8 +81,8 @@ void flush_python_streams() {
 
 void sync_clone(int status) {
   flush_python_streams();
-  sf::Error error = sf::sync(status);  // returns only on error
-  raise(error);
+  sf::Status st = sf::sync(status);  // returns only on error
+  raise(st.error());
 }
 
 struct Node {
@@ -122,12 +122,11 @@ class PyTicket {
 
   void kill() {
     sf::Ticket& ticket = get();
-    sf::Error error;
-    {
+    sf::Status st = [&] {
       py::gil_scoped_release release;
-      error = ticket.kill();
-    }
-    if (error) raise(error);
+      return ticket.kill();
+    }();
+    if (!st) raise(st.error());
   }
 
   void sync(int status) {

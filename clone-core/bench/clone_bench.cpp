@@ -80,7 +80,7 @@ bool sandbox_run(unsigned n, Sample& s) {
       unsigned ack = 0;
       if (poll(&p, 1, 100) == 1 && recv(own, &ack, sizeof ack, 0) == sizeof ack && ack == me) break;
     }
-    t->sync(0);
+    (void)t->sync(0);
   }
   auto t3 = Clock::now();
   std::set<unsigned> heard;
@@ -89,7 +89,7 @@ bool sandbox_run(unsigned n, Sample& s) {
     pollfd p{sock, POLLIN, 0};
     if (poll(&p, 1, 10000) != 1) {
       std::fprintf(stderr, "heard from only %zu of %u clones\n", heard.size(), n);
-      t->kill();
+      (void)t->kill();
       return false;
     }
     unsigned from = 0;

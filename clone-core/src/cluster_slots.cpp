@@ -50,7 +50,7 @@ std::string lock_path(unsigned slot) { return run_dir() + "/cluster-" + std::to_
 std::string state_path(unsigned slot) { return run_dir() + "/cluster-" + std::to_string(slot) + ".json"; }
 std::string scratch_dir() { return run_dir() + "/scratch"; }
 
-Error ensure_run_dir() {
+Status ensure_run_dir() {
   const uid_t uid = geteuid();
   for (const std::string& dir : {run_dir(), scratch_dir()}) {
     if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
@@ -65,7 +65,7 @@ Error ensure_run_dir() {
     if ((st.st_mode & 077) != 0 && chmod(dir.c_str(), 0700) != 0)
       return make_error(Errc::system, "clone-core: chmod 0700 " + dir + ": " + std::strerror(errno));
   }
-  return {};
+  return ok_status();
 }
 
 SlotLock& SlotLock::operator=(SlotLock&& o) noexcept {
@@ -139,7 +139,7 @@ std::string format_state(const ClusterState& s) {
   return body.dump(2) + "\n";
 }
 
-Error write_state(const ClusterState& s) {
+Status write_state(const ClusterState& s) {
   std::string path = state_path(s.slot), tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
@@ -149,7 +149,7 @@ Error write_state(const ClusterState& s) {
   chmod(tmp.c_str(), 0600);
   if (rename(tmp.c_str(), path.c_str()) != 0)
     return make_error(Errc::system, "clone-core: cannot rename " + tmp + ": " + std::strerror(errno));
-  return {};
+  return ok_status();
 }
 
 Result<ClusterState> read_state(const std::string& path) {
@@ -216,13 +216,13 @@ void clean_slot(unsigned slot, netlink::Socket* host, CleanupReport& report) {
     }
   }
   if (touched) {
-    if (Error e = netlink::delete_group(*host, kLinkGroupBase + slot)) report.notes.push_back(e.message);
+    if (Status st = netlink::delete_group(*host, kLinkGroupBase + slot); !st) report.notes.push_back(st.error().message);
     // Links named like ours but not in the group (e.g. made by hand) go by name.
     if (links) {
       std::string veth_prefix = kVethPrefix + std::to_string(slot) + "_";
       for (const auto& l : *links)
         if (l.group != kLinkGroupBase + slot && (l.name == bridge_name(slot) || l.name.rfind(veth_prefix, 0) == 0))
-          if (Error e = netlink::delete_link(*host, l.name)) report.notes.push_back(e.message);
+          if (Status st = netlink::delete_link(*host, l.name); !st) report.notes.push_back(st.error().message);
     }
     ++report.clusters;
   }
@@ -243,7 +243,7 @@ std::string run_dir() {
 }
 
 Result<CleanupReport> cleanup_stale_clusters() {
-  if (Error e = slots::ensure_run_dir()) return e;
+  if (Status st = slots::ensure_run_dir(); !st) return st.error();
   auto host = netlink::Socket::open();
   if (!host) return host.error();
   // Slots worth a look: those with a state file, and those with one of our links.

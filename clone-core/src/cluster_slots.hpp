@@ -21,7 +21,7 @@ namespace sf::slots {
 std::string lock_path(unsigned slot);
 std::string state_path(unsigned slot);
 std::string scratch_dir();  // an empty directory a clone mounts its private tmpfs on
-Error ensure_run_dir();
+Status ensure_run_dir();
 // "<prefix><k>..." -> k (digits right after the prefix); false if not one of ours.
 bool parse_slot_suffix(const std::string& name, const std::string& prefix, unsigned& slot);
 
@@ -62,7 +62,7 @@ struct ClusterState {
 };
 
 unsigned long long process_start_time(pid_t pid);  // 0 if the process is gone
-Error write_state(const ClusterState& state);
+Status write_state(const ClusterState& state);
 Result<ClusterState> read_state(const std::string& path);
 std::string format_state(const ClusterState& state);  // the JSON text, checksum included
 

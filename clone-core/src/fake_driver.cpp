@@ -21,20 +21,20 @@ class FakeCluster final : public ClusterInstance {
   const ClusterLayout& layout() const override { return layout_; }
   Result<unsigned> clone() override {
     ++calls_->clones;
-    if (script_.fail_clone) return script_.fail_clone;
+    if (script_.fail_clone) return *script_.fail_clone;
     event_fd_ = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);  // "a clone may have ended": at once
     return 0u;
   }
-  Error sync(int) override {
+  Status sync(int) override {
     return make_error(Errc::wrong_side, "clone-core: sync() called in the parent (fake driver has no clones)");
   }
   Result<std::vector<CloneStatus>> join() override {
     ++calls_->joins;
     return script_.outcomes;
   }
-  Error kill() override {
+  Status kill() override {
     ++calls_->kills;
-    return {};
+    return ok_status();
   }
   int exit_fd() const override { return event_fd_; }
   std::vector<CloneStatus> poll_exited() override {
@@ -63,7 +63,7 @@ Probe FakeDriver::probe() const {
 Result<std::unique_ptr<ClusterInstance>> FakeDriver::prepare(const ClusterSpec& spec) {
   ++calls_->prepares;
   calls_->last_spec = spec;
-  if (script_.fail_prepare) return script_.fail_prepare;
+  if (script_.fail_prepare) return *script_.fail_prepare;
   auto pool = parse_ipv4_net(spec.subnet_pool);
   if (!pool) return pool.error();
   auto layout = plan_layout(*pool, script_.slot, spec.clones, spec.parent_hostname);

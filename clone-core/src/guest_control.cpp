@@ -76,9 +76,9 @@ Result<std::optional<std::string>> FrameReader::next() {
   return std::optional<std::string>(std::move(body));
 }
 
-Error FrameReader::finish() const {
+Status FrameReader::finish() const {
   if (broken_) return *broken_;
-  if (buffered() == 0) return {};
+  if (buffered() == 0) return ok_status();
   return make_error(Errc::system, "sf.ctl: the stream ended inside a frame (" + std::to_string(buffered()) +
                                       " bytes of an unfinished frame)");
 }

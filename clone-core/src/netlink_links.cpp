@@ -87,8 +87,8 @@ Result<int> create_bridge(Socket& s, const std::string& name, std::uint32_t grou
   return static_cast<int>(index);
 }
 
-Error create_veth_into(Socket& s, const std::string& host_name, int bridge_ifindex, std::uint32_t group,
-                       const std::string& peer_name, int netns_fd, pid_t netns_pid) {
+Status create_veth_into(Socket& s, const std::string& host_name, int bridge_ifindex, std::uint32_t group,
+                        const std::string& peer_name, int netns_fd, pid_t netns_pid) {
   LinkRef link{rtnl_link_veth_alloc()};
   if (!link.p) return make_error(Errc::system, "clone-core: netlink: out of memory");
   LinkRef peer{rtnl_link_veth_get_peer(link.p)};  // our own reference (libnl >= 3.2.27)
@@ -105,16 +105,16 @@ Error create_veth_into(Socket& s, const std::string& host_name, int bridge_ifind
   if (err < 0)
     return make_error(Errc::network_setup,
                       "clone-core: creating veth " + host_name + " <-> " + peer_name + ": " + nl_message(err));
-  return {};
+  return ok_status();
 }
 
-Error set_up(Socket& s, int ifindex, const std::string& what) {
+Status set_up(Socket& s, int ifindex, const std::string& what) {
   LinkRef change{rtnl_link_alloc()};
   rtnl_link_set_ifindex(change.p, ifindex);
   rtnl_link_set_flags(change.p, IFF_UP);
   int err = rtnl_link_change(s.get(), change.p, change.p, 0);
   if (err < 0) return make_error(Errc::network_setup, "clone-core: bringing " + what + " up: " + nl_message(err));
-  return {};
+  return ok_status();
 }
 
 Result<int> link_index(Socket& s, const std::string& name) {
@@ -127,7 +127,7 @@ Result<int> link_index(Socket& s, const std::string& name) {
   return index;
 }
 
-Error add_ipv4(Socket& s, int ifindex, std::uint32_t address, unsigned prefix, const std::string& what) {
+Status add_ipv4(Socket& s, int ifindex, std::uint32_t address, unsigned prefix, const std::string& what) {
   rtnl_addr* addr = rtnl_addr_alloc();
   std::uint32_t be = htonl(address);
   AddrRef local{nl_addr_build(AF_INET, &be, 4)};
@@ -138,10 +138,10 @@ Error add_ipv4(Socket& s, int ifindex, std::uint32_t address, unsigned prefix, c
   rtnl_addr_put(addr);
   if (err < 0)
     return make_error(Errc::network_setup, "clone-core: adding address to " + what + ": " + nl_message(err));
-  return {};
+  return ok_status();
 }
 
-Error delete_group(Socket& s, std::uint32_t group) {
+Status delete_group(Socket& s, std::uint32_t group) {
   // libnl's rtnl_link_delete needs a name or index; deleting by IFLA_GROUP (the kernel's
   // rtnl_group_dellink, one batched unregister) needs a hand-built message.
   nl_msg* msg = nlmsg_alloc_simple(RTM_DELLINK, 0);
@@ -156,16 +156,16 @@ Error delete_group(Socket& s, std::uint32_t group) {
   if (err < 0 && err != -NLE_NODEV && err != -NLE_OBJ_NOTFOUND)
     return make_error(Errc::network_setup, "clone-core: deleting link group " + std::to_string(group) + ": " +
                                                nl_message(err));
-  return {};
+  return ok_status();
 }
 
-Error delete_link(Socket& s, const std::string& name) {
+Status delete_link(Socket& s, const std::string& name) {
   LinkRef link{rtnl_link_alloc()};
   rtnl_link_set_name(link.p, name.c_str());
   int err = rtnl_link_delete(s.get(), link.p);
   if (err < 0 && err != -NLE_NODEV && err != -NLE_OBJ_NOTFOUND)
     return make_error(Errc::network_setup, "clone-core: deleting link " + name + ": " + nl_message(err));
-  return {};
+  return ok_status();
 }
 
 Result<std::vector<LinkEntry>> list_links(Socket& s) {
@@ -206,14 +206,14 @@ Result<int> create_bridge_here(Socket& s, const std::string& name) {
   return link_index(s, name);
 }
 
-Error attach_up(Socket& s, int ifindex, int master_ifindex, const std::string& what) {
+Status attach_up(Socket& s, int ifindex, int master_ifindex, const std::string& what) {
   LinkRef change{rtnl_link_alloc()};
   rtnl_link_set_ifindex(change.p, ifindex);
   rtnl_link_set_master(change.p, master_ifindex);
   rtnl_link_set_flags(change.p, IFF_UP);
   int err = rtnl_link_change(s.get(), change.p, change.p, 0);
   if (err < 0) return make_error(Errc::network_setup, "clone-core: attaching " + what + " to its bridge: " + nl_message(err));
-  return {};
+  return ok_status();
 }
 
 namespace {
@@ -229,7 +229,7 @@ int send_and_ack(Socket& s, nl_msg* msg) {
 
 }  // namespace
 
-Error pin_bridge_port(Socket& s, int ifindex, const std::array<std::uint8_t, 6>& mac, const std::string& what) {
+Status pin_bridge_port(Socket& s, int ifindex, const std::array<std::uint8_t, 6>& mac, const std::string& what) {
   // Learning off: RTM_SETLINK, family AF_BRIDGE, IFLA_PROTINFO { IFLA_BRPORT_LEARNING = 0 }.
   nl_msg* msg = nlmsg_alloc_simple(RTM_SETLINK, 0);
   if (!msg) return make_error(Errc::system, "clone-core: netlink: out of memory");
@@ -264,20 +264,20 @@ Error pin_bridge_port(Socket& s, int ifindex, const std::array<std::uint8_t, 6>&
   }
   err = send_and_ack(s, msg);
   if (err < 0) return make_error(Errc::network_setup, "clone-core: adding the static FDB entry of " + what + ": " + nl_message(err));
-  return {};
+  return ok_status();
 }
 
-Error set_down(Socket& s, int ifindex, const std::string& what) {
+Status set_down(Socket& s, int ifindex, const std::string& what) {
   LinkRef change{rtnl_link_alloc()};
   rtnl_link_set_ifindex(change.p, ifindex);
   rtnl_link_unset_flags(change.p, IFF_UP);
   int err = rtnl_link_change(s.get(), change.p, change.p, 0);
   if (err < 0) return make_error(Errc::network_setup, "clone-core: bringing " + what + " down: " + nl_message(err));
-  return {};
+  return ok_status();
 }
 
-Error set_name_and_mac(Socket& s, int ifindex, const std::string& name, const std::array<std::uint8_t, 6>& mac,
-                       const std::string& what) {
+Status set_name_and_mac(Socket& s, int ifindex, const std::string& name, const std::array<std::uint8_t, 6>& mac,
+                        const std::string& what) {
   // A separate `orig` (index only): with orig == changes libnl drops the name as unchanged.
   LinkRef orig{rtnl_link_alloc()};
   LinkRef change{rtnl_link_alloc()};
@@ -288,19 +288,19 @@ Error set_name_and_mac(Socket& s, int ifindex, const std::string& name, const st
   int err = rtnl_link_change(s.get(), orig.p, change.p, 0);
   if (err < 0)
     return make_error(Errc::network_setup, "clone-core: setting the name and MAC of " + what + ": " + nl_message(err));
-  return {};
+  return ok_status();
 }
 
 namespace {
 
 // Calls fn(rtnl_addr*) for every IPv4 address on `ifindex`.
 template <class Fn>
-Error for_each_ipv4(Socket& s, int ifindex, const std::string& what, Fn fn) {
+Status for_each_ipv4(Socket& s, int ifindex, const std::string& what, Fn fn) {
   nl_cache* cache = nullptr;
   int err = rtnl_addr_alloc_cache(s.get(), &cache);
   if (err < 0) return make_error(Errc::network_setup, "clone-core: listing the addresses of " + what + ": " + nl_message(err));
-  Error e;
-  for (nl_object* o = nl_cache_get_first(cache); o && !e; o = nl_cache_get_next(o)) {
+  Status e = ok_status();
+  for (nl_object* o = nl_cache_get_first(cache); o && e; o = nl_cache_get_next(o)) {
     auto* addr = reinterpret_cast<rtnl_addr*>(o);
     if (rtnl_addr_get_family(addr) == AF_INET && rtnl_addr_get_ifindex(addr) == ifindex) e = fn(addr);
   }
@@ -310,23 +310,23 @@ Error for_each_ipv4(Socket& s, int ifindex, const std::string& what, Fn fn) {
 
 }  // namespace
 
-Error flush_ipv4(Socket& s, int ifindex, const std::string& what) {
-  return for_each_ipv4(s, ifindex, what, [&](rtnl_addr* addr) -> Error {
+Status flush_ipv4(Socket& s, int ifindex, const std::string& what) {
+  return for_each_ipv4(s, ifindex, what, [&](rtnl_addr* addr) -> Status {
     int err = rtnl_addr_delete(s.get(), addr, 0);
     if (err < 0 && err != -NLE_NOADDR && err != -NLE_OBJ_NOTFOUND)
       return make_error(Errc::network_setup, "clone-core: removing an address from " + what + ": " + nl_message(err));
-    return {};
+    return ok_status();
   });
 }
 
 Result<std::vector<std::string>> ipv4_addresses(Socket& s, int ifindex) {
   std::vector<std::string> out;
-  Error e = for_each_ipv4(s, ifindex, "link " + std::to_string(ifindex), [&](rtnl_addr* addr) -> Error {
+  Status e = for_each_ipv4(s, ifindex, "link " + std::to_string(ifindex), [&](rtnl_addr* addr) -> Status {
     char buf[64];
     if (nl_addr* local = rtnl_addr_get_local(addr)) out.emplace_back(nl_addr2str(local, buf, sizeof buf));
-    return {};
+    return ok_status();
   });
-  if (e) return e;
+  if (!e) return e.error();
   return out;
 }
 

@@ -48,7 +48,7 @@ class ControlPort {
   ~ControlPort() {
     if (fd_ >= 0) close(fd_);
   }
-  Error open_port() {
+  Status open_port() {
     auto path = find_virtio_port(gc::kControlPort);
     if (!path)
       return make_error(Errc::driver_unavailable, "clone-core: qemu driver: no virtio-serial port sf.ctl (not inside a SnowFlock VM)");
@@ -58,7 +58,7 @@ class ControlPort {
         return make_error(Errc::bad_state, "clone-core: qemu driver: " + *path + " is busy: another ticket is open in this VM; join or kill it first");
       return make_error(Errc::system, "clone-core: qemu driver: open " + *path + ": " + std::strerror(errno));
     }
-    return {};
+    return ok_status();
   }
   int fd() const { return fd_; }
 
@@ -129,7 +129,7 @@ class ControlPort {
       if (n == 0) {
         // The host end is not connected (sfd gone): a virtio-serial read returns 0.
         if (timeout_ms == 0) return std::optional<gc::HostMessage>();
-        if (Error e = reader_.finish(); e) return protocol_error("sfd closed the control port: " + e.message);
+        if (Status st = reader_.finish(); !st) return protocol_error("sfd closed the control port: " + st.error().message);
         return protocol_error("sfd closed the control port");
       }
       reader_.feed(chunk, static_cast<std::size_t>(n));
@@ -187,14 +187,14 @@ class QemuCluster final : public ClusterInstance {
     id_ = id;
     if (id != 0) {
       const NodeInfo& me = layout_.nodes[id];
-      if (Error e = apply_vm_identity(me.interface, macs_[id], me.address_text + "/" + std::to_string(prefix_), me.hostname); e)
-        return e;
+      if (Status st = apply_vm_identity(me.interface, macs_[id], me.address_text + "/" + std::to_string(prefix_), me.hostname); !st)
+        return st.error();
     }
     cloned_ = true;
     return id;
   }
 
-  Error sync(int status) override {
+  Status sync(int status) override {
     if (id_ == 0) return make_error(Errc::wrong_side, "clone-core: sync() called in the parent; the parent calls join()");
     gc::Request request = gc::make_request();
     request.mutable_sync()->set_status(status);
@@ -221,14 +221,14 @@ class QemuCluster final : public ClusterInstance {
     return out;
   }
 
-  Error kill() override {
-    if (finished_ || !cloned_) return {};
+  Status kill() override {
+    if (finished_ || !cloned_) return ok_status();
     finished_ = true;
     gc::Request request = gc::make_request();
     request.mutable_kill();
     auto reply = port_->call(request);
     if (!reply) return reply.error();
-    return {};
+    return ok_status();
   }
 
   int exit_fd() const override { return cloned_ && id_ == 0 ? port_->fd() : -1; }
@@ -264,7 +264,7 @@ class QemuDriver final : public Driver {
 
   Result<std::unique_ptr<ClusterInstance>> prepare(const ClusterSpec& spec) override {
     auto port = std::make_unique<ControlPort>();
-    if (Error e = port->open_port(); e) return e;
+    if (Status st = port->open_port(); !st) return st.error();
     gc::Request request = gc::make_request();
     gc::TicketRequest& ticket = *request.mutable_ticket();
     ticket.set_clones(spec.clones);

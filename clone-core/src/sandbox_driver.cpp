@@ -141,7 +141,7 @@ class SandboxCluster final : public ClusterInstance {
     // clone of a second ticket): nothing of the cluster is ours to touch.
     if (id_ != 0 || getpid() != owner_pid_) return;
     if (!torn_down_) {
-      if (cloned_) kill();
+      if (cloned_) (void)kill();
       else teardown();
     }
   }
@@ -149,18 +149,18 @@ class SandboxCluster final : public ClusterInstance {
   const ClusterLayout& layout() const override { return layout_; }
 
   Result<unsigned> clone() override;
-  Error sync(int status) override;
+  Status sync(int status) override;
   Result<std::vector<CloneStatus>> join() override;
-  Error kill() override;
+  Status kill() override;
   int exit_fd() const override { return id_ == 0 ? epoll_fd_ : -1; }
   std::vector<CloneStatus> poll_exited() override;
 
  private:
   void run_init(unsigned id, pid_t parent_pid);  // returns only in the continuation
-  Error setup_clone_side(unsigned id, pid_t parent_pid);
+  Status setup_clone_side(unsigned id, pid_t parent_pid);
 
  public:
-  Error build_networks();  // at prepare(): one configured netns per clone
+  Status build_networks();  // at prepare(): one configured netns per clone
 
  private:
   [[noreturn]] void init_fail(unsigned id, Errc code, const std::string& message);
@@ -168,7 +168,7 @@ class SandboxCluster final : public ClusterInstance {
   void drain_records();
   void check_inits(bool block);
   bool all_ended() const;
-  Error wait_running();
+  Status wait_running();
   CloneStatus final_status(unsigned id) const;
   void teardown();
   std::vector<CloneStatus> collect_all_blocking();
@@ -207,7 +207,7 @@ Result<unsigned> SandboxCluster::clone() {
   // Buffered output would otherwise be written once per clone.
   std::fflush(nullptr);
   StepTrace trace;
-  Error failure;
+  Status failure = ok_status();
   for (unsigned id = 1; id <= layout_.clones(); ++id) {
     pid_t pid = fork_into_new_pid_namespace();
     if (pid == 0) {
@@ -242,12 +242,12 @@ Result<unsigned> SandboxCluster::clone() {
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, clones_[i].pidfd, &ev);
   }
   trace.step("fork_inits");
-  if (!failure) failure = wait_running();
+  if (failure) failure = wait_running();
   trace.step("wait_running");
   if (trace.on) std::fprintf(stderr, "clone-core: clone():%s\n", trace.line.c_str());
-  if (failure) {
-    kill();
-    return failure;
+  if (!failure) {
+    (void)kill();  // tears down what was made; the first failure is the one to report
+    return failure.error();
   }
   slots::ClusterState state;
   state.slot = layout_.slot;
@@ -256,11 +256,11 @@ Result<unsigned> SandboxCluster::clone() {
   state.parent_pid = parent_pid;
   for (unsigned i = 0; i < clones_.size(); ++i)
     state.inits.push_back({i + 1, clones_[i].init_pid, slots::process_start_time(clones_[i].init_pid)});
-  slots::write_state(state);  // diagnostics and crash cleanup only; failure is not fatal
+  (void)slots::write_state(state);  // diagnostics and crash cleanup only; failure is not fatal
   return 0u;
 }
 
-Error SandboxCluster::wait_running() {
+Status SandboxCluster::wait_running() {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(spec_.start_timeout_ms);
   for (;;) {
     // Reap first, then read: a record written before an init's exit is in the pipe by the
@@ -281,7 +281,7 @@ Error SandboxCluster::wait_running() {
                                                   std::to_string(c.init_wait_status.value_or(-1)) + ")");
       }
     }
-    if (running == clones_.size()) return {};
+    if (running == clones_.size()) return ok_status();
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0)
       return make_error(Errc::clone_failed, "clone-core: only " + std::to_string(running) + " of " +
@@ -307,16 +307,16 @@ void SandboxCluster::init_fail(unsigned id, Errc code, const std::string& messag
   _exit(127);
 }
 
-Error SandboxCluster::build_networks() {
+Status SandboxCluster::build_networks() {
   // One network namespace per clone, made now (at ticket request) rather than in clone():
   // creating a netns costs milliseconds and the kernel serializes it, so it dominated clone
   // time. The parent enters each new namespace just long enough to keep a handle on it and a
   // netlink socket inside it, then returns to its own.
   int own_net = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
   if (own_net < 0) return make_error(Errc::namespace_setup, "clone-core: open /proc/self/ns/net: " + errno_text(errno));
-  Error e;
+  Status e = ok_status();
   netns_fds_.assign(layout_.clones(), -1);
-  for (unsigned id = 1; id <= layout_.clones() && !e; ++id) {
+  for (unsigned id = 1; id <= layout_.clones() && e; ++id) {
     if (unshare(CLONE_NEWNET) != 0) {
       int err = errno;
       e = make_error(err == EPERM ? Errc::missing_privilege : Errc::namespace_setup,
@@ -339,23 +339,23 @@ Error SandboxCluster::build_networks() {
       e = inside.error();
       break;
     }
-    if ((e = netlink::create_veth_into(host_, veth_name(layout_.slot, id), bridge_ifindex_, kLinkGroupBase + layout_.slot,
-                                       kCloneInterface, netns_fds_[id - 1])))
+    if (!(e = netlink::create_veth_into(host_, veth_name(layout_.slot, id), bridge_ifindex_, kLinkGroupBase + layout_.slot,
+                                        kCloneInterface, netns_fds_[id - 1])))
       break;
-    if ((e = netlink::set_up(*inside, 1, "lo"))) break;  // lo is always ifindex 1 in a new netns
+    if (!(e = netlink::set_up(*inside, 1, "lo"))) break;  // lo is always ifindex 1 in a new netns
     auto sf0 = netlink::link_index(*inside, kCloneInterface);
     if (!sf0) {
       e = sf0.error();
       break;
     }
-    if ((e = netlink::add_ipv4(*inside, *sf0, layout_.nodes[id].address, layout_.subnet.prefix, kCloneInterface))) break;
-    if ((e = netlink::set_up(*inside, *sf0, kCloneInterface))) break;
+    if (!(e = netlink::add_ipv4(*inside, *sf0, layout_.nodes[id].address, layout_.subnet.prefix, kCloneInterface))) break;
+    if (!(e = netlink::set_up(*inside, *sf0, kCloneInterface))) break;
   }
   close(own_net);
   return e;
 }
 
-Error SandboxCluster::setup_clone_side(unsigned id, pid_t parent_pid) {
+Status SandboxCluster::setup_clone_side(unsigned id, pid_t parent_pid) {
   StepTrace trace;
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
     return make_error(Errc::namespace_setup, "clone-core: prctl(PR_SET_PDEATHSIG): " + errno_text(errno));
@@ -380,44 +380,44 @@ Error SandboxCluster::setup_clone_side(unsigned id, pid_t parent_pid) {
   trace.step("hostname");
 
   // Mounts: first stop propagation back to the host, then private /dev/shm, /tmp, /proc.
-  Error e;
+  Status e = ok_status();
   auto mount_or = [&](const char* src, const char* target, const char* type, unsigned long flags,
-                      const char* data) -> Error {
+                      const char* data) -> Status {
     if (mount(src, target, type, flags, data) != 0)
       return make_error(Errc::namespace_setup, std::string("clone-core: clone ") + std::to_string(id) + ": mount " +
                                                    (type ? type : "(flags)") + " on " + target + ": " +
                                                    errno_text(errno));
-    return {};
+    return ok_status();
   };
-  if ((e = mount_or(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr))) return e;
-  if ((e = mount_or("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"))) return e;
+  if (!(e = mount_or(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr))) return e;
+  if (!(e = mount_or("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"))) return e;
   trace.step("shm");
   if (spec_.tmp_mode == TmpMode::overlay) {
     // /tmp becomes a copy-on-write overlay of the parent's /tmp: the clone sees the files
     // the parent had (fork semantics), its writes land in a private tmpfs upper layer.
     std::string scratch = slots::scratch_dir();
-    if ((e = mount_or("tmpfs", scratch.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"))) return e;
+    if (!(e = mount_or("tmpfs", scratch.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"))) return e;
     std::string upper = scratch + "/upper", work = scratch + "/work";
     if (mkdir(upper.c_str(), 01777) != 0 || mkdir(work.c_str(), 0700) != 0 || chmod(upper.c_str(), 01777) != 0)
       return make_error(Errc::namespace_setup, "clone-core: overlay dirs in " + scratch + ": " + errno_text(errno));
     std::string options = "lowerdir=/tmp,upperdir=" + upper + ",workdir=" + work;
-    if ((e = mount_or("overlay", "/tmp", "overlay", MS_NOSUID | MS_NODEV, options.c_str()))) return e;
+    if (!(e = mount_or("overlay", "/tmp", "overlay", MS_NOSUID | MS_NODEV, options.c_str()))) return e;
     // The scratch tmpfs stays mounted at /run/snowflock/scratch inside the clone: unmounting
     // it costs an RCU grace period per clone (measured: it dominated clone time).
   } else {
-    if ((e = mount_or("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"))) return e;
+    if (!(e = mount_or("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"))) return e;
   }
   trace.step("tmp");
-  if ((e = mount_or("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr))) return e;
+  if (!(e = mount_or("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr))) return e;
   trace.step("proc");
   trace.flush(id);
-  return {};
+  return ok_status();
 }
 
 void SandboxCluster::run_init(unsigned id, pid_t parent_pid) {
   id_ = id;
   close_parent_fds_in_child();
-  if (Error e = setup_clone_side(id, parent_pid)) init_fail(id, e.code, e.message);
+  if (Status st = setup_clone_side(id, parent_pid); !st) init_fail(id, st.error().code, st.error().message);
 
   // Block the forwarded signals around fork so none is lost between fork and handler setup.
   sigset_t forwarded, old;
@@ -457,7 +457,7 @@ void SandboxCluster::run_init(unsigned id, pid_t parent_pid) {
   }
 }
 
-Error SandboxCluster::sync(int status) {
+Status SandboxCluster::sync(int status) {
   if (id_ == 0) return make_error(Errc::wrong_side, "clone-core: sync() called in the parent; the parent calls join()");
   status::write_record(status_write_, status::make(status::Kind::synced, id_, status));
   std::fflush(nullptr);
@@ -550,9 +550,9 @@ Result<std::vector<CloneStatus>> SandboxCluster::join() {
   return statuses;
 }
 
-Error SandboxCluster::kill() {
+Status SandboxCluster::kill() {
   if (id_ != 0 || getpid() != owner_pid_) return make_error(Errc::wrong_side, "clone-core: kill() called in a clone");
-  if (torn_down_) return {};
+  if (torn_down_) return ok_status();
   drain_records();
   check_inits(false);
   for (auto& c : clones_) {
@@ -563,7 +563,7 @@ Error SandboxCluster::kill() {
   }
   if (epoll_fd_ >= 0) collect_all_blocking();
   teardown();
-  return {};
+  return ok_status();
 }
 
 std::vector<CloneStatus> SandboxCluster::poll_exited() {
@@ -600,7 +600,7 @@ void SandboxCluster::teardown() {
   torn_down_ = true;
   // The veths die with their namespaces too, but asynchronously (netns cleanup runs in a
   // kernel worker); deleting the group now makes join() leave nothing behind when it returns.
-  if (host_.get()) netlink::delete_group(host_, kLinkGroupBase + layout_.slot);
+  if (host_.get()) (void)netlink::delete_group(host_, kLinkGroupBase + layout_.slot);
   for (int& fd : netns_fds_)
     if (fd >= 0) close(fd), fd = -1;
   for (auto& c : clones_)
@@ -639,8 +639,8 @@ class SandboxDriver final : public Driver {
       return make_error(Errc::invalid_argument, "clone-core: subnet pool " + pool->to_string() + " is smaller than a /24");
     // Without root: the whole cluster, the parent's side included, in namespaces of our own.
     if (!userns::administers_network())
-      if (Error e = userns::enter()) return e;
-    if (Error e = slots::ensure_run_dir()) return e;
+      if (Status st = userns::enter(); !st) return st.error();
+    if (Status st = slots::ensure_run_dir(); !st) return st.error();
     // Stale clusters of crashed runs go first (their locks are free). Best effort: what it
     // cannot remove stays for `mpirun-sf --cleanup`, and does not stop this cluster.
     (void)cleanup_stale_clusters();
@@ -653,18 +653,18 @@ class SandboxDriver final : public Driver {
     const std::uint8_t mac[6] = {0x02, 0x5f, 0x53, 0x46, 0x00, static_cast<std::uint8_t>(lock->slot())};
     auto bridge = netlink::create_bridge(*host, layout->bridge, kLinkGroupBase + layout->slot, mac);
     if (!bridge) return bridge.error();
-    if (Error e = netlink::add_ipv4(*host, *bridge, layout->nodes[0].address, layout->subnet.prefix, layout->bridge)) {
-      netlink::delete_group(*host, kLinkGroupBase + layout->slot);
-      return e;
+    if (Status st = netlink::add_ipv4(*host, *bridge, layout->nodes[0].address, layout->subnet.prefix, layout->bridge); !st) {
+      (void)netlink::delete_group(*host, kLinkGroupBase + layout->slot);
+      return st.error();
     }
     slots::ClusterState state;
     state.slot = layout->slot;
     state.subnet = layout->subnet_cidr();
     state.bridge = layout->bridge;
     state.parent_pid = getpid();
-    slots::write_state(state);
+    (void)slots::write_state(state);
     auto cluster = std::make_unique<SandboxCluster>(spec, std::move(*layout), std::move(*lock), std::move(*host), *bridge);
-    if (Error e = cluster->build_networks()) return e;  // the destructor removes what was built
+    if (Status st = cluster->build_networks(); !st) return st.error();  // the destructor removes what was built
     return std::unique_ptr<ClusterInstance>(std::move(cluster));
   }
 };

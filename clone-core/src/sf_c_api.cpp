@@ -93,7 +93,10 @@ int sf_clone(sf_ticket* t) {
 }
 
 int sf_sync(int status) {
-  return guarded([&] { return fail(sf::sync(status)); });
+  return guarded([&] {
+    sf::Status st = sf::sync(status);  // in a clone, returns only when it fails
+    return st ? SF_OK : fail(st.error());
+  });
 }
 
 int sf_join(sf_ticket* t, sf_clone_status* statuses, size_t n) {
@@ -109,7 +112,7 @@ int sf_join(sf_ticket* t, sf_clone_status* statuses, size_t n) {
 int sf_kill(sf_ticket* t) {
   return guarded([&] {
     if (!t) return fail(sf::make_error(sf::Errc::invalid_argument, "clone-core: sf_kill: NULL ticket"));
-    if (sf::Error e = t->ticket.kill()) return fail(e);
+    if (sf::Status st = t->ticket.kill(); !st) return fail(st.error());
     return SF_OK;
   });
 }

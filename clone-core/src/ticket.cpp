@@ -87,7 +87,7 @@ Result<Ticket> Ticket::request(const TicketRequest& request, std::unique_ptr<Dri
 Ticket::Ticket(Ticket&&) noexcept = default;
 Ticket& Ticket::operator=(Ticket&& other) noexcept {
   if (this != &other) {
-    if (instance_ && id_ == 0 && cloned_ && !finished_) instance_->kill();
+    if (instance_ && id_ == 0 && cloned_ && !finished_) (void)instance_->kill();
     instance_.reset();
     driver_ = std::move(other.driver_);
     instance_ = std::move(other.instance_);
@@ -103,7 +103,7 @@ Ticket& Ticket::operator=(Ticket&& other) noexcept {
 Ticket::~Ticket() {
   // The parent tears down what is still up. A clone's copy (or any other forked child's:
   // the driver checks the owning pid) only releases memory.
-  if (instance_ && id_ == 0 && cloned_ && !finished_) instance_->kill();
+  if (instance_ && id_ == 0 && cloned_ && !finished_) (void)instance_->kill();
   instance_.reset();
 }
 
@@ -130,7 +130,7 @@ Result<unsigned> Ticket::clone() {
   return id;
 }
 
-Error Ticket::sync(int status) {
+Status Ticket::sync(int status) {
   if (id_ == 0) return make_error(Errc::wrong_side, "clone-core: sync() called in the parent; the parent calls join()");
   return instance_->sync(status);
 }
@@ -143,9 +143,9 @@ Result<std::vector<CloneStatus>> Ticket::join() {
   return instance_->join();
 }
 
-Error Ticket::kill() {
+Status Ticket::kill() {
   if (id_ != 0) return make_error(Errc::wrong_side, "clone-core: kill() called in clone " + std::to_string(id_));
-  if (!instance_) return {};
+  if (!instance_) return ok_status();
   finished_ = true;
   return instance_->kill();
 }
@@ -156,7 +156,7 @@ std::vector<CloneStatus> Ticket::poll_exited() {
   return instance_->poll_exited();
 }
 
-Error sync(int status) {
+Status sync(int status) {
   if (g_cloned_by == nullptr) return make_error(Errc::wrong_side, "clone-core: sync() called outside a clone");
   return g_cloned_by->sync(status);
 }

@@ -143,7 +143,7 @@ std::string refusal() {
   return answer;
 }
 
-Error enter(bool new_network) {
+Status enter(bool new_network) {
   int threads = thread_count();
   if (threads > 1)
     return make_error(Errc::not_single_threaded,
@@ -163,7 +163,7 @@ Error enter(bool new_network) {
   }
   if (std::string err = map_own_ids(uid, gid); !err.empty())
     return make_error(Errc::namespace_setup, "clone-core: in the new user namespace: " + err);
-  if (!new_network) return {};
+  if (!new_network) return ok_status();
   auto sock = netlink::Socket::open();
   if (!sock) return sock.error();
   return netlink::set_up(*sock, 1, "lo");  // lo is always ifindex 1 in a new network namespace

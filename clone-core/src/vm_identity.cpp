@@ -89,8 +89,8 @@ Result<Ipv4Cidr> parse_ipv4_cidr(const std::string& text) {
   return Ipv4Cidr{ntohl(a.s_addr), prefix};
 }
 
-Error apply_vm_identity(const std::string& interface, const std::string& mac_text, const std::string& address_cidr,
-                        const std::string& hostname) {
+Status apply_vm_identity(const std::string& interface, const std::string& mac_text, const std::string& address_cidr,
+                         const std::string& hostname) {
   if (interface.empty() || interface.size() >= IFNAMSIZ)
     return make_error(Errc::invalid_argument, "clone-core: '" + interface + "' is not a usable interface name");
   auto mac = parse_mac(mac_text);
@@ -102,7 +102,7 @@ Error apply_vm_identity(const std::string& interface, const std::string& mac_tex
 
   auto lo = netlink::link_index(*s, "lo");
   if (!lo) return lo.error();
-  if (Error e = netlink::set_up(*s, *lo, "lo")) return e;
+  if (Status st = netlink::set_up(*s, *lo, "lo"); !st) return st.error();
 
   // The NIC: by name (already applied once), by MAC, or the first device NIC. At boot the
   // driver may still be probing, so wait a little for it.
@@ -129,9 +129,9 @@ Error apply_vm_identity(const std::string& interface, const std::string& mac_tex
                       "virtio-net NIC, so the guest kernel lacks the virtio_net module or the VM was started without one");
 
   if (nic->name != interface || nic->mac != *mac) {
-    if (Error e = netlink::set_down(*s, nic->index, nic->name)) return e;
-    if (Error e = netlink::set_name_and_mac(*s, nic->index, nic->name == interface ? "" : interface, *mac, nic->name))
-      return e;
+    if (Status st = netlink::set_down(*s, nic->index, nic->name); !st) return st.error();
+    if (Status st = netlink::set_name_and_mac(*s, nic->index, nic->name == interface ? "" : interface, *mac, nic->name); !st)
+      return st.error();
   }
   // Idempotent: an interface that already has exactly this address keeps it (a re-applied
   // identity, e.g. clone 0 = the parent, must not break its open connections).
@@ -139,14 +139,14 @@ Error apply_vm_identity(const std::string& interface, const std::string& mac_tex
   if (!current) return current.error();
   const std::string want = address_cidr.substr(0, address_cidr.find('/')) + "/" + std::to_string(cidr->prefix);
   if (*current != std::vector<std::string>{want} && *current != std::vector<std::string>{address_cidr}) {
-    if (Error e = netlink::flush_ipv4(*s, nic->index, interface)) return e;
-    if (Error e = netlink::add_ipv4(*s, nic->index, cidr->address, cidr->prefix, interface)) return e;
+    if (Status st = netlink::flush_ipv4(*s, nic->index, interface); !st) return st.error();
+    if (Status st = netlink::add_ipv4(*s, nic->index, cidr->address, cidr->prefix, interface); !st) return st.error();
   }
-  if (Error e = netlink::set_up(*s, nic->index, interface)) return e;
+  if (Status st = netlink::set_up(*s, nic->index, interface); !st) return st.error();
   if (!hostname.empty() && sethostname(hostname.data(), hostname.size()) != 0)
     return make_error(Errc::namespace_setup, "clone-core: setting the hostname to " + hostname + ": " + errno_text(errno));
   send_gratuitous_arp(nic->index, *mac, cidr->address);
-  return {};
+  return ok_status();
 }
 
 }  // namespace sf

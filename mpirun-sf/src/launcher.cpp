@@ -96,7 +96,9 @@ class ClonedNodes : public RemoteNodes {
       exits_.reset();
     }
   }
-  void kill() override { ticket_.kill(); }
+  void kill() override {
+    if (auto st = ticket_.kill(); !st) spdlog::warn("killing the cluster: {}", st.error().message);
+  }
   void release() override {
     auto joined = ticket_.join();
     if (!joined) spdlog::warn("tearing the cluster down: {}", joined.error().message);
@@ -172,7 +174,7 @@ int run_on_clones(LaunchContext& ctx) {
       rv = listen_for_nodes(ticket->node(0).address_text);
     } catch (const std::exception& e) {
       fprintf(stderr, "mpirun-sf: %s\n", e.what());
-      ticket->kill();
+      (void)ticket->kill();  // the failure above is the one to report
       return 1;
     }
   }
@@ -191,14 +193,14 @@ int run_on_clones(LaunchContext& ctx) {
     if (!id) {
       fprintf(stderr, "mpirun-sf: cloning this machine failed: %s\n", id.error().message.c_str());
       ::close(rv.listen_fd);
-      ticket->kill();
+      (void)ticket->kill();  // the failure above is the one to report
       return 1;
     }
     if (*id > 0) {
       ::close(rv.listen_fd);
       int status = run_remote_node(ctx, static_cast<int>(*id), rv.coordinator,
                                    "clone " + std::to_string(*id));
-      ticket->sync(status);  // ends the clone
+      (void)ticket->sync(status);  // ends the clone
       _exit(status);
     }
   }

@@ -28,7 +28,7 @@ void Family::read_ctl(Member& m) {
   const ssize_t n = ::read(m.ctl, buf.data(), buf.size());
   if (n < 0 && errno == EINTR) return;
   if (n <= 0) {
-    if (sf::Error e = m.ctl_reader.finish(); e) spdlog::info("VM {}: {}", m.id, e.message);
+    if (sf::Status st = m.ctl_reader.finish(); !st) spdlog::info("VM {}: {}", m.id, st.error().message);
     ::close(m.ctl);
     m.ctl = -1;
     return;

@@ -118,8 +118,8 @@ int guest_agent_main() {
   sethostname(hostname.data(), hostname.size());
   // The cluster network (docs/sfd.md, "Network"): lo up; the NIC named, its MAC and address set.
   if (const auto& net = spec->net) {
-    if (sf::Error e = sf::apply_vm_identity(net->interface, net->mac, net->address, net->hostname)) {
-      send_error_and_exit_status(port, "cannot set up the network: " + e.message, 125);
+    if (sf::Status st = sf::apply_vm_identity(net->interface, net->mac, net->address, net->hostname); !st) {
+      send_error_and_exit_status(port, "cannot set up the network: " + st.error().message, 125);
       power_off();
     }
   }

@@ -87,8 +87,8 @@ Result<std::unique_ptr<VmNetwork>> VmNetwork::create() {
   // clones use), over which we then hold the capabilities that the namespace, bridge and taps
   // below need. Files keep our uid and gid; QEMU runs as the user.
   if (!sf::userns::administers_network())
-    if (sf::Error e = sf::userns::enter(/*new_network=*/false))
-      return make_error("network: " + e.message);
+    if (sf::Status st = sf::userns::enter(/*new_network=*/false); !st)
+      return make_error("network: " + st.error().message);
   std::unique_ptr<VmNetwork> net(new VmNetwork());
   net->nl_ = std::make_unique<Netlink>();
   std::string error;
@@ -146,14 +146,14 @@ Result<std::shared_ptr<const TapDevice>> VmNetwork::add_tap(unsigned node, bool 
   if (!e.empty()) return make_error(e);
   auto index = sf::netlink::link_index(nl_->sock, tap->name);
   if (!index) return make_error("network: " + index.error().message);
-  if (sf::Error err = sf::netlink::attach_up(nl_->sock, *index, bridge_index_, tap->name))
-    return make_error("network: " + err.message);
+  if (sf::Status st = sf::netlink::attach_up(nl_->sock, *index, bridge_index_, tap->name); !st)
+    return make_error("network: " + st.error().message);
   // Frames to node i's MAC go to node i's tap only: a clone resumes sending its parent's MAC
   // until the guest applies its own, and must not draw the parent's traffic meanwhile.
   auto mac = sf::parse_mac(tap->mac);
   if (!mac) return make_error("network: " + mac.error().message);
-  if (sf::Error err = sf::netlink::pin_bridge_port(nl_->sock, *index, *mac, tap->name))
-    return make_error("network: " + err.message);
+  if (sf::Status st = sf::netlink::pin_bridge_port(nl_->sock, *index, *mac, tap->name); !st)
+    return make_error("network: " + st.error().message);
   return std::shared_ptr<const TapDevice>(std::move(tap));
 }
 

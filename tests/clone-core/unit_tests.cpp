@@ -131,8 +131,8 @@ TEST(TicketFake, ClonesJoinsAndReportsStatuses) {
   EXPECT_EQ(*id, 0u);
   EXPECT_EQ(t->id(), 0u);
   EXPECT_EQ(t->interface_name(), "sfbr5");
-  EXPECT_EQ(t->sync(0).code, Errc::wrong_side);
-  EXPECT_EQ(sf::sync(0).code, Errc::wrong_side);
+  EXPECT_EQ(t->sync(0).error().code, Errc::wrong_side);
+  EXPECT_EQ(sf::sync(0).error().code, Errc::wrong_side);
   EXPECT_GE(t->exit_fd(), 0);
   auto early = t->poll_exited();
   EXPECT_EQ(early.size(), 3u);

@@ -64,7 +64,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (;;) {
       auto body = reader.next();
       if (!body) {
-        if (!reader.finish()) std::abort();  // a broken stream stays broken
+        if (reader.finish().ok()) std::abort();  // a broken stream stays broken
         return 0;
       }
       if (!*body) break;

@@ -185,10 +185,10 @@ TEST(VmIdentity, AppliesNameMacAndAddressesToALinkInANamespace) {
     auto s = sf::netlink::Socket::open();
     auto idx = sf::netlink::link_index(*s, "sf0");
     // The parent's address, as a clone inherits it.
-    if (sf::Error e = sf::netlink::add_ipv4(*s, *idx, (10u << 24) | (213u << 16) | 1u, 24, "sf0")) failure = e.message;
-    if (sf::Error e = sf::apply_vm_identity("sf0", "52:54:00:53:46:07", "10.213.0.8/24", "")) failure = e.message;
+    if (sf::Status st = sf::netlink::add_ipv4(*s, *idx, (10u << 24) | (213u << 16) | 1u, 24, "sf0"); !st) failure = st.error().message;
+    if (sf::Status st = sf::apply_vm_identity("sf0", "52:54:00:53:46:07", "10.213.0.8/24", ""); !st) failure = st.error().message;
     // Applying the same identity again changes nothing (clone 0 re-applies the parent's).
-    if (sf::Error e = sf::apply_vm_identity("sf0", "52:54:00:53:46:07", "10.213.0.8/24", "")) failure = e.message;
+    if (sf::Status st = sf::apply_vm_identity("sf0", "52:54:00:53:46:07", "10.213.0.8/24", ""); !st) failure = st.error().message;
     auto a = sf::netlink::ipv4_addresses(*s, *idx);
     if (a) addrs = *a;
     auto links = sf::netlink::list_links(*s);
@@ -210,8 +210,8 @@ TEST(VmIdentity, ReportsAMissingNic) {
   std::string message;
   std::thread t([&] {
     if (unshare(CLONE_NEWNET) != 0) return;
-    sf::Error e = sf::apply_vm_identity("sf0", "52:54:00:53:46:07", "10.213.0.8/24", "");
-    message = e.message;
+    sf::Status st = sf::apply_vm_identity("sf0", "52:54:00:53:46:07", "10.213.0.8/24", "");
+    if (!st) message = st.error().message;
   });
   t.join();
   EXPECT_NE(message.find("no network interface"), std::string::npos) << message;

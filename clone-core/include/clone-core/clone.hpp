@@ -72,11 +72,11 @@ class Ticket {
 
   // Clone side: report `status` and end this clone (flushes stdio, then _exit). Returns an
   // error only if called in the parent.
-  Error sync(int status);
+  Status sync(int status);
   // Parent side: wait for every clone; statuses[i - 1] is clone i's. Tears everything down.
   Result<std::vector<CloneStatus>> join();
   // Parent side: end every clone now and tear everything down. Idempotent.
-  Error kill();
+  Status kill();
   // Parent side: a pollable fd, readable when a clone may have ended; then poll_exited()
   // returns (once each) the clones that ended. Lets a caller stop the job when one crashes.
   int exit_fd() const;
@@ -92,7 +92,7 @@ class Ticket {
 
 // In a clone: report `status` to the parent and end the clone, whichever Ticket cloned it.
 // Returns Errc::wrong_side if this process is not a clone.
-Error sync(int status);
+Status sync(int status);
 // 0 in a parent or an unrelated process, i in clone i.
 unsigned current_clone_id();
 

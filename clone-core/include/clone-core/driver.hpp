@@ -60,11 +60,11 @@ class ClusterInstance {
   // clone. Must be called by a single-threaded process.
   virtual Result<unsigned> clone() = 0;
   // Clone side: report `status` to the parent and end this clone. Returns only on error.
-  virtual Error sync(int status) = 0;
+  virtual Status sync(int status) = 0;
   // Parent side: wait for every clone, reap, remove everything; statuses indexed by id - 1.
   virtual Result<std::vector<CloneStatus>> join() = 0;
   // Parent side: end every clone now and remove everything. Idempotent.
-  virtual Error kill() = 0;
+  virtual Status kill() = 0;
   // Parent side: readable (poll/epoll) when a clone may have ended; -1 before clone().
   virtual int exit_fd() const = 0;
   // Parent side, non-blocking: clones that ended since the last call (each reported once).

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,8 +16,8 @@ struct FakeScript {
   bool available = true;              // what probe() says
   unsigned slot = 0;                  // the subnet slot it pretends to lock
   std::vector<CloneStatus> outcomes;  // what join()/poll_exited() report; default: all synced 0
-  Error fail_prepare;                 // if set, prepare() fails with it
-  Error fail_clone;                   // if set, clone() fails with it
+  std::optional<Error> fail_prepare;  // if set, prepare() fails with it
+  std::optional<Error> fail_clone;    // if set, clone() fails with it
 };
 
 struct FakeCalls {

@@ -42,7 +42,7 @@ class FrameReader {
   // more than kMaxFrame: the stream is unusable from there and every later call says so.
   Result<std::optional<std::string>> next();
   // At the end of the stream: an Error if it stopped inside a frame.
-  Error finish() const;
+  Status finish() const;
   std::size_t buffered() const { return buf_.size() - pos_; }
 
  private:

@@ -42,15 +42,15 @@ class Socket {
 Result<int> create_bridge(Socket& s, const std::string& name, std::uint32_t group, const std::uint8_t mac[6]);
 // Creates host_name (master = bridge_ifindex, group, up) paired with peer_name inside the
 // network namespace netns_fd, or if that is -1 the one of process netns_pid (down). One request.
-Error create_veth_into(Socket& s, const std::string& host_name, int bridge_ifindex, std::uint32_t group,
-                       const std::string& peer_name, int netns_fd, pid_t netns_pid = 0);
-Error set_up(Socket& s, int ifindex, const std::string& what);
+Status create_veth_into(Socket& s, const std::string& host_name, int bridge_ifindex, std::uint32_t group,
+                        const std::string& peer_name, int netns_fd, pid_t netns_pid = 0);
+Status set_up(Socket& s, int ifindex, const std::string& what);
 // The index of link `name` in the socket's namespace (one request).
 Result<int> link_index(Socket& s, const std::string& name);
-Error add_ipv4(Socket& s, int ifindex, std::uint32_t address, unsigned prefix, const std::string& what);
+Status add_ipv4(Socket& s, int ifindex, std::uint32_t address, unsigned prefix, const std::string& what);
 // Deletes every link of `group` in one batched request; missing links are fine.
-Error delete_group(Socket& s, std::uint32_t group);
-Error delete_link(Socket& s, const std::string& name);  // ENODEV is fine
+Status delete_group(Socket& s, std::uint32_t group);
+Status delete_link(Socket& s, const std::string& name);  // ENODEV is fine
 // Names and groups of all links in the socket's namespace.
 struct LinkEntry {
   std::string name;
@@ -68,17 +68,17 @@ Result<std::vector<LinkEntry>> list_links(Socket& s);
 // (the index is looked up through the socket, so this works from any namespace); its index.
 Result<int> create_bridge_here(Socket& s, const std::string& name);
 // Makes link `ifindex` a port of bridge `master_ifindex` and brings it up (one request).
-Error attach_up(Socket& s, int ifindex, int master_ifindex, const std::string& what);
+Status attach_up(Socket& s, int ifindex, int master_ifindex, const std::string& what);
 // Pins `mac` to bridge port `ifindex` (a static FDB entry, as `bridge fdb add MAC dev PORT
 // master static`) and turns MAC learning off on the port, so frames to `mac` reach that port
 // only, whatever source MACs the guests send (a fresh VM clone still sends its parent's MAC).
-Error pin_bridge_port(Socket& s, int ifindex, const std::array<std::uint8_t, 6>& mac, const std::string& what);
-Error set_down(Socket& s, int ifindex, const std::string& what);
+Status pin_bridge_port(Socket& s, int ifindex, const std::array<std::uint8_t, 6>& mac, const std::string& what);
+Status set_down(Socket& s, int ifindex, const std::string& what);
 // Renames link `ifindex` to `name` (empty: keep the name) and sets its MAC; the link must be down.
-Error set_name_and_mac(Socket& s, int ifindex, const std::string& name, const std::array<std::uint8_t, 6>& mac,
-                       const std::string& what);
+Status set_name_and_mac(Socket& s, int ifindex, const std::string& name, const std::array<std::uint8_t, 6>& mac,
+                        const std::string& what);
 // Removes every IPv4 address from link `ifindex`.
-Error flush_ipv4(Socket& s, int ifindex, const std::string& what);
+Status flush_ipv4(Socket& s, int ifindex, const std::string& what);
 // The IPv4 addresses on link `ifindex` as "a.b.c.d/p".
 Result<std::vector<std::string>> ipv4_addresses(Socket& s, int ifindex);
 

@@ -1,12 +1,7 @@
-// clone-core: errors as values. Every fallible clone-core operation returns an Error (or a
-// Result<T>) that names the failing step and what to do about it; nothing throws across the
-// C API. std::expected is C++23 and we build as C++20, so Result<T> is
-// sf-common's small variant.
+// clone-core: errors as values (sf-common's vocabulary, common/include/sf-common/result.hpp).
+// Every fallible clone-core operation returns a Status or a Result<T> whose Error names the
+// failing step and what to do about it; nothing throws across the C API.
 #pragma once
-
-#include <string>
-#include <utility>
-#include <variant>
 
 #include "sf-common/result.hpp"
 
@@ -14,7 +9,7 @@ namespace sf {
 
 // Stable numeric codes; the C API (sf.h) returns them negated as SF_ERR_*.
 enum class Errc : int {
-  ok = 0,
+  ok = 0,                     // SF_OK in the C API; no Error carries it
   invalid_argument = 1,       // a ticket option is out of range or malformed
   not_single_threaded = 2,    // clone() needs a single-threaded process (fork copies one thread)
   missing_privilege = 3,      // CAP_SYS_ADMIN / CAP_NET_ADMIN missing for the sandbox driver
@@ -31,18 +26,14 @@ enum class Errc : int {
 
 const char* errc_name(Errc code) noexcept;
 
-struct Error {
-  Errc code = Errc::ok;
-  std::string message;
+using Error = sfcommon::Error<Errc>;
+using sfcommon::make_error;
 
-  bool ok() const noexcept { return code == Errc::ok; }
-  explicit operator bool() const noexcept { return !ok(); }  // true when there is an error
-};
-
-inline Error make_error(Errc code, std::string message) { return Error{code, std::move(message)}; }
-
-// A value or an Error (sf-common's Result).
+// A value or an Error (sf-common's Result); Status for steps that return nothing.
 template <class T>
 using Result = sfcommon::Result<T, Error>;
+using Status = sfcommon::Status<Error>;
+using sfcommon::Ok;
+using sfcommon::ok_status;
 
 }  // namespace sf

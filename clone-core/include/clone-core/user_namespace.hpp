@@ -31,6 +31,6 @@ std::string refusal();
 // lo up. For good: there is no way back to the original namespaces without privilege.
 // Without new_network the process keeps the host's network (where it holds no privilege) and
 // gains every capability over the namespaces it creates from now on.
-Error enter(bool new_network = true);
+Status enter(bool new_network = true);
 
 }  // namespace sf::userns

@@ -33,7 +33,7 @@ Result<Ipv4Cidr> parse_ipv4_cidr(const std::string& text);
 //  - sets the hostname (if not empty);
 //  - sends one gratuitous ARP (best effort) so peers and the bridge learn the new MAC at once.
 // Needs CAP_NET_ADMIN (and CAP_SYS_ADMIN for the hostname): the guest runs it as root.
-Error apply_vm_identity(const std::string& interface, const std::string& mac, const std::string& address_cidr,
-                        const std::string& hostname);
+Status apply_vm_identity(const std::string& interface, const std::string& mac, const std::string& address_cidr,
+                         const std::string& hostname);
 
 }  // namespace sf
