@@ -114,7 +114,8 @@ void NodeAgent::prepare(const std::string& session_dir) {
       pmix::ServerOptions{session_dir, here.hostname, static_cast<uint32_t>(node_)}, *this);
   if (!server) throw std::runtime_error(server.error().message);
   server_ = std::move(*server);
-  server_->register_job(ctx_.map, node_);
+  if (auto registered = server_->register_job(ctx_.map, node_); !registered)
+    throw std::runtime_error(registered.error().message);
   sigchld_.async_wait([this](const boost::system::error_code& ec, int) {
     if (!ec) reap();
   });
@@ -142,8 +143,9 @@ void NodeAgent::launch(int rank) {
   if (std::none_of(env.begin(), env.end(),
                    [](const std::string& e) { return e.rfind("OMPI_MCA_pml=", 0) == 0; }))
     env.push_back("OMPI_MCA_pml=ob1");
-  for (const auto& e : server_->prepare_rank(static_cast<uint32_t>(rank), getuid(), getgid()))
-    put_env(env, e);
+  auto pmix_env = server_->prepare_rank(static_cast<uint32_t>(rank), getuid(), getgid());
+  if (!pmix_env) throw std::runtime_error(pmix_env.error().message);
+  for (const auto& e : *pmix_env) put_env(env, e);
   put_env(env, "OMPI_COMM_WORLD_SIZE=" + std::to_string(ctx_.map.size()));
   put_env(env, "OMPI_COMM_WORLD_RANK=" + std::to_string(rank));
   put_env(env, "OMPI_COMM_WORLD_LOCAL_RANK=" + std::to_string(place.local_rank));

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <future>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 
 namespace sf::pmix {
@@ -24,6 +25,15 @@ namespace {
 PmixHost* g_host = nullptr;  // the PMIx server is process-wide, so is its host
 
 std::string text(pmix_status_t rc) { return PMIx_Error_string(rc); }
+
+// A failing PMIx call while building or registering the job, thrown by check(). Internal:
+// start(), register_job() and prepare_rank() catch it and return it as an Error.
+class PmixError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+Error failure(const PmixError& e) { return Error{Errc::general, e.what()}; }
 
 void check(pmix_status_t rc, const char* step) {
   if (rc != PMIX_SUCCESS && rc != PMIX_OPERATION_SUCCEEDED)
@@ -350,7 +360,7 @@ Result<std::unique_ptr<PmixServer>> PmixServer::start(const ServerOptions& optio
     info.add_u32(PMIX_SERVER_RANK, options.node_id);
     arr = info.convert();
   } catch (const PmixError& e) {
-    return Error{Errc::general, e.what()};
+    return failure(e);
   }
   g_host = &host;
   pmix_status_t rc = PMIx_server_init(&g_module, static_cast<pmix_info_t*>(arr.array), arr.size);
@@ -401,7 +411,8 @@ PmixServer::~PmixServer() {
   g_host = nullptr;
 }
 
-void PmixServer::register_job(const JobMap& map, int local_node) {
+// Function try blocks: check() throws PmixError on the first failing PMIx call.
+Status PmixServer::register_job(const JobMap& map, int local_node) try {
   nspace_ = map.nspace;
   const NodeSlot& here = map.nodes.at(static_cast<size_t>(local_node));
   std::string node_regex = regex_of(map.node_list(), false);
@@ -458,9 +469,12 @@ void PmixServer::register_job(const JobMap& map, int local_node) {
   PMIx_Data_array_destruct(&arr);
   check(rc, "PMIx_server_register_nspace");
   job_registered_ = true;
+  return sfcommon::ok_status();
+} catch (const PmixError& e) {
+  return failure(e);
 }
 
-std::vector<std::string> PmixServer::prepare_rank(uint32_t rank, uint32_t uid, uint32_t gid) {
+Result<std::vector<std::string>> PmixServer::prepare_rank(uint32_t rank, uint32_t uid, uint32_t gid) try {
   pmix_proc_t proc;
   PMIX_LOAD_PROCID(&proc, nspace_.c_str(), rank);
   OpWaiter w;
@@ -475,6 +489,8 @@ std::vector<std::string> PmixServer::prepare_rank(uint32_t rank, uint32_t uid, u
   }
   free(env);
   return out;
+} catch (const PmixError& e) {
+  return failure(e);
 }
 
 namespace {

@@ -161,12 +161,15 @@ class PmixServerTest : public ::testing::Test {
     map.nodes.push_back({"sft-node", {0, 1}});
     map.apps.push_back({0, 2});
     for (int r = 0; r < 2; ++r) map.ranks.push_back({0, 0, r, r, r});
-    server_->register_job(map, 0);
+    auto registered = server_->register_job(map, 0);
+    EXPECT_TRUE(registered) << registered.error().message;
     std::vector<pid_t> pids;
     for (uint32_t r = 0; r < 2; ++r) {
       std::vector<std::string> env;
       for (char** e = environ; *e; ++e) env.emplace_back(*e);
-      for (const auto& e : server_->prepare_rank(r, getuid(), getgid())) env.push_back(e);
+      auto pmix_env = server_->prepare_rank(r, getuid(), getgid());
+      EXPECT_TRUE(pmix_env) << pmix_env.error().message;
+      if (pmix_env) env.insert(env.end(), pmix_env->begin(), pmix_env->end());
       env.push_back(std::string(kClientMode) + "=" + what);
       std::vector<char*> envp;
       for (auto& e : env) envp.push_back(e.data());

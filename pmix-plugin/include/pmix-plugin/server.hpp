@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -29,13 +28,6 @@ using Error = sfcommon::Error<Errc>;
 template <class T>
 using Result = sfcommon::Result<T, Error>;
 using Status = sfcommon::Status<Error>;
-
-// A failing step of registering the job or a rank (register_job, prepare_rank), with the PMIx
-// status text; start() returns its errors instead.
-class PmixError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 inline constexpr uint32_t kRankWildcard = UINT32_MAX - 1;  // PMIX_RANK_WILDCARD
 // The PMIx statuses the host side sets or tests (it does not include PMIx's headers: PMIx is
@@ -105,9 +97,9 @@ class PmixServer {
   PmixServer& operator=(const PmixServer&) = delete;
 
   // Registers the whole job as seen from node `local_node`; blocks until PMIx has it.
-  void register_job(const JobMap& map, int local_node);
+  Status register_job(const JobMap& map, int local_node);
   // Registers a local rank and returns the "KEY=VALUE" entries its environment must add.
-  std::vector<std::string> prepare_rank(uint32_t rank, uint32_t uid, uint32_t gid);
+  Result<std::vector<std::string>> prepare_rank(uint32_t rank, uint32_t uid, uint32_t gid);
   // Asks the local PMIx store for the modex data of a local rank (for another node).
   void local_modex(uint32_t rank, DataDone done);
   // Deregisters local ranks that are about to be killed: PMIx closes its connection to each
