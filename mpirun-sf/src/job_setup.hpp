@@ -3,6 +3,7 @@
 // launcher and the node agents it starts on other machines (clones, Slurm nodes).
 #pragma once
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -11,10 +12,18 @@
 
 namespace sf::mpirun {
 
-// A failure before any rank runs: a one-line message and an exit status.
-struct SetupError {
-  std::string message;
-  int exit_code;
+// A failure before any rank runs: what() is the one-line message (without the "mpirun-sf: "
+// prefix), exit_code() the status mpirun-sf ends with (as mpirun's for the same failure).
+// Internal to mpirun-sf, like UsageError: thrown by the setup steps below and by run_job's
+// own checks, caught by run_job (the launcher) and run_slurm_node_agent (a Slurm node's
+// agent), which print it and return its exit code.
+class SetupError : public std::runtime_error {
+ public:
+  SetupError(const std::string& what, int exit_code) : std::runtime_error(what), exit_code_(exit_code) {}
+  int exit_code() const { return exit_code_; }
+
+ private:
+  int exit_code_;
 };
 
 // Cores in this process's CPU affinity.

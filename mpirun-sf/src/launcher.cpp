@@ -278,8 +278,8 @@ int run_job(const JobSpec& spec) {
     if (spec.allocator == "slurm") return run_in_new_allocation(spec);
     ctx.plan = make_plan(spec, probe_host(spec));
   } catch (const SetupError& e) {
-    fprintf(stderr, "mpirun-sf: %s\n", e.message.c_str());
-    return e.exit_code;
+    fprintf(stderr, "mpirun-sf: %s\n", e.what());
+    return e.exit_code();
   } catch (const UsageError& e) {
     fprintf(stderr, "mpirun-sf: %s\n", e.what());
     return e.exit_code();

@@ -216,8 +216,8 @@ int run_slurm_node_agent(const JobSpec& spec) {
     ctx.plan.cores_oversubscribed = ctx.plan.node_ranks[static_cast<size_t>(node)] > host_cores();
     finish_context(ctx, nspace, hostnames);
   } catch (const SetupError& e) {
-    fprintf(stderr, "mpirun-sf: %s: %s\n", label.c_str(), e.message.c_str());
-    return e.exit_code;
+    fprintf(stderr, "mpirun-sf: %s: %s\n", label.c_str(), e.what());
+    return e.exit_code();
   } catch (const std::exception& e) {
     fprintf(stderr, "mpirun-sf: %s: %s\n", label.c_str(), e.what());
     return 1;

@@ -60,6 +60,11 @@ struct JobSpec {
 };
 
 // A command-line error; what() is the one-line message (without the "mpirun-sf: " prefix).
+// Internal to mpirun-sf (nothing else links it): thrown by parse_command_line and by the
+// planning steps (plan.hpp, slurm_allocation.hpp); caught by main (parsing) and run_job
+// (planning), which print it and return exit_code(), as mpirun does for a usage error. In a
+// Slurm node's agent (run_slurm_node_agent) a planning UsageError is that node's failure
+// (status 1).
 class UsageError : public std::runtime_error {
  public:
   explicit UsageError(const std::string& what, int exit_code = 1)
