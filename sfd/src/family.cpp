@@ -96,6 +96,7 @@ void Family::end_clone(Member& m, CloneEnd end, int value) {
       reply(*p, join_reply());
     }
   }
+  release_slurm_if_done();
 }
 
 void Family::kill_clones() {
@@ -182,8 +183,19 @@ int Family::run(std::unique_ptr<QemuVm> master, std::vector<BootedNode> nodes) {
         who.emplace_back(m->id, true);
       }
     }
+    // --allocator slurm: the ticket's grant, while salloc waits (who: no member).
+    const bool grant_pending = slurm_ && granted_ == 0 && slurm_->fd() >= 0;
+    if (grant_pending) {
+      fds.push_back({slurm_->fd(), POLLIN, 0});
+      who.emplace_back(~0u, false);
+    }
     const int r = ::poll(fds.data(), fds.size(), master_deadline_ ? 100 : 1000);
     if (r < 0 && errno != EINTR) return fail(std::string("run: poll: ") + std::strerror(errno));
+    if (grant_pending) {
+      if (r <= 0 || fds.back().revents != 0) progress_slurm_grant();  // also notes a long wait
+      fds.pop_back();
+      who.pop_back();
+    }
     if (r <= 0) {
       reap_all();
       continue;

@@ -61,7 +61,7 @@ void Family::do_clone(Member& parent_member, const gc::CloneRequest& request) {
       failure_ = "clone: " + c.error().message;
       return;
     }
-    if (i > 0 && cfg_.remote.enabled()) {
+    if (i > 0 && placement_.enabled()) {
       remote_ids.push_back(i);
       remote_taps.push_back(c->nic);  // relayed to the remote clone's NIC
     } else {
@@ -99,8 +99,9 @@ void Family::do_clone(Member& parent_member, const gc::CloneRequest& request) {
           const std::string how = WIFEXITED(st) ? "exited with status " + std::to_string(WEXITSTATUS(st))
                                                 : "was killed by signal " + std::to_string(WTERMSIG(st));
           return "clone " + std::to_string(m->id) + " on '" + m->remote->host() + "': the agent " + how +
-                 " before the member connected (its messages, if any, are above); check that --remote runs a command "
-                 "on the other host and that it reaches this host on --remote-iface";
+                 " before the member connected (its messages, if any, are above); " +
+                 (placement_.slurm ? std::string("check that srun starts sfd on the Slurm node and that the node reaches this host on --remote-iface")
+                                   : std::string("check that --remote runs a command on the other host and that it reaches this host on --remote-iface"));
         }
       }
       return std::nullopt;
@@ -134,7 +135,7 @@ void Family::do_clone(Member& parent_member, const gc::CloneRequest& request) {
 Status Family::start_remote_members(const std::vector<unsigned>& ids, const VmConfig& config, const gc::CloneRequest& request,
                                     std::vector<std::shared_ptr<const TapDevice>>& taps,
                                     std::vector<std::unique_ptr<Member>>& added) {
-  const RemotePlacement& rp = cfg_.remote;
+  const RemotePlacement& rp = placement_;
   RemoteOriginOptions oo;
   oo.address = rp.address;
   oo.interface = rp.interface;

@@ -55,13 +55,16 @@ struct Member {
 
 class Family {
  public:
-  Family(const FamilyConfig& config, int signal_fd) : cfg_(config), signal_fd_(signal_fd), stdin_fd_(config.stdin_fd) {}
+  Family(const FamilyConfig& config, int signal_fd)
+      : cfg_(config), signal_fd_(signal_fd), stdin_fd_(config.stdin_fd), placement_(config.remote) {}
   ~Family() {
-    // Members (their QEMUs) before the image they map (and remote ones before its server).
+    // Members (their QEMUs) before the image they map (and remote ones before its server),
+    // then the Slurm nodes they ran on.
     members_.clear();
     member_service_.reset();
     origin_.reset();
     image_.reset();
+    slurm_.reset();
   }
 
   int run(std::unique_ptr<QemuVm> master, std::vector<BootedNode> nodes);
@@ -95,6 +98,13 @@ class Family {
     reply(m, message);
   }
   void do_clone(Member& parent, const gc::CloneRequest& request);
+  // The ticket's reply: `granted` clones, named after the master's `hostname`.
+  void grant_ticket(Member& m, unsigned granted, const std::string& hostname);
+  // `--allocator slurm`: the ticket waits for Slurm's grant (slurm_); the loop polls its fd and
+  // calls this, which answers the ticket once Slurm decided, and notes a long wait.
+  void progress_slurm_grant();
+  // Cancels the Slurm allocation once every clone ended (join, kill, their own ends).
+  void release_slurm_if_done();
   // The remote part of a clone (remote_member.hpp): serve the image, start the members and
   // take their connections. Fills members `ids` (placed on remote hosts) of `added`.
   Status start_remote_members(const std::vector<unsigned>& ids, const VmConfig& config, const gc::CloneRequest& request,
@@ -144,6 +154,10 @@ class Family {
   std::unique_ptr<RemoteCloneOrigin> origin_;        // serves image_ to remote members
   std::unique_ptr<MemberService> member_service_;  // their I/O and control connections
   std::vector<std::unique_ptr<Member>> members_;
+  RemotePlacement placement_;  // cfg_.remote, with the agents of the Slurm nodes once granted
+  std::unique_ptr<SlurmGrant> slurm_;  // --allocator slurm: this ticket's grant (or its wait)
+  std::string slurm_hostname_;        // the ticket's master hostname, for the reply
+  Clock::time_point slurm_next_note_;
   std::vector<NodeIdentity> nodes_;  // after a ticket
   unsigned granted_ = 0;
   bool cloned_ = false;

@@ -35,6 +35,8 @@ namespace {
 constexpr const char* kUsage =
     "usage: sfd run [--mem M] [--cpus C] [--root disk|9p] [--stdin none] [--nodes N]\n"
     "               [--remote AGENT... --remote-iface IF] [-v] -- COMMAND [ARG...]\n"
+    "       sfd run --allocator slurm --remote-iface IF [--partition P] [--account A]\n"
+    "               [--time-limit T] [other run options] -- COMMAND [ARG...]\n"
     "       sfd rsh HOST COMMAND...        (Open MPI's rsh agent inside `sfd run --nodes N`)\n"
     "       sfd build-guest [-v]\n"
     "       sfd accel [-v] [--reprobe]\n"
@@ -64,6 +66,8 @@ int cmd_run(int argc, char** argv) {
   unsigned nodes = 1;
   std::vector<std::string> remote;
   std::string remote_iface;
+  std::string allocator = "local";
+  sfd::SlurmOptions slurm;
   opts.add_options()("mem,m", po::value(&mem), "guest RAM, e.g. 256M or 1G (default 256M)")(
       "cpus,c", po::value(&cpus), "vCPUs (default 1)")(
       "root", po::value(&root),
@@ -75,7 +79,13 @@ int cmd_run(int argc, char** argv) {
       "remote", po::value(&remote),
       "place the clones on another host: AGENT runs a command there (e.g. 'ssh node2'; repeat for more hosts, "
       "clones go round-robin); that host needs the same files and sfd at the same paths")(
-      "remote-iface", po::value(&remote_iface), "this host's link to the --remote hosts (it needs an IPv4 address)")(
+      "remote-iface", po::value(&remote_iface), "this host's link to the --remote hosts or the Slurm nodes (it needs an IPv4 address)")(
+      "allocator", po::value(&allocator),
+      "local (default): clones run here (or on the --remote hosts); slurm: each clone request asks Slurm for one node per "
+      "clone (salloc) and places the clones there through srun; the allocation ends with the clones")(
+      "partition", po::value(&slurm.partition), "with --allocator slurm: the partition (also SF_SLURM_PARTITION)")(
+      "account", po::value(&slurm.account), "with --allocator slurm: the account (also SF_SLURM_ACCOUNT)")(
+      "time-limit", po::value(&slurm.time_limit), "with --allocator slurm: the time limit, in Slurm's syntax (also SF_SLURM_TIME_LIMIT)")(
       "stdin", po::value(&stdin_mode), "forward (default): sfd's stdin goes to the command, like mpirun's to rank 0; none: the command reads /dev/null")("verbose,v", "say what sfd does")("help,h", "this help")(
       "command", po::value<std::vector<std::string>>(), "the command");
   po::positional_options_description pos;
@@ -119,11 +129,34 @@ int cmd_run(int argc, char** argv) {
     std::fprintf(stderr, "sfd run: --nodes must be 1..64\n");
     return 2;
   }
+  if (allocator != "local" && allocator != "slurm") {
+    std::fprintf(stderr, "sfd run: --allocator must be local or slurm, not '%s'\n", allocator.c_str());
+    return 2;
+  }
+  const bool slurm_given = !slurm.partition.empty() || !slurm.account.empty() || !slurm.time_limit.empty();
+  if (allocator != "slurm" && slurm_given) {
+    std::fprintf(stderr, "sfd run: --partition, --account and --time-limit are what --allocator slurm asks for; add --allocator slurm\n");
+    return 2;
+  }
+  if (allocator == "slurm") {
+    if (!remote.empty()) {
+      std::fprintf(stderr, "sfd run: --allocator slurm places the clones on the nodes Slurm grants; leave --remote out\n");
+      return 2;
+    }
+    if (remote_iface.empty()) {
+      std::fprintf(stderr, "sfd run: --allocator slurm needs --remote-iface, this host's link to the Slurm nodes\n");
+      return 2;
+    }
+    if (nodes > 1) {
+      std::fprintf(stderr, "sfd run: --allocator slurm places clones; a static cluster (--nodes) is not cloned\n");
+      return 2;
+    }
+  }
   if (!remote.empty() && remote_iface.empty()) {
     std::fprintf(stderr, "sfd run: --remote needs --remote-iface, this host's link to the remote hosts\n");
     return 2;
   }
-  if (remote.empty() && !remote_iface.empty()) {
+  if (remote.empty() && !remote_iface.empty() && allocator != "slurm") {
     std::fprintf(stderr, "sfd run: --remote-iface without --remote: name the remote hosts' agent with --remote\n");
     return 2;
   }
@@ -135,6 +168,7 @@ int cmd_run(int argc, char** argv) {
   o.nodes = nodes;
   o.remote = remote;
   o.remote_iface = remote_iface;
+  if (allocator == "slurm") o.slurm = sfd::slurm_options_with_environment(slurm);
   o.forward_stdin = stdin_mode == "forward";
   o.root = *root_mode;
   o.mem_mib = *mib;

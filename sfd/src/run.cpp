@@ -138,6 +138,7 @@ int run_in_vm(const RunOptions& o) {
     if (!words) return fail(words.error().message);
     remote.agents.push_back(*words);
   }
+  remote.slurm = o.slurm;
   if (remote.enabled()) {
     auto address = interface_ipv4(o.remote_iface);
     if (!address) return fail(address.error().message);

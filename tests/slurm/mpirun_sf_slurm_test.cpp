@@ -2,8 +2,9 @@
 // (scripts/slurm-testbed: slurmctld on "ctl", slurmd on node1..node4, each a network
 // namespace): batch scripts that say mpirun-sf where they said mpirun get the same output and
 // exit codes as Debian's mpirun in the same kind of job; scancel, a lost node agent and
-// mistakes end everything on every node. Every test runs as root and as the ordinary user
-// sf-tester-a (made by scripts/setup).
+// mistakes end everything on every node. And `sfd run --allocator slurm`: a VM's clone request
+// becomes a Slurm allocation, its clones run on the granted nodes, and the allocation ends with
+// them. Every test runs as root and as the ordinary user sf-tester-a (made by scripts/setup).
 #include <gtest/gtest.h>
 #include <pwd.h>
 #include <signal.h>
@@ -68,6 +69,8 @@ class Testbed : public ::testing::Environment {
     fs::copy_file(sf::test::build_path("bin/mpirun-sf"), fs::path(bin_) / "mpirun-sf");
     for (const char* name : kExamples)
       fs::copy_file(sf::test::build_path(std::string("examples/") + name), fs::path(bin_) / name);
+    fs::copy_file(SFD_BINARY, fs::path(bin_) / "sfd");
+    fs::copy_file(SF_SUM_BINARY, fs::path(bin_) / "sf_sum");
     if (!testbed_leftovers().empty()) {
       error_ = "a Slurm testbed (or Slurm daemons) already runs here:\n" + testbed_leftovers();
       return;
@@ -435,6 +438,112 @@ TEST_P(SlurmJobs, KillNineOfTheLauncherLeavesNoAllocation) {
   EXPECT_NE(q.find(" R "), std::string::npos) << "the other job should still run:\n" << q;
   CommandResult cancel = sf::test::run_command(on_login_node({"scancel", "--name=" + holder_name}), options());
   EXPECT_TRUE(cancel.exited_with(0)) << cancel.describe();
+}
+
+// sfd run --allocator slurm on the login node: the C API example's ticket becomes a Slurm
+// allocation of one node per clone; its 4 clones run on node1..node4 with their memory from
+// the login node (memtap over mcdist); the sum is right and the allocation ends with the clones.
+TEST_P(SlurmJobs, SfdGetsTheClonesOfACApiTicketFromSlurm) {
+  CommandResult r = sf::test::run_command(
+      on_login_node({"env", "--chdir=" + work_, bin("sfd"), "run", "-v", "--allocator", "slurm", "--remote-iface", "eth0", "--mem", "512M", "--",
+                     bin("sf_sum"), "4", "1000000"}),
+      options(300s));
+  ASSERT_TRUE(r.exited_with(0)) << r.describe();
+  EXPECT_NE(r.stdout_text.find("granted 4 of 4 clones"), std::string::npos) << r.stdout_text;
+  EXPECT_NE(r.stdout_text.find("sum 499500000 (expected 499500000): ok"), std::string::npos) << r.stdout_text;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.stderr_text, m, std::regex(R"(Slurm granted allocation ([0-9]+) after)"))) << r.stderr_text;
+  const std::string job = m[1].str();
+  for (int node = 1; node <= 4; ++node) {
+    const std::string placed = "clone " + std::to_string(node) + ": placed on 'srun --jobid=" + job +
+                               " --overlap --nodes=1 --ntasks=1 --nodelist=node" + std::to_string(node);
+    EXPECT_NE(r.stderr_text.find(placed), std::string::npos) << placed << "\n" << r.stderr_text;
+    EXPECT_TRUE(std::regex_search(r.stderr_text, std::regex("clone " + std::to_string(node) +
+                                                           " on 'srun [^']*' stopped \\(.*\\): fetched [0-9]+ of 131072 pages")))
+        << r.stderr_text;
+  }
+  EXPECT_NE(r.stderr_text.find("every clone ended: releasing Slurm allocation " + job), std::string::npos) << r.stderr_text;
+  EXPECT_EQ(queue(), "") << "the allocation outlived its clones";
+}
+
+// kill -9 of sfd while its clones run on Slurm nodes, and while its request waits in the
+// queue: the allocation or request is cancelled (the watchdog) and nothing of the job is left
+// on any node (checked by TearDown: no process of the job, QEMU and the members included, and
+// an empty queue).
+TEST_P(SlurmJobs, KillNineOfSfdEndsTheAllocationAndTheClones) {
+  std::vector<std::string> argv{"env", "--chdir=" + work_, bin("sfd"), "run", "-v", "--allocator", "slurm",
+                                "--remote-iface", "eth0", "--mem", "512M", "--"};
+  // The command runs as root inside the VM, whoever runs sfd.
+  for (auto& w : words(bin("mpirun-sf") + " --allow-run-as-root --clones 2 -np 2 sleep 600")) argv.push_back(w);
+  RunningCommand run(on_login_node(argv), options(300s));
+  // --clones 2: node 0 (the master) and one clone, on a Slurm node.
+  ASSERT_TRUE(run.wait_for_error_output("cloned into 1 clone(s)", 240s)) << run.stderr_so_far();
+  std::size_t qemus = 0;  // the master's and the clone's (on node1)
+  for (const auto& p : sf::test::processes_with_environment(kMarker, marker_)) qemus += p.name.rfind("qemu", 0) == 0;
+  EXPECT_EQ(qemus, 2u) << sf::test::describe(sf::test::processes_with_environment(kMarker, marker_));
+  EXPECT_NE(queue().find(" R "), std::string::npos) << queue();
+  pid_t sfd = -1;
+  for (const auto& p : job_processes("sfd"))
+    if (p.command_line.find("--allocator") != std::string::npos) sfd = p.pid;
+  ASSERT_GT(sfd, 0) << sf::test::describe(job_processes("sfd"));
+  ASSERT_EQ(kill(sfd, SIGKILL), 0);
+  run.wait(60s);
+  std::string q;
+  for (int i = 0; i < 150 && !(q = queue()).empty(); ++i) std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(q, "") << "the allocation outlived sfd";
+
+  // Again while the request waits in the queue behind a job that holds every node: salloc's
+  // queue lines reach the user, and the request does not outlive sfd.
+  const std::string holder_name = "sft-holder-" + marker_;
+  CommandResult holder = sf::test::run_command(
+      on_login_node({"salloc", "--no-shell", "--job-name=" + holder_name, "-N4", "--ntasks-per-node=2"}), options());
+  ASSERT_TRUE(holder.exited_with(0)) << holder.describe();
+  RunningCommand waiting(on_login_node({"env", "--chdir=" + work_, bin("sfd"), "run", "--allocator", "slurm",
+                                        "--remote-iface", "eth0", "--mem", "512M", "--", bin("sf_sum"), "2", "1000"}),
+                         options(300s));
+  ASSERT_TRUE(waiting.wait_for_error_output("queued and waiting for resources", 240s)) << waiting.stderr_so_far();
+  EXPECT_NE(queue().find("sfd."), std::string::npos) << queue();
+  sfd = -1;
+  for (const auto& p : job_processes("sfd"))
+    if (p.command_line.find("--allocator") != std::string::npos) sfd = p.pid;
+  ASSERT_GT(sfd, 0) << sf::test::describe(job_processes("sfd"));
+  ASSERT_EQ(kill(sfd, SIGKILL), 0);
+  waiting.wait(60s);
+  for (int i = 0; i < 150; ++i) {
+    q = queue();
+    if (q.find("sfd.") == std::string::npos) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(q.find("sfd."), std::string::npos) << "the request outlived sfd:\n" << q;
+  EXPECT_NE(q.find(" R "), std::string::npos) << "the other job should still run:\n" << q;
+  CommandResult cancel = sf::test::run_command(on_login_node({"scancel", "--name=" + holder_name}), options());
+  EXPECT_TRUE(cancel.exited_with(0)) << cancel.describe();
+}
+
+// A partition Slurm does not know: the program's ticket request fails with Slurm's reason,
+// nothing is allocated; and option mistakes are named before anything boots.
+TEST_P(SlurmJobs, SfdNamesAnUnknownPartitionAndOptionMistakes) {
+  CommandResult r = sf::test::run_command(
+      on_login_node({"env", "--chdir=" + work_, bin("sfd"), "run", "--allocator", "slurm", "--partition", "nosuch", "--remote-iface", "eth0", "--mem",
+                     "512M", "--", bin("sf_sum"), "2", "1000"}),
+      options(300s));
+  EXPECT_FALSE(r.exited_with(0)) << r.describe();
+  EXPECT_NE(r.stderr_text.find("Slurm did not grant 2 node(s)"), std::string::npos) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("invalid partition"), std::string::npos) << r.stderr_text;
+  EXPECT_EQ(queue(), "");
+  const std::vector<std::pair<std::vector<std::string>, std::string>> mistakes = {
+      {{"--allocator", "slurm", "--", "true"}, "--allocator slurm needs --remote-iface"},
+      {{"--allocator", "ege", "--", "true"}, "--allocator must be local or slurm"},
+      {{"--partition", "debug", "--", "true"}, "add --allocator slurm"},
+      {{"--allocator", "slurm", "--remote", "ssh x", "--remote-iface", "eth0", "--", "true"}, "leave --remote out"},
+  };
+  for (const auto& [args, message] : mistakes) {
+    std::vector<std::string> argv{"env", "--chdir=" + work_, bin("sfd"), "run"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    CommandResult m = sf::test::run_command(on_login_node(argv), options());
+    EXPECT_TRUE(m.exited_with(2)) << m.describe();
+    EXPECT_NE(m.stderr_text.find(message), std::string::npos) << message << "\n" << m.stderr_text;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(As, SlurmJobs, ::testing::Values(Who::root, Who::ordinary_user), who_name);

@@ -34,6 +34,7 @@
 
 #include "memtap/image.hpp"
 #include "sfd/result.hpp"
+#include "sfd/slurm_grant.hpp"
 #include "sfd/vm_network.hpp"
 
 namespace sfd {
@@ -42,13 +43,16 @@ namespace sfd {
 // (clone 0) stays here.
 struct RemotePlacement {
   std::vector<std::vector<std::string>> agents;  // one command prefix per remote host
+  // `sfd run --allocator slurm`: the hosts are the nodes Slurm grants for each ticket, and the
+  // agents are filled in then (srun_agent); empty until a grant.
+  std::optional<SlurmOptions> slurm;
   std::string interface;                         // this host's link to them (IPv4 address needed)
   std::string address;                           // its IPv4 address (interface_ipv4)
   std::string sfd_path;                          // sfd on the remote hosts (the same path)
   bool verbose = false;
   std::string stats_file;  // SFD_STATS: one JSON line per remote clone when it stops
   bool no_fetch_map = true;  // SFD_NO_FETCH_MAP=off: remote clones fetch every page (benchmark baseline)
-  bool enabled() const { return !agents.empty(); }
+  bool enabled() const { return !agents.empty() || slurm.has_value(); }
 };
 
 // "ssh -x node2" -> {"ssh", "-x", "node2"} (whitespace-separated, as Open MPI's rsh agent).

@@ -4,12 +4,14 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "sfd/result.hpp"
+#include "sfd/slurm_grant.hpp"
 #include "sfd/rootfs.hpp"
 
 namespace sfd {
@@ -37,6 +39,8 @@ struct RunOptions {
   // Clones on other hosts (remote_member.hpp): one agent per host, this host's link to them.
   std::vector<std::string> remote;
   std::string remote_iface;
+  // `--allocator slurm`: the clones go to nodes Slurm grants per ticket (slurm_grant.hpp).
+  std::optional<SlurmOptions> slurm;
 };
 
 // The caller's environment minus what only makes sense on the host (agent sockets, display,
