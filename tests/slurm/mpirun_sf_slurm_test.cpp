@@ -241,6 +241,28 @@ class SlurmJobs : public ::testing::TestWithParam<Who> {
       if (p.name == name) out.push_back(p);
     return out;
   }
+  // Another job that holds every node, so that the next request waits in the queue.
+  std::string hold_every_node() const {
+    const std::string name = "sft-holder-" + marker_;
+    CommandResult holder = sf::test::run_command(
+        on_login_node({"salloc", "--no-shell", "--job-name=" + name, "-N4", "--ntasks-per-node=2"}), options());
+    EXPECT_TRUE(holder.exited_with(0)) << holder.describe();
+    return name;
+  }
+  // After a kill -9 of the requester: no job whose (truncated) name starts with `prefix` is
+  // left in the queue, the holder still runs; then the holder is cancelled.
+  void expect_request_gone(const std::string& prefix, const std::string& holder) const {
+    std::string q;
+    for (int i = 0; i < 150; ++i) {
+      q = queue();
+      if (q.find(prefix) == std::string::npos) break;
+      std::this_thread::sleep_for(100ms);
+    }
+    EXPECT_EQ(q.find(prefix), std::string::npos) << "the request outlived its requester:\n" << q;
+    EXPECT_NE(q.find(" R "), std::string::npos) << "the other job should still run:\n" << q;
+    CommandResult cancel = sf::test::run_command(on_login_node({"scancel", "--name=" + holder}), options());
+    EXPECT_TRUE(cancel.exited_with(0)) << cancel.describe();
+  }
   bool wait_for_processes(const std::string& name, size_t count, std::chrono::milliseconds deadline) const {
     auto end = std::chrono::steady_clock::now() + deadline;
     while (std::chrono::steady_clock::now() < end) {
@@ -416,11 +438,8 @@ TEST_P(SlurmJobs, KillNineOfTheLauncherLeavesNoAllocation) {
     for (int i = 0; i < 100 && !queue().empty(); ++i) std::this_thread::sleep_for(100ms);
     EXPECT_EQ(queue(), "");
   }
-  const std::string holder_name = "sft-holder-" + marker_;
   // Another job holds every node, so the request waits.
-  CommandResult holder = sf::test::run_command(
-      on_login_node({"salloc", "--no-shell", "--job-name=" + holder_name, "-N4", "--ntasks-per-node=2"}), options());
-  ASSERT_TRUE(holder.exited_with(0)) << holder.describe();
+  const std::string holder_name = hold_every_node();
   RunningCommand waiting(on_login_node(words(launcher(true) + " --allocator slurm -np 8 " + bin("hello"))),
                          options());
   ASSERT_TRUE(waiting.wait_for_error_output("queued and waiting for resources", 30s)) << waiting.stderr_so_far();
@@ -428,16 +447,7 @@ TEST_P(SlurmJobs, KillNineOfTheLauncherLeavesNoAllocation) {
   ASSERT_GT(outer, 0);
   ASSERT_EQ(kill(outer, SIGKILL), 0);
   waiting.wait(30s);
-  std::string q;
-  for (int i = 0; i < 100; ++i) {
-    q = queue();
-    if (q.find("mpirun-s") == std::string::npos) break;
-    std::this_thread::sleep_for(100ms);
-  }
-  EXPECT_EQ(q.find("mpirun-s"), std::string::npos) << "the request outlived its launcher:\n" << q;
-  EXPECT_NE(q.find(" R "), std::string::npos) << "the other job should still run:\n" << q;
-  CommandResult cancel = sf::test::run_command(on_login_node({"scancel", "--name=" + holder_name}), options());
-  EXPECT_TRUE(cancel.exited_with(0)) << cancel.describe();
+  expect_request_gone("mpirun-s", holder_name);
 }
 
 // sfd run --allocator slurm on the login node: the C API example's ticket becomes a Slurm
@@ -494,10 +504,7 @@ TEST_P(SlurmJobs, KillNineOfSfdEndsTheAllocationAndTheClones) {
 
   // Again while the request waits in the queue behind a job that holds every node: salloc's
   // queue lines reach the user, and the request does not outlive sfd.
-  const std::string holder_name = "sft-holder-" + marker_;
-  CommandResult holder = sf::test::run_command(
-      on_login_node({"salloc", "--no-shell", "--job-name=" + holder_name, "-N4", "--ntasks-per-node=2"}), options());
-  ASSERT_TRUE(holder.exited_with(0)) << holder.describe();
+  const std::string holder_name = hold_every_node();
   RunningCommand waiting(on_login_node({"env", "--chdir=" + work_, bin("sfd"), "run", "--allocator", "slurm",
                                         "--remote-iface", "eth0", "--mem", "512M", "--", bin("sf_sum"), "2", "1000"}),
                          options(300s));
@@ -509,15 +516,7 @@ TEST_P(SlurmJobs, KillNineOfSfdEndsTheAllocationAndTheClones) {
   ASSERT_GT(sfd, 0) << sf::test::describe(job_processes("sfd"));
   ASSERT_EQ(kill(sfd, SIGKILL), 0);
   waiting.wait(60s);
-  for (int i = 0; i < 150; ++i) {
-    q = queue();
-    if (q.find("sfd.") == std::string::npos) break;
-    std::this_thread::sleep_for(100ms);
-  }
-  EXPECT_EQ(q.find("sfd."), std::string::npos) << "the request outlived sfd:\n" << q;
-  EXPECT_NE(q.find(" R "), std::string::npos) << "the other job should still run:\n" << q;
-  CommandResult cancel = sf::test::run_command(on_login_node({"scancel", "--name=" + holder_name}), options());
-  EXPECT_TRUE(cancel.exited_with(0)) << cancel.describe();
+  expect_request_gone("sfd.", holder_name);
 }
 
 // A partition Slurm does not know: the program's ticket request fails with Slurm's reason,
