@@ -1,7 +1,9 @@
 // sfd: the guest's root on read-only EROFS disks (see rootfs.hpp).
 #include "sfd/rootfs.hpp"
 
+#include <fcntl.h>
 #include <fts.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -220,6 +222,41 @@ std::vector<std::string> erofs_excludes_for(const fs::path& source_root, const s
   return out;
 }
 
+namespace {
+
+// The image directory `dir` held in use (a shared flock on it, released when the last copy
+// goes); null if the directory is not there (a build that removed it won).
+std::shared_ptr<const int> hold_in_use(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return nullptr;
+  while (::flock(fd, LOCK_SH) != 0) {
+    if (errno != EINTR) {
+      ::close(fd);
+      return nullptr;
+    }
+  }
+  return std::shared_ptr<const int>(new int(fd), [](const int* f) {
+    ::close(*f);  // releases the lock
+    delete f;
+  });
+}
+
+// Removes an image directory that no run holds in use (an exclusive flock it can take now);
+// false if one does.
+bool remove_if_unused(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0 && ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd);
+    return false;
+  }
+  std::error_code rm;
+  fs::remove_all(dir, rm);
+  if (fd >= 0) ::close(fd);
+  return true;
+}
+
+}  // namespace
+
 Result<SystemImage> ensure_system_image(const SystemImageSpec& spec, const fs::path& cache_root) {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::string> unreadable;
@@ -236,10 +273,13 @@ Result<SystemImage> ensure_system_image(const SystemImageSpec& spec, const fs::p
   img.key = *key;
   img.file = base / img.key / kSystemImageName;
   std::error_code ec;
-  if (fs::exists(img.file, ec)) {  // renamed into place complete
+  // In use first, then there: a build removing it meanwhile leaves it missing, and it is built.
+  img.in_use = hold_in_use(base / img.key);
+  if (img.in_use && fs::exists(img.file, ec)) {  // renamed into place complete
     img.bytes = fs::file_size(img.file, ec);
     return img;
   }
+  img.in_use.reset();
   fs::create_directories(base, ec);
   if (ec) return make_error("rootfs: cannot create " + base.string() + ": " + ec.message() + "; set SF_CACHE_DIR to a writable directory");
   std::string tmpl = (base / (".build-" + std::to_string(getpid()) + "-XXXXXX")).string();
@@ -260,11 +300,14 @@ Result<SystemImage> ensure_system_image(const SystemImageSpec& spec, const fs::p
   if (ec) {
     std::error_code rm;
     fs::remove_all(tmp, rm);
-    if (!fs::exists(img.file)) return make_error("rootfs: cannot move the image into " + (base / img.key).string() + ": " + ec.message());
+    img.in_use = hold_in_use(base / img.key);
+    if (!img.in_use || !fs::exists(img.file))
+      return make_error("rootfs: cannot move the image into " + (base / img.key).string() + ": " + ec.message());
     img.bytes = fs::file_size(img.file, ec);
     return img;  // another builder won the race
   }
   img.built_now = true;
+  img.in_use = hold_in_use(base / img.key);
   img.bytes = fs::file_size(img.file, ec);
   spdlog::info("system image built: {} MiB in {:.1f} s", img.bytes >> 20,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count());
@@ -272,9 +315,10 @@ Result<SystemImage> ensure_system_image(const SystemImageSpec& spec, const fs::p
   for (const auto& e : fs::directory_iterator(base, ec)) {
     const auto name = e.path().filename().string();
     if (name == img.key || name.rfind(".build-", 0) == 0) continue;
-    std::error_code rm;
-    fs::remove_all(e.path(), rm);
-    spdlog::info("removed the old system image {}", name);
+    if (remove_if_unused(e.path()))
+      spdlog::info("removed the old system image {}", name);
+    else
+      spdlog::info("kept the old system image {}: a running sfd uses it (the next build removes it)", name);
   }
   return img;
 }

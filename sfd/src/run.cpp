@@ -164,9 +164,11 @@ int run_in_vm(const RunOptions& o) {
   cfg.cpus = o.cpus;
   cfg.agent = o.agent;
   std::unique_ptr<WorkImage> work_image;  // outlives every VM of the family (clones use it too)
+  std::shared_ptr<const int> system_in_use;  // likewise the system image (held against removal)
   if (o.root == RootMode::disk) {
     auto disks = prepare_root_disks(o, &work_image);
     if (!disks) return fail(disks.error().message);
+    system_in_use = disks->in_use;
     cfg.system_disk = disks->file;
     cfg.work_disk = work_image->file();
   } else {

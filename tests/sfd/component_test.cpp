@@ -216,12 +216,25 @@ TEST(SystemImage, ReusedUntilAnIncludedFileChangesThenRebuilt) {
   // Same size, another mtime: a changed included file gives a new key and a rebuild.
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   write_text(root / "usr/bin/prog", "program-v2");
+  // `first` and `again` still hold the old image in use (a running sfd would): it is kept.
   auto rebuilt = sfd::ensure_system_image(*spec, cache);
   ASSERT_TRUE(rebuilt.ok()) << rebuilt.error().message;
   EXPECT_TRUE(rebuilt->built_now);
   EXPECT_NE(rebuilt->key, first->key);
-  EXPECT_FALSE(fs::exists(first->file)) << "the old image was not removed";
+  EXPECT_TRUE(fs::exists(first->file)) << "an image in use was removed";
   EXPECT_TRUE(fs::exists(rebuilt->file));
+
+  // Released, the next build removes it; the one `rebuilt` holds stays.
+  first->in_use.reset();
+  again->in_use.reset();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  write_text(root / "usr/bin/prog", "program-v3");
+  auto third = sfd::ensure_system_image(*spec, cache);
+  ASSERT_TRUE(third.ok()) << third.error().message;
+  EXPECT_TRUE(third->built_now);
+  EXPECT_FALSE(fs::exists(first->file)) << "the old image was not removed";
+  EXPECT_TRUE(fs::exists(rebuilt->file)) << "an image in use was removed";
+  EXPECT_TRUE(fs::exists(third->file));
   fs::remove_all(dir);
 }
 

@@ -66,11 +66,16 @@ struct SystemImage {
   std::filesystem::path file;  // cache_root/rootfs/<key>/system.erofs
   std::uint64_t bytes = 0;
   bool built_now = false;
+  // A shared flock on the image's directory, held while this value (or a copy) lives: the
+  // image is in use (QEMU opens it again for every clone, also long after the start).
+  std::shared_ptr<const int> in_use;
 };
 
 // Returns the cached image for `spec`, building it first if it is missing (into a private
-// directory, renamed into place: concurrent builders are safe). A fresh build removes the
-// images of other keys. Progress goes to spdlog's info level (sfd -v).
+// directory, renamed into place: concurrent builders are safe), and holds it in use. A fresh
+// build removes the images of other keys that no run holds (an `sfd run` that started before
+// the host's files changed keeps its image until it ends; the next build removes it). Progress
+// goes to spdlog's info level (sfd -v).
 Result<SystemImage> ensure_system_image(const SystemImageSpec& spec, const std::filesystem::path& cache_root);
 
 // ensure_system_image(host_system_image_spec(), cache_dir()).
