@@ -10,7 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
-namespace mcdist::net {
+namespace sf::mcdist::net {
 namespace {
 std::string errno_text() { return std::strerror(errno); }
 
@@ -140,4 +140,4 @@ Result<int> open_unicast_socket(const InterfaceInfo& iface) {
   return fd;
 }
 
-}  // namespace mcdist::net
+}  // namespace sf::mcdist::net

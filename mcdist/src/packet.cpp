@@ -16,7 +16,7 @@
 #include <sstream>
 #include <unordered_map>
 
-namespace mcdist {
+namespace sf::mcdist {
 namespace {
 
 template <typename T>
@@ -406,4 +406,4 @@ bool ReplayWindow::accept(std::uint64_t seq) {
   return true;
 }
 
-}  // namespace mcdist
+}  // namespace sf::mcdist

@@ -23,7 +23,7 @@
 #define UDP_GRO 104  // linux/udp.h; older libc headers lack it
 #endif
 
-namespace mcdist {
+namespace sf::mcdist {
 namespace {
 using Clock = std::chrono::steady_clock;
 // GRO buffers per recvmmsg: 4 x 64 KiB, so the pages just copied in are still in the L2 cache
@@ -478,4 +478,4 @@ ReceiverStats MulticastReceiver::stats() const {
   return impl_->published;
 }
 
-}  // namespace mcdist
+}  // namespace sf::mcdist

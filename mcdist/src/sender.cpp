@@ -23,7 +23,7 @@
 #define UDP_SEGMENT 103  // linux/udp.h; older libc headers lack it
 #endif
 
-namespace mcdist {
+namespace sf::mcdist {
 namespace {
 using Clock = std::chrono::steady_clock;
 constexpr std::size_t kBatch = 16;        // packets per sendmmsg
@@ -523,4 +523,4 @@ std::uint16_t MulticastSender::request_port() const { return impl_->bound_port; 
 std::uint64_t MulticastSender::page_count() const { return impl_->page_count; }
 std::uint64_t MulticastSender::session_id() const { return impl_->session; }
 
-}  // namespace mcdist
+}  // namespace sf::mcdist

@@ -23,7 +23,7 @@
 #include "memtap/tcp_page_source.hpp"
 #include "memtap/uffd_region.hpp"
 
-using namespace memtap;
+using namespace sf::memtap;
 using Clock = std::chrono::steady_clock;
 
 namespace {

@@ -3,7 +3,7 @@
 
 #include "sf-common/byte_order.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 using sf::get_le16;
 using sf::get_le32;
@@ -12,4 +12,4 @@ using sf::put_le16;
 using sf::put_le32;
 using sf::put_le64;
 
-}  // namespace memtap
+}  // namespace sf::memtap

@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <string>
 
-namespace memtap {
+namespace sf::memtap {
 namespace {
 
 struct FaultPlan {
@@ -44,4 +44,4 @@ bool fault_fires(FaultKind kind) {
   return p.seen.fetch_add(1) + 1 >= p.from;
 }
 
-}  // namespace memtap
+}  // namespace sf::memtap

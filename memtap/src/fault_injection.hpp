@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string_view>
 
-namespace memtap {
+namespace sf::memtap {
 
 enum class FaultKind { kNone, kFetchFail, kFetchStall, kServeStall, kServeCorrupt, kServeExit };
 
@@ -13,4 +13,4 @@ enum class FaultKind { kNone, kFetchFail, kFetchStall, kServeStall, kServeCorrup
 // Counts occurrences per kind; thread-safe.
 bool fault_fires(FaultKind kind);
 
-}  // namespace memtap
+}  // namespace sf::memtap

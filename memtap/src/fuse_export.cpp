@@ -17,7 +17,7 @@
 
 #include "memtap/stats.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 namespace {
 
 constexpr const char* kImageName = "image";
@@ -268,4 +268,4 @@ Status run_fuse_export(std::shared_ptr<PageSource> source, const std::string& mo
   return result;
 }
 
-}  // namespace memtap
+}  // namespace sf::memtap

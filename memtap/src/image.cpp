@@ -18,7 +18,7 @@
 #include "byte_order.hpp"
 #include "sf-common/random.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 const char* to_string(ErrorCode code) {
   switch (code) {
@@ -468,4 +468,4 @@ std::span<const std::byte> FrozenImage::page(std::uint64_t index) const {
   return {map_ + index * metadata_.page_size(), metadata_.page_size()};
 }
 
-}  // namespace memtap
+}  // namespace sf::memtap

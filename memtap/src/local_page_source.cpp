@@ -5,7 +5,7 @@
 
 #include "fault_injection.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 LocalPageSource::LocalPageSource(std::shared_ptr<const FrozenImage> image) : image_(std::move(image)) {}
 
@@ -29,4 +29,4 @@ Status LocalPageSource::fetch(std::span<const PageRange> ranges, std::span<std::
   return ok_status();
 }
 
-}  // namespace memtap
+}  // namespace sf::memtap

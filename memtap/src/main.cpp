@@ -28,7 +28,7 @@
 #include "memtap/uffd_region.hpp"
 
 namespace po = boost::program_options;
-using namespace memtap;
+using namespace sf::memtap;
 
 namespace {
 

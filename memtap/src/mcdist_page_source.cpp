@@ -18,17 +18,17 @@
 #include "mcdist/receiver.hpp"
 #include "mcdist/sender.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-Result<mcdist::ClusterKey> key_from(const MulticastOptions& o) {
+Result<sf::mcdist::ClusterKey> key_from(const MulticastOptions& o) {
   if (o.key_file.empty()) {
     return make_error(ErrorCode::kInvalidArgument, "multicast needs a cluster key file (--mcast-key-file F, 64 hex digits)");
   }
-  auto k = mcdist::ClusterKey::from_file(o.key_file);
+  auto k = sf::mcdist::ClusterKey::from_file(o.key_file);
   if (!k) return make_error(ErrorCode::kInvalidArgument, k.error().message);
   return k.value();
 }
@@ -84,9 +84,9 @@ struct McdistPageSource::State {
   std::mutex sink_mutex;
   UnsolicitedPageSink sink;
 
-  std::unique_ptr<mcdist::MulticastReceiver> receiver;  // declared last: stopped first
+  std::unique_ptr<sf::mcdist::MulticastReceiver> receiver;  // declared last: stopped first
 
-  void on_image(const mcdist::ImageInfo& info) {
+  void on_image(const sf::mcdist::ImageInfo& info) {
     if (info.page_size == md.page_size() && info.image_bytes == md.image_length()) return;
     std::lock_guard lock(mutex);
     failure = name + " serves another image (" + std::to_string(info.image_bytes) + " bytes in pages of " +
@@ -128,7 +128,7 @@ struct McdistPageSource::State {
     }
   }
 
-  void on_failure(const mcdist::Error& e) {
+  void on_failure(const sf::mcdist::Error& e) {
     std::lock_guard lock(mutex);
     failure = e.message;  // mcdist's message names the group and interface already
     arrived.notify_all();  // a dead server must not leave a faulting thread waiting
@@ -163,7 +163,7 @@ Result<std::shared_ptr<McdistPageSource>> McdistPageSource::start(ImageMetadata 
   state->store.p = static_cast<const std::byte*>(mem);
   state->present.assign(state->md.page_count(), 0);
 
-  mcdist::ReceiverConfig c;
+  sf::mcdist::ReceiverConfig c;
   c.interface = options.interface;
   c.group = options.group;
   c.port = options.port;
@@ -174,10 +174,10 @@ Result<std::shared_ptr<McdistPageSource>> McdistPageSource::start(ImageMetadata 
   c.server_timeout = options.server_timeout;
   c.join_timeout = std::max(options.timeout, std::chrono::milliseconds(10000));
   State* s = state.get();
-  c.on_image = [s](const mcdist::ImageInfo& info) { s->on_image(info); };
-  auto r = mcdist::MulticastReceiver::start(
+  c.on_image = [s](const sf::mcdist::ImageInfo& info) { s->on_image(info); };
+  auto r = sf::mcdist::MulticastReceiver::start(
       std::move(c), [s](std::uint64_t page, std::span<const std::uint8_t> data) { s->on_page(page, data); },
-      [s](const mcdist::Error& e) { s->on_failure(e); });
+      [s](const sf::mcdist::Error& e) { s->on_failure(e); });
   if (!r) return make_error(ErrorCode::kIo, s->name + ": " + r.error().message);
   state->receiver = std::move(r.value());
   return std::shared_ptr<McdistPageSource>(new McdistPageSource(std::move(state)));
@@ -277,7 +277,7 @@ std::string McdistPageSource::stats_json() const {
 
 struct MulticastPageServer::State {
   std::shared_ptr<const FrozenImage> image;
-  std::unique_ptr<mcdist::MulticastSender> sender;
+  std::unique_ptr<sf::mcdist::MulticastSender> sender;
 };
 
 MulticastPageServer::MulticastPageServer(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -292,7 +292,7 @@ Result<std::unique_ptr<MulticastPageServer>> MulticastPageServer::start(std::sha
   auto key = key_from(options);
   if (!key) return key.error();
   const auto& md = image->metadata();
-  mcdist::SenderConfig c;
+  sf::mcdist::SenderConfig c;
   c.interface = options.interface;
   c.group = options.group;
   c.port = options.port;
@@ -306,7 +306,7 @@ Result<std::unique_ptr<MulticastPageServer>> MulticastPageServer::start(std::sha
   state->image = std::move(image);
   // The frozen image is mapped read-only for the server's lifetime: spans into it stay valid.
   const FrozenImage* img = state->image.get();
-  auto s = mcdist::MulticastSender::start(std::move(c), [img](std::uint64_t page) {
+  auto s = sf::mcdist::MulticastSender::start(std::move(c), [img](std::uint64_t page) {
     auto p = img->page(page);
     return std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(p.data()), p.size());
   });
@@ -338,4 +338,4 @@ std::string MulticastPageServer::stats_json() const {
   return j.dump();
 }
 
-}  // namespace memtap
+}  // namespace sf::memtap

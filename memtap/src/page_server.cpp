@@ -18,7 +18,7 @@
 #include "fault_injection.hpp"
 #include "memtap/protocol.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 namespace {
 
 namespace asio = boost::asio;
@@ -388,4 +388,4 @@ Result<std::unique_ptr<PageServer>> PageServer::create(std::shared_ptr<const Fro
   return std::unique_ptr<PageServer>(std::move(server));
 }
 
-}  // namespace memtap
+}  // namespace sf::memtap

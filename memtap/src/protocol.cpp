@@ -5,7 +5,7 @@
 
 #include "byte_order.hpp"
 
-namespace memtap::protocol {
+namespace sf::memtap::protocol {
 
 const char* to_string(WireStatus s) {
   switch (s) {
@@ -134,4 +134,4 @@ FetchRequest decode_fetch_request(std::span<const std::byte> body, std::uint64_t
   return r;
 }
 
-}  // namespace memtap::protocol
+}  // namespace sf::memtap::protocol

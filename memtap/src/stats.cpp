@@ -4,7 +4,7 @@
 #include <bit>
 #include <nlohmann/json.hpp>
 
-namespace memtap {
+namespace sf::memtap {
 
 int LatencyHistogram::bucket_of(std::uint64_t ns) {
   if (ns < kSub) return static_cast<int>(ns);
@@ -60,4 +60,4 @@ std::string ClientCounters::to_json() const {
   return j.dump() + "\n";
 }
 
-}  // namespace memtap
+}  // namespace sf::memtap

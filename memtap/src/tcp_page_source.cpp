@@ -18,7 +18,7 @@
 #include "fault_injection.hpp"
 #include "memtap/protocol.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
@@ -362,4 +362,4 @@ Result<std::string> TcpPageSource::server_stats() {
   return std::string(reinterpret_cast<const char*>(body.data()), body.size());
 }
 
-}  // namespace memtap
+}  // namespace sf::memtap

@@ -23,7 +23,7 @@
 #include <thread>
 #include <vector>
 
-namespace memtap {
+namespace sf::memtap {
 namespace {
 
 // Every userfaultfd feature memtap relies on, declared in one place. THREAD_ID: the log line
@@ -399,4 +399,4 @@ Result<std::unique_ptr<UffdRegion>> UffdRegion::create(std::shared_ptr<PageSourc
   return std::unique_ptr<UffdRegion>(std::move(region));
 }
 
-}  // namespace memtap
+}  // namespace sf::memtap

@@ -469,7 +469,7 @@ Status PmixServer::register_job(const JobMap& map, int local_node) try {
   PMIx_Data_array_destruct(&arr);
   check(rc, "PMIx_server_register_nspace");
   job_registered_ = true;
-  return sfcommon::ok_status();
+  return sf::common::ok_status();
 } catch (const PmixError& e) {
   return failure(e);
 }

@@ -165,14 +165,14 @@ int main(int argc, char** argv) {
   try {
     Hosts hosts(4, host_options());
     if (!hosts.ok) throw std::runtime_error("cannot build the bridge and namespaces (needs root)");
-    auto image = sfd::ensure_host_guest_image();
+    auto image = sf::sfd::ensure_host_guest_image();
     if (!image) throw std::runtime_error(image.error().message);
-    sfd::VmConfig cfg;
+    sf::sfd::VmConfig cfg;
     cfg.image = *image;
-    cfg.accel = sfd::Accel::tcg;
+    cfg.accel = sf::sfd::Accel::tcg;
     cfg.mem_mib = mem;
     cfg.mode = "idle";
-    auto parent = sfd::QemuVm::launch(cfg);
+    auto parent = sf::sfd::QemuVm::launch(cfg);
     if (!parent) throw std::runtime_error(parent.error().message);
     const auto boot_deadline = Clock::now() + std::chrono::seconds(300);
     while (read_file((*parent)->paths().console_log).find("sf-idle-tick 3") == std::string::npos) {
@@ -181,19 +181,19 @@ int main(int argc, char** argv) {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
     const fs::path desc = run / "parent.desc";
-    auto d = sfd::save_descriptor(**parent, desc);
+    auto d = sf::sfd::save_descriptor(**parent, desc);
     if (!d) throw std::runtime_error(d.error().message);
     result["descriptor"] = {{"bytes", d->bytes}, {"pause_us", d->pause.count()}, {"save_us", d->save.count()}};
-    sfd::FrozenImage frozen((*parent)->release_ram_file(), desc);
+    sf::sfd::FrozenImage frozen((*parent)->release_ram_file(), desc);
     parent->reset();
 
     for (bool map : {true, false}) {
-      sfd::RemoteOriginOptions oo;
+      sf::sfd::RemoteOriginOptions oo;
       oo.address = hosts.net + "1";
       oo.interface = hosts.bridge;
       oo.no_fetch_map = map;
       auto t0 = Clock::now();
-      auto origin = sfd::RemoteCloneOrigin::start(cfg, frozen, oo);
+      auto origin = sf::sfd::RemoteCloneOrigin::start(cfg, frozen, oo);
       if (!origin) throw std::runtime_error(origin.error().message);
       const double serve_s = std::chrono::duration<double>(Clock::now() - t0).count();
       const fs::path ticket = run / "ticket.json";
@@ -247,7 +247,7 @@ int main(int argc, char** argv) {
                      static_cast<unsigned long long>(fetched[0].value("pages_fetched", 0ull)));
         // Fresh origin counters for the next N: restart the origin.
         origin->reset();
-        origin = sfd::RemoteCloneOrigin::start(cfg, frozen, oo);
+        origin = sf::sfd::RemoteCloneOrigin::start(cfg, frozen, oo);
         if (!origin) throw std::runtime_error(origin.error().message);
         if (auto st = (*origin)->write_ticket(ticket); !st) throw std::runtime_error(st.error().message);
       }

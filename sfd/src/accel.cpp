@@ -15,7 +15,7 @@
 
 #include "sfd/paths.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 namespace fs = std::filesystem;
 
 namespace {
@@ -135,4 +135,4 @@ Result<AccelChoice> choose_accel(const GuestImage& image, const AccelProbeOption
   return choice;
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -5,7 +5,7 @@
 #include <string>
 #include <thread>
 
-namespace sfd {
+namespace sf::sfd {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using std::chrono::duration_cast;
@@ -135,4 +135,4 @@ Result<std::unique_ptr<CloneSet>> clone_vm(std::unique_ptr<QemuVm> parent, const
   return set;
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -16,7 +16,7 @@
 
 #include "family_impl.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 using nlohmann::json;
 
 std::uint64_t clone_memory_estimate_mib(std::uint64_t guest_mem_mib) { return 64 + guest_mem_mib / 4; }
@@ -243,4 +243,4 @@ int run_family(std::unique_ptr<QemuVm> master, std::vector<BootedNode> nodes, co
   return family.run(std::move(master), std::move(nodes));
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -12,7 +12,7 @@
 #include "family_impl.hpp"
 #include "sfd/paths.hpp"
 
-namespace sfd::detail {
+namespace sf::sfd::detail {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
@@ -187,4 +187,4 @@ void Family::report_remote(Member& m) {
       << "\n";
 }
 
-}  // namespace sfd::detail
+}  // namespace sf::sfd::detail

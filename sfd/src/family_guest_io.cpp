@@ -12,7 +12,7 @@
 
 #include "family_impl.hpp"
 
-namespace sfd::detail {
+namespace sf::sfd::detail {
 using socket_io::write_all;
 
 void Family::read_io(Member& m, bool drain) {
@@ -114,4 +114,4 @@ bool Family::settle_stdin(Member& m0, std::chrono::milliseconds limit) {
   }
 }
 
-}  // namespace sfd::detail
+}  // namespace sf::sfd::detail

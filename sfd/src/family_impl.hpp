@@ -24,7 +24,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
-namespace sfd::detail {
+namespace sf::sfd::detail {
 
 namespace gio = guest_io;
 namespace gc = sf::guest_control;
@@ -170,4 +170,4 @@ class Family {
   std::string guest_error_;
 };
 
-}  // namespace sfd::detail
+}  // namespace sf::sfd::detail

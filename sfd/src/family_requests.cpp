@@ -11,7 +11,7 @@
 
 #include "family_impl.hpp"
 
-namespace sfd::detail {
+namespace sf::sfd::detail {
 namespace {
 
 std::uint64_t mem_available_mib() {
@@ -173,4 +173,4 @@ void Family::handle_request(Member& m, const gc::Request& req) {
   refuse(m, "a request without an operation this sfd knows (sf.ctl version " + std::to_string(gc::kVersion) + ")");
 }
 
-}  // namespace sfd::detail
+}  // namespace sf::sfd::detail

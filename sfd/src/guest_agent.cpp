@@ -30,7 +30,7 @@
 
 extern char** environ;
 
-namespace sfd {
+namespace sf::sfd {
 namespace fs = std::filesystem;
 namespace gio = guest_io;
 
@@ -39,7 +39,7 @@ namespace {
 void say(const std::string& msg) { std::fprintf(stderr, "sfd guest-agent: %s\n", msg.c_str()); }
 
 [[noreturn]] void power_off() {
-  sync();
+  ::sync();
   reboot(RB_POWER_OFF);
   for (;;) pause();
 }
@@ -270,7 +270,7 @@ int guest_agent_main() {
   const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
   const int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
   send(port, gio::FrameType::exit, nlohmann::json{{"code", code}, {"signal", sig}}.dump());
-  sync();
+  ::sync();
   // The host stops QEMU when it has the status; power off ourselves if it does not.
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < give_up) {
@@ -280,4 +280,4 @@ int guest_agent_main() {
   power_off();
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -18,7 +18,7 @@
 #include "sfd/subprocess.hpp"
 #include "sfd_guest_init.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 namespace fs = std::filesystem;
 
 namespace {
@@ -258,4 +258,4 @@ Result<GuestImage> ensure_host_guest_image() {
   return ensure_guest_image(*inputs, cache_dir());
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -9,7 +9,7 @@
 #include <cstring>
 #include <string>
 
-namespace sfd::guest_io {
+namespace sf::sfd::guest_io {
 namespace {
 
 void put_le(std::vector<std::uint8_t>& out, std::uint64_t v, int bytes) {
@@ -140,4 +140,4 @@ Result<CommandSpec> parse_spec(const std::string& payload) {
   }
 }
 
-}  // namespace sfd::guest_io
+}  // namespace sf::sfd::guest_io

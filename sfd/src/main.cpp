@@ -107,7 +107,7 @@ int cmd_run(int argc, char** argv) {
     std::fprintf(stderr, "sfd run: no command\n%s", kUsage);
     return 2;
   }
-  auto mib = sfd::parse_mem_mib(mem);
+  auto mib = sf::sfd::parse_mem_mib(mem);
   if (!mib) {
     std::fprintf(stderr, "sfd run: %s\n", mib.error().message.c_str());
     return 2;
@@ -116,7 +116,7 @@ int cmd_run(int argc, char** argv) {
     std::fprintf(stderr, "sfd run: --cpus must be 1..64\n");
     return 2;
   }
-  auto root_mode = sfd::parse_root_mode(root);
+  auto root_mode = sf::sfd::parse_root_mode(root);
   if (!root_mode) {
     std::fprintf(stderr, "sfd run: %s\n", root_mode.error().message.c_str());
     return 2;
@@ -164,7 +164,7 @@ int cmd_run(int argc, char** argv) {
     std::fprintf(stderr, "sfd run: --remote places clones; a static cluster (--nodes) is not cloned\n");
     return 2;
   }
-  sfd::RunOptions o;
+  sf::sfd::RunOptions o;
   o.nodes = nodes;
   o.remote = remote;
   o.remote_iface = remote_iface;
@@ -179,17 +179,17 @@ int cmd_run(int argc, char** argv) {
   o.cwd = fs::current_path(ec);
   if (ec) {
     std::fprintf(stderr, "sfd run: cannot tell the working directory: %s\n", ec.message().c_str());
-    return sfd::kSfdFailureExit;
+    return sf::sfd::kSfdFailureExit;
   }
-  o.env = sfd::guest_environment(environ);
+  o.env = sf::sfd::guest_environment(environ);
   o.agent = self_path();
-  return sfd::run_in_vm(o);
+  return sf::sfd::run_in_vm(o);
 }
 
 int cmd_build_guest(int argc, char** argv) {
   const bool verbose = argc > 1 && std::string(argv[1]) == "-v";
   setup_logging(verbose);
-  auto image = sfd::ensure_host_guest_image();
+  auto image = sf::sfd::ensure_host_guest_image();
   if (!image) {
     spdlog::error("{}", image.error().message);
     return 1;
@@ -211,26 +211,26 @@ int cmd_accel(int argc, char** argv) {
     }
   }
   setup_logging(verbose);
-  auto image = sfd::ensure_host_guest_image();
+  auto image = sf::sfd::ensure_host_guest_image();
   if (!image) {
     spdlog::error("{}", image.error().message);
     return 1;
   }
-  sfd::AccelProbeOptions o;
+  sf::sfd::AccelProbeOptions o;
   o.reprobe = reprobe;
-  auto choice = sfd::choose_accel(*image, o);
+  auto choice = sf::sfd::choose_accel(*image, o);
   if (!choice) {
     spdlog::error("{}", choice.error().message);
     return 1;
   }
-  std::printf("%s\n", sfd::to_string(choice->accel).c_str());
+  std::printf("%s\n", sf::sfd::to_string(choice->accel).c_str());
   spdlog::info("{}", choice->reason);
   return 0;
 }
 
 // Prints a guest I/O frame stream (e.g. captured from the port) one frame per line.
 int cmd_decode_frames() {
-  sfd::guest_io::FrameDecoder dec;
+  sf::sfd::guest_io::FrameDecoder dec;
   std::vector<std::uint8_t> buf(65536);
   static const char* names[] = {"?", "spec", "stdout", "stderr", "exit", "error", "stdin"};
   for (;;) {
@@ -276,20 +276,20 @@ int main(int argc, char** argv) {
   if (cmd == "accel") return cmd_accel(argc - 1, argv + 1);
   if (cmd == "remote-clone") {
     setup_logging(false);
-    return sfd::remote_clone_command(argc - 1, argv + 1);
+    return sf::sfd::remote_clone_command(argc - 1, argv + 1);
   }
   if (cmd == "remote-member") {
     setup_logging(false);
-    return sfd::remote_member_command(argc - 1, argv + 1);
+    return sf::sfd::remote_member_command(argc - 1, argv + 1);
   }
   if (cmd == "decode-frames") return cmd_decode_frames();
-  if (cmd == "rsh") return sfd::rsh_command(argc - 1, argv + 1);
+  if (cmd == "rsh") return sf::sfd::rsh_command(argc - 1, argv + 1);
   if (cmd == "guest-agent") {
     if (getpid() != 1) {
       std::fprintf(stderr, "sfd guest-agent runs only as PID 1 inside a SnowFlock guest\n");
       return 2;
     }
-    return sfd::guest_agent_main();
+    return sf::sfd::guest_agent_main();
   }
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
     std::fputs(kUsage, stdout);

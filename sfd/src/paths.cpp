@@ -10,7 +10,7 @@
 #include <string>
 #include <system_error>
 
-namespace sfd {
+namespace sf::sfd {
 namespace fs = std::filesystem;
 
 namespace {
@@ -78,4 +78,4 @@ int sweep_stale_vm_files() {
   return removed;
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

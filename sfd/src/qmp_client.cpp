@@ -10,7 +10,7 @@
 #include <boost/asio/write.hpp>
 #include <istream>
 
-namespace sfd {
+namespace sf::sfd {
 namespace asio = boost::asio;
 using Json = QmpClient::Json;
 
@@ -157,4 +157,4 @@ Result<Json> QmpClient::wait_event(const std::string& name, std::chrono::millise
 
 std::deque<Json> QmpClient::take_events() { return std::exchange(events_, {}); }
 
-}  // namespace sfd
+}  // namespace sf::sfd

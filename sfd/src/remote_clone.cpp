@@ -45,7 +45,7 @@
 #include "remote_common.hpp"
 #include "socket_io.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using std::chrono::duration_cast;
@@ -175,8 +175,8 @@ struct ControlReply {
   std::string descriptor;
 };
 
-Result<ControlReply> fetch_from_origin(const RemoteCloneOptions& o, const memtap::OwnerToken& token) {
-  auto ep = memtap::parse_endpoint(o.control);
+Result<ControlReply> fetch_from_origin(const RemoteCloneOptions& o, const sf::memtap::OwnerToken& token) {
+  auto ep = sf::memtap::parse_endpoint(o.control);
   if (!ep) return make_error("remote clone: control address: " + ep.error().message);
   sockaddr_in sa{};
   sa.sin_family = AF_INET;
@@ -218,7 +218,7 @@ Result<ControlReply> fetch_from_origin(const RemoteCloneOptions& o, const memtap
 
 Result<std::unique_ptr<RemoteClone>> RemoteClone::start(const RemoteCloneOptions& o, RemoteCloneTimings* timings) {
   if (o.interface.empty()) return make_error("remote clone: no interface for mcdist (--iface)");
-  auto token = memtap::parse_token_hex(o.token_hex);
+  auto token = sf::memtap::parse_token_hex(o.token_hex);
   if (!token) return make_error("remote clone: token: " + token.error().message);
   std::unique_ptr<RemoteClone> rc(new RemoteClone());
   auto dir = make_private_dir("remote");
@@ -233,7 +233,7 @@ Result<std::unique_ptr<RemoteClone>> RemoteClone::start(const RemoteCloneOptions
   if (auto st = write_private_file(desc, reply->descriptor); !st) return make_error("remote clone: " + st.error().message);
   const fs::path key_file = rc->dir_ / "mcast.key";
   VmConfig cfg = m.vm;
-  memtap::MulticastOptions mo;
+  sf::memtap::MulticastOptions mo;
   const std::string memtap_server = m.memtap;
   if (auto st = write_private_file(key_file, m.mcast_key + "\n"); !st) return make_error("remote clone: " + st.error().message);
   mo.group = m.mcast_group;
@@ -268,25 +268,25 @@ Result<std::unique_ptr<RemoteClone>> RemoteClone::start(const RemoteCloneOptions
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     if (getppid() != parent) _exit(3);
-    auto ep = memtap::parse_endpoint(memtap_server);
+    auto ep = sf::memtap::parse_endpoint(memtap_server);
     if (!ep) _exit(4);
-    memtap::TcpSourceOptions to;
+    sf::memtap::TcpSourceOptions to;
     to.timeout = o.fetch_timeout;
-    auto tcp = memtap::TcpPageSource::connect(*ep, *token, to);
+    auto tcp = sf::memtap::TcpPageSource::connect(*ep, *token, to);
     if (!tcp) {
       std::fprintf(stderr, "sfd remote-clone: memtap page server %s: %s\n", memtap_server.c_str(), tcp.error().message.c_str());
       _exit(5);
     }
     spdlog::info("remote clone: memtap page server {}: {} pages, {} no-fetch", memtap_server, (*tcp)->metadata().page_count(),
                  (*tcp)->metadata().no_fetch_count());
-    auto mc = memtap::McdistPageSource::start((*tcp)->metadata(), mo);
+    auto mc = sf::memtap::McdistPageSource::start((*tcp)->metadata(), mo);
     if (!mc) {
       std::fprintf(stderr, "sfd remote-clone: mcdist on %s: %s\n", mo.interface.c_str(), mc.error().message.c_str());
       _exit(6);
     }
     spdlog::info("remote clone: joined mcdist {}:{} on {}", mo.group, mo.port, mo.interface);
-    memtap::FuseExportOptions fo;
-    auto st = memtap::run_fuse_export(*mc, rc->mountpoint_.string(), fo);
+    sf::memtap::FuseExportOptions fo;
+    auto st = sf::memtap::run_fuse_export(*mc, rc->mountpoint_.string(), fo);
     if (!st) std::fprintf(stderr, "sfd remote-clone: FUSE export: %s\n", st.error().message.c_str());
     std::fflush(stderr);
     _exit(st ? 0 : 7);
@@ -380,4 +380,4 @@ RemoteClone::~RemoteClone() {
   if (!dir_.empty()) fs::remove_all(dir_, ec);
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -10,7 +10,7 @@
 #include "sfd/paths.hpp"
 #include "sfd/remote_clone.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 namespace {
 
@@ -129,4 +129,4 @@ int remote_clone_command(int argc, char** argv) {
   return rc_exit;
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

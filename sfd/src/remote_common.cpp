@@ -12,7 +12,7 @@
 
 #include "sfd/paths.hpp"
 
-namespace sfd::remote {
+namespace sf::sfd::remote {
 
 namespace fs = std::filesystem;
 
@@ -53,4 +53,4 @@ Status write_private_file(const fs::path& p, const std::string& text) {
   return ok_status();
 }
 
-}  // namespace sfd::remote
+}  // namespace sf::sfd::remote

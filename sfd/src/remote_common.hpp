@@ -9,7 +9,7 @@
 
 #include "sfd/result.hpp"
 
-namespace sfd::remote {
+namespace sf::sfd::remote {
 
 inline constexpr std::uint64_t kPage = 4096;
 inline constexpr char kMagic[4] = {'S', 'F', 'R', 'C'};
@@ -27,4 +27,4 @@ Result<std::filesystem::path> make_private_dir(const std::string& kind);
 // Writes text to a new file only its owner can read (keys, tickets).
 Status write_private_file(const std::filesystem::path& p, const std::string& text);
 
-}  // namespace sfd::remote
+}  // namespace sf::sfd::remote

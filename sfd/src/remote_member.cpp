@@ -32,7 +32,7 @@
 #include "sfd/remote_clone.hpp"
 #include "socket_io.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 using socket_io::get_le32;
@@ -51,7 +51,7 @@ constexpr unsigned char kIoPort = 'i';
 constexpr unsigned char kCtlPort = 'c';
 
 Result<sockaddr_in> ipv4_endpoint(const std::string& text) {
-  auto ep = memtap::parse_endpoint(text);
+  auto ep = sf::memtap::parse_endpoint(text);
   if (!ep) return make_error(ep.error().message);
   sockaddr_in sa{};
   sa.sin_family = AF_INET;
@@ -116,7 +116,7 @@ Result<std::string> interface_ipv4(const std::string& ifname) {
 // ---------------------------------------------------------------------------------------------
 // MemberService
 
-Result<std::unique_ptr<MemberService>> MemberService::start(const std::string& address, const memtap::OwnerToken& token) {
+Result<std::unique_ptr<MemberService>> MemberService::start(const std::string& address, const sf::memtap::OwnerToken& token) {
   auto b = bind_any_port(address, SOCK_STREAM);
   if (!b) return make_error("remote members: " + b.error().message);
   std::unique_ptr<MemberService> s(new MemberService());
@@ -166,13 +166,13 @@ Result<std::map<unsigned, std::pair<int, int>>> MemberService::accept_members(co
     if (c < 0) continue;
     set_timeouts(c, std::chrono::seconds(10));
     unsigned char hello[kHelloBytes];
-    memtap::OwnerToken t{};
+    sf::memtap::OwnerToken t{};
     bool ok = recv_all(c, hello, sizeof hello) && std::memcmp(hello, kMagic, 4) == 0 && get_le32(hello + 4) == kVersion;
     if (ok) std::memcpy(t.data(), hello + 8, t.size());
     const unsigned id = ok ? get_le32(hello + 40) : 0;
     const unsigned char port = hello[44];
     auto it = got.find(id);
-    ok = ok && memtap::tokens_equal(t, token_) && it != got.end() && (port == kIoPort || port == kCtlPort);
+    ok = ok && sf::memtap::tokens_equal(t, token_) && it != got.end() && (port == kIoPort || port == kCtlPort);
     int* slot = ok ? (port == kIoPort ? &it->second.first : &it->second.second) : nullptr;
     if (!ok || *slot >= 0) {
       spdlog::warn("remote members: refused a connection to {} (wrong token, member or port)", endpoint());
@@ -419,7 +419,7 @@ Result<std::pair<std::string, std::string>> local_side_of(const std::string& add
   return std::make_pair(std::string(b), ifname);
 }
 
-Result<int> connect_port(const std::string& members, const memtap::OwnerToken& token, unsigned id, unsigned char port) {
+Result<int> connect_port(const std::string& members, const sf::memtap::OwnerToken& token, unsigned id, unsigned char port) {
   auto sa = ipv4_endpoint(members);
   if (!sa) return make_error("members: " + sa.error().message);
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -500,7 +500,7 @@ int remote_member_command(int argc, char** argv) {
   } catch (const std::exception& e) {
     return fail(std::string("a malformed ticket: ") + e.what());
   }
-  auto token = memtap::parse_token_hex(o.token_hex);
+  auto token = sf::memtap::parse_token_hex(o.token_hex);
   if (!token) return fail("ticket token: " + token.error().message);
   const std::string origin = net.substr(0, net.rfind(':'));
   auto local = local_side_of(origin);
@@ -596,4 +596,4 @@ int remote_member_command(int argc, char** argv) {
   return code;
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -4,7 +4,7 @@
 
 #include "sfd/remote_clone.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 namespace {
 constexpr std::uint64_t kPage = 4096;
@@ -26,7 +26,7 @@ std::optional<std::uint64_t> ram_file_offset(const RamLayout& l, std::uint64_t g
   return std::nullopt;
 }
 
-Result<NoFetchStats> apply_free_page_report(memtap::ImageMetadata& md, std::span<const sf::PageRange> frames,
+Result<NoFetchStats> apply_free_page_report(sf::memtap::ImageMetadata& md, std::span<const sf::PageRange> frames,
                                             const RamLayout& layout, FreeReportPolicy policy) {
   if (md.page_size() != kPage) return make_error("no-fetch map: the image's page size is " + std::to_string(md.page_size()) + ", not 4096");
   if (md.image_length() != layout.ram_bytes)
@@ -60,4 +60,4 @@ Result<NoFetchStats> apply_free_page_report(memtap::ImageMetadata& md, std::span
   return s;
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -25,7 +25,7 @@
 #include "remote_common.hpp"
 #include "socket_io.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using std::chrono::duration_cast;
@@ -47,15 +47,15 @@ struct RemoteCloneOrigin::State {
   fs::path dir;
   std::string address;
   std::uint16_t control_port = 0;
-  memtap::OwnerToken token{};
+  sf::memtap::OwnerToken token{};
   std::string reply_json;  // everything but the descriptor
   std::string descriptor;  // the bytes
   NoFetchStats no_fetch;
   microseconds metadata_time{0};
-  std::shared_ptr<const memtap::FrozenImage> image;
-  std::unique_ptr<memtap::PageServer> page_server;
+  std::shared_ptr<const sf::memtap::FrozenImage> image;
+  std::unique_ptr<sf::memtap::PageServer> page_server;
   std::thread page_thread;
-  std::unique_ptr<memtap::MulticastPageServer> mcast;
+  std::unique_ptr<sf::memtap::MulticastPageServer> mcast;
   int listen_fd = -1;
   int stop_fd = -1;
   std::thread control_thread;
@@ -115,9 +115,9 @@ void RemoteCloneOrigin::State::handle(int fd) {
     refuse("protocol version " + std::to_string(get_le32(hello + 4)) + " not supported (this sfd speaks 1)");
     return;
   }
-  memtap::OwnerToken t{};
+  sf::memtap::OwnerToken t{};
   std::memcpy(t.data(), hello + 8, 32);
-  if (!memtap::tokens_equal(t, token)) {
+  if (!sf::memtap::tokens_equal(t, token)) {
     refuse("wrong token: this is not the ticket of this clone family");
     return;
   }
@@ -156,11 +156,11 @@ Result<std::unique_ptr<RemoteCloneOrigin>> RemoteCloneOrigin::start(const VmConf
   }
 
   // memtap metadata: page checksums, the zero map, the guest's free-page report.
-  auto token = memtap::random_token();
+  auto token = sf::memtap::random_token();
   if (!token) return make_error("remote clone origin: " + token.error().message);
   s->token = *token;
   const auto t0 = Clock::now();
-  auto md = memtap::ImageMetadata::build(image.ram_file().string(), kPage, s->token, o.no_fetch_map);
+  auto md = sf::memtap::ImageMetadata::build(image.ram_file().string(), kPage, s->token, o.no_fetch_map);
   if (!md) return make_error("remote clone origin: scanning " + image.ram_file().string() + ": " + md.error().message);
   const RamLayout layout = pc_ram_layout(config.mem_mib);
   if (o.no_fetch_map) {
@@ -173,26 +173,26 @@ Result<std::unique_ptr<RemoteCloneOrigin>> RemoteCloneOrigin::start(const VmConf
   s->metadata_time = duration_cast<microseconds>(Clock::now() - t0);
   const fs::path md_path = s->dir / "image.memtap";
   if (auto st = md->save(md_path.string()); !st) return make_error("remote clone origin: " + st.error().message);
-  auto fi = memtap::FrozenImage::open(image.ram_file().string(), md_path.string());
+  auto fi = sf::memtap::FrozenImage::open(image.ram_file().string(), md_path.string());
   if (!fi) return make_error("remote clone origin: " + fi.error().message);
-  s->image = std::make_shared<const memtap::FrozenImage>(std::move(fi).value());
+  s->image = std::make_shared<const sf::memtap::FrozenImage>(std::move(fi).value());
 
   // The page server (TCP: HELLO, metadata) and the multicast server (mcdist).
-  auto ps = memtap::PageServer::create(s->image, memtap::Endpoint{o.address, 0});
+  auto ps = sf::memtap::PageServer::create(s->image, sf::memtap::Endpoint{o.address, 0});
   if (!ps) return make_error("remote clone origin: page server on " + o.address + ": " + ps.error().message);
   s->page_server = std::move(ps).value();
   s->page_thread = std::thread([srv = s->page_server.get()] { srv->run(false); });
-  auto key = memtap::random_token();
+  auto key = sf::memtap::random_token();
   if (!key) return make_error("remote clone origin: " + key.error().message);
-  const std::string key_hex = memtap::token_hex(*key);
+  const std::string key_hex = sf::memtap::token_hex(*key);
   const fs::path key_file = s->dir / "mcast.key";
   if (auto st = write_private_file(key_file, key_hex + "\n"); !st) return make_error("remote clone origin: " + st.error().message);
-  memtap::MulticastOptions mo;
+  sf::memtap::MulticastOptions mo;
   mo.interface = o.interface;
   mo.group = o.mcast_group;
   mo.port = o.mcast_port;
   mo.key_file = key_file.string();
-  auto mc = memtap::MulticastPageServer::start(s->image, mo);
+  auto mc = sf::memtap::MulticastPageServer::start(s->image, mo);
   if (!mc) return make_error("remote clone origin: mcdist on " + o.interface + ": " + mc.error().message);
   s->mcast = std::move(mc).value();
 
@@ -221,7 +221,7 @@ Result<std::unique_ptr<RemoteCloneOrigin>> RemoteCloneOrigin::start(const VmConf
   if (config.work_disk) vmj["work_disk"] = config.work_disk->string();
   const json reply = {
       {"version", kProtocolVersion},
-      {"memtap", memtap::Endpoint{o.address, s->page_server->port()}.to_string()},
+      {"memtap", sf::memtap::Endpoint{o.address, s->page_server->port()}.to_string()},
       {"mcast", {{"group", o.mcast_group}, {"port", o.mcast_port}, {"key", key_hex}}},
       {"image_id", hex64(s->image->metadata().image_id())},
       {"vm", vmj},
@@ -237,7 +237,7 @@ Result<std::unique_ptr<RemoteCloneOrigin>> RemoteCloneOrigin::start(const VmConf
 }
 
 std::string RemoteCloneOrigin::ticket_json() const {
-  return json{{"control", s_->address + ":" + std::to_string(s_->control_port)}, {"token", memtap::token_hex(s_->token)}}.dump();
+  return json{{"control", s_->address + ":" + std::to_string(s_->control_port)}, {"token", sf::memtap::token_hex(s_->token)}}.dump();
 }
 
 Status RemoteCloneOrigin::write_ticket(const fs::path& path) const { return write_private_file(path, ticket_json() + "\n"); }
@@ -246,7 +246,7 @@ microseconds RemoteCloneOrigin::metadata_time() const { return s_->metadata_time
 std::string RemoteCloneOrigin::page_server_stats() const { return s_->page_server->stats_json(); }
 std::string RemoteCloneOrigin::multicast_stats() const { return s_->mcast->stats_json(); }
 std::uint64_t RemoteCloneOrigin::descriptors_sent() const { return s_->sent.load(); }
-const memtap::OwnerToken& RemoteCloneOrigin::token() const { return s_->token; }
+const sf::memtap::OwnerToken& RemoteCloneOrigin::token() const { return s_->token; }
 std::uint64_t RemoteCloneOrigin::image_pages() const { return s_->image->metadata().page_count(); }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -21,7 +21,7 @@
 #include "sfd/paths.hpp"
 #include "sfd/subprocess.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 namespace fs = std::filesystem;
 
 namespace {
@@ -425,4 +425,4 @@ WorkImage::~WorkImage() {
   fs::remove(file_, ec);
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -24,7 +24,7 @@
 #include "sfd/vm.hpp"
 #include "sfd/vm_network.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 namespace fs = std::filesystem;
 namespace gio = guest_io;
 
@@ -252,4 +252,4 @@ int run_in_vm(const RunOptions& o) {
   return run_family(std::move(*launched), std::move(nodes), family, signal_fd);
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -15,7 +15,7 @@
 #include "sf-common/byte_order.hpp"
 #include "sf-common/fd_io.hpp"
 
-namespace sfd::socket_io {
+namespace sf::sfd::socket_io {
 
 inline bool send_all(int fd, const void* data, std::size_t len) {
   const auto* p = static_cast<const char*>(data);
@@ -54,4 +54,4 @@ inline void set_timeouts(int fd, std::chrono::milliseconds t) {
 using sf::get_le32;
 using sf::put_le32;
 
-}  // namespace sfd::socket_io
+}  // namespace sf::sfd::socket_io

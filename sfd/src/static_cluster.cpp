@@ -20,7 +20,7 @@
 
 #include "sfd/subprocess.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 namespace fs = std::filesystem;
 
@@ -213,4 +213,4 @@ int rsh_command(int argc, char** argv) {
   return 255;
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

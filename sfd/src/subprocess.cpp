@@ -11,7 +11,7 @@
 
 extern char** environ;
 
-namespace sfd {
+namespace sf::sfd {
 
 Result<int> run_to_completion(const std::vector<std::string>& argv) {
   if (argv.empty()) return make_error("run: empty command");
@@ -34,4 +34,4 @@ Result<int> run_to_completion(const std::vector<std::string>& argv) {
   return WEXITSTATUS(status);
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -22,7 +22,7 @@
 #include "sfd/paths.hpp"
 #include "sfd/vm_network.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 namespace fs = std::filesystem;
 
 std::string to_string(Accel a) { return a == Accel::kvm ? "kvm" : "tcg"; }
@@ -288,4 +288,4 @@ QemuVm::~QemuVm() {
   cleanup_files();
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

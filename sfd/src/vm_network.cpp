@@ -19,7 +19,7 @@
 #include "clone-core/netlink_links.hpp"
 #include "clone-core/user_namespace.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 std::string vm_mac(unsigned id) {
   char mac[18];
@@ -165,4 +165,4 @@ Result<std::vector<std::string>> VmNetwork::links() {
   return out;
 }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -20,7 +20,7 @@
 
 #include "namespace_hosts.hpp"
 
-namespace mcdist_test {
+namespace sf::mcdist::test {
 
 inline int sh(const std::string& cmd) {
   int rc = std::system(("(" + cmd + ") >/dev/null 2>&1").c_str());
@@ -151,4 +151,4 @@ class Testbed {
   std::string tmp_;
 };
 
-}  // namespace mcdist_test
+}  // namespace sf::mcdist::test

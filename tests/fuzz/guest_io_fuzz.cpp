@@ -11,7 +11,7 @@
 
 #include "sfd/guest_io.hpp"
 
-namespace gio = sfd::guest_io;
+namespace gio = sf::sfd::guest_io;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 1) return 0;

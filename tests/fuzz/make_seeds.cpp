@@ -139,13 +139,13 @@ void memtap_seeds() {
     for (std::size_t i = 2 * 4096; i < bytes.size(); ++i) bytes[i] = 'x';
     std::ofstream(image, std::ios::binary) << bytes;
   }
-  auto token = memtap::random_token();
-  auto md = memtap::ImageMetadata::build(image.string(), 4096, token.value(), true);
+  auto token = sf::memtap::random_token();
+  auto md = sf::memtap::ImageMetadata::build(image.string(), 4096, token.value(), true);
   fs::remove(image);
   put("memtap_image", "with-token", str(md.value().serialize(true)));
   put("memtap_image", "as-served", str(md.value().serialize(false)));
 
-  namespace proto = memtap::protocol;
+  namespace proto = sf::memtap::protocol;
   proto::FrameHeader h;
   h.type = proto::MessageType::kFetch;
   h.request_id = 5;
@@ -159,40 +159,40 @@ void memtap_seeds() {
   std::string fetch(1, '\2');
   append_le<std::uint64_t>(fetch, 4);     // page_count
   append_le<std::uint32_t>(fetch, 1024);  // max_batch_pages
-  const std::vector<memtap::PageRange> ranges = {{0, 1}, {2, 2}};
+  const std::vector<sf::memtap::PageRange> ranges = {{0, 1}, {2, 2}};
   put("memtap_protocol", "fetch", fetch + str(proto::encode_fetch_request(ranges)));
 }
 
 constexpr const char* kPacketKey = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 void mcdist_seeds() {
-  mcdist::PacketAuthenticator auth(mcdist::ClusterKey::from_hex(kPacketKey).value());
-  auto datagram = [&](mcdist::Header h, const std::vector<std::uint8_t>& payload) {
-    std::vector<std::uint8_t> d(mcdist::kHeaderSize);
-    mcdist::encode_header(h, payload, auth, std::span<std::uint8_t, mcdist::kHeaderSize>(d.data(), mcdist::kHeaderSize));
+  sf::mcdist::PacketAuthenticator auth(sf::mcdist::ClusterKey::from_hex(kPacketKey).value());
+  auto datagram = [&](sf::mcdist::Header h, const std::vector<std::uint8_t>& payload) {
+    std::vector<std::uint8_t> d(sf::mcdist::kHeaderSize);
+    sf::mcdist::encode_header(h, payload, auth, std::span<std::uint8_t, sf::mcdist::kHeaderSize>(d.data(), sf::mcdist::kHeaderSize));
     d.insert(d.end(), payload.begin(), payload.end());
     return str(d);
   };
-  mcdist::Header h;
+  sf::mcdist::Header h;
   h.cluster_id = 7;
   h.session_id = 0xabc;
   h.sequence = 1;
-  h.type = mcdist::PacketType::kData;
-  h.flags = mcdist::flags::kPushActive;
+  h.type = sf::mcdist::PacketType::kData;
+  h.flags = sf::mcdist::flags::kPushActive;
   h.page_index = 1;
   h.page_count = 4;
   h.page_size = 512;
   std::vector<std::uint8_t> page(512, 0x5a);
   put("mcdist_packet", "data", datagram(h, page));
-  h.type = mcdist::PacketType::kHeartbeat;
-  h.flags = mcdist::flags::kPushDone;
+  h.type = sf::mcdist::PacketType::kHeartbeat;
+  h.flags = sf::mcdist::flags::kPushDone;
   put("mcdist_packet", "heartbeat", datagram(h, {}));
-  h.type = mcdist::PacketType::kRequest;
+  h.type = sf::mcdist::PacketType::kRequest;
   h.origin = 9;
-  const std::vector<mcdist::PageRange> ranges = {{0, 2}, {3, 1}};
-  put("mcdist_packet", "request", datagram(h, mcdist::encode_ranges(ranges)));
-  h.type = mcdist::PacketType::kStatus;
-  put("mcdist_packet", "status", datagram(h, mcdist::encode_status({3, 100})));
+  const std::vector<sf::mcdist::PageRange> ranges = {{0, 2}, {3, 1}};
+  put("mcdist_packet", "request", datagram(h, sf::mcdist::encode_ranges(ranges)));
+  h.type = sf::mcdist::PacketType::kStatus;
+  put("mcdist_packet", "status", datagram(h, sf::mcdist::encode_status({3, 100})));
 
   // mcdist_authed: the header fields in the target's order, then the payload.
   auto fields = [](std::uint8_t type, std::uint16_t fl, std::uint64_t page_index, std::uint64_t page_count,
@@ -211,10 +211,10 @@ void mcdist_seeds() {
     s += std::string(payload.begin(), payload.end());
     return s;
   };
-  put("mcdist_authed", "data", fields(1, mcdist::flags::kPushActive, 1, 4, 512, page));
-  put("mcdist_authed", "heartbeat", fields(2, mcdist::flags::kClosing, 0, 4, 512, {}));
-  put("mcdist_authed", "request", fields(3, mcdist::flags::kDemand, 0, 0, 0, mcdist::encode_ranges(ranges)));
-  put("mcdist_authed", "status", fields(4, mcdist::flags::kComplete, 12, 4, 0, mcdist::encode_status({3, 100})));
+  put("mcdist_authed", "data", fields(1, sf::mcdist::flags::kPushActive, 1, 4, 512, page));
+  put("mcdist_authed", "heartbeat", fields(2, sf::mcdist::flags::kClosing, 0, 4, 512, {}));
+  put("mcdist_authed", "request", fields(3, sf::mcdist::flags::kDemand, 0, 0, 0, sf::mcdist::encode_ranges(ranges)));
+  put("mcdist_authed", "status", fields(4, sf::mcdist::flags::kComplete, 12, 4, 0, sf::mcdist::encode_status({3, 100})));
 }
 
 void vm_descriptor() {
@@ -234,7 +234,7 @@ void vm_descriptor() {
 }
 
 void guest_io() {
-  namespace gio = sfd::guest_io;
+  namespace gio = sf::sfd::guest_io;
   const json spec = {{"argv", {"/bin/sh", "-c", "echo hi"}}, {"env", {"PATH=/usr/bin:/bin"}}, {"cwd", "/tmp"},
                      {"hostname", "sf-vm"}, {"stdin", true},
                      {"net", {{"interface", "sf0"}, {"mac", "52:54:00:53:46:01"}, {"address", "10.213.0.2/24"}, {"hostname", "sf-vm-1"}}}};

@@ -15,8 +15,8 @@
 
 namespace {
 
-mcdist::ClusterKey fuzz_key() {
-  auto k = mcdist::ClusterKey::from_hex("f0e1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff");
+sf::mcdist::ClusterKey fuzz_key() {
+  auto k = sf::mcdist::ClusterKey::from_hex("f0e1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff");
   if (!k) std::abort();
   return k.value();
 }
@@ -33,11 +33,11 @@ T take(const std::uint8_t*& p, const std::uint8_t* end) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  static mcdist::PacketAuthenticator auth(fuzz_key());
+  static sf::mcdist::PacketAuthenticator auth(fuzz_key());
   const std::uint8_t* p = data;
   const std::uint8_t* end = data + size;
-  mcdist::Header h;
-  h.type = static_cast<mcdist::PacketType>(take<std::uint8_t>(p, end));
+  sf::mcdist::Header h;
+  h.type = static_cast<sf::mcdist::PacketType>(take<std::uint8_t>(p, end));
   h.flags = take<std::uint16_t>(p, end);
   h.cluster_id = take<std::uint8_t>(p, end);  // small: a few clusters
   h.session_id = take<std::uint64_t>(p, end);
@@ -48,43 +48,43 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   h.page_size = take<std::uint32_t>(p, end);
   h.aux = take<std::uint32_t>(p, end);
   const std::span<const std::uint8_t> payload(p, static_cast<std::size_t>(end - p));
-  if (payload.size() > mcdist::kMaxPayload) return 0;
+  if (payload.size() > sf::mcdist::kMaxPayload) return 0;
   h.payload_len = static_cast<std::uint32_t>(payload.size());
-  std::vector<std::uint8_t> datagram(mcdist::kHeaderSize + payload.size());
-  mcdist::encode_header(h, payload, auth, std::span<std::uint8_t, mcdist::kHeaderSize>(datagram.data(), mcdist::kHeaderSize));
-  if (!payload.empty()) std::memcpy(datagram.data() + mcdist::kHeaderSize, payload.data(), payload.size());
+  std::vector<std::uint8_t> datagram(sf::mcdist::kHeaderSize + payload.size());
+  sf::mcdist::encode_header(h, payload, auth, std::span<std::uint8_t, sf::mcdist::kHeaderSize>(datagram.data(), sf::mcdist::kHeaderSize));
+  if (!payload.empty()) std::memcpy(datagram.data() + sf::mcdist::kHeaderSize, payload.data(), payload.size());
 
-  mcdist::Header got;
-  const auto verdict = mcdist::validate(datagram, h.cluster_id, auth, &got);
-  if (verdict == mcdist::Verdict::kForeign || verdict == mcdist::Verdict::kCorrupt ||
-      verdict == mcdist::Verdict::kUnauthenticated)
+  sf::mcdist::Header got;
+  const auto verdict = sf::mcdist::validate(datagram, h.cluster_id, auth, &got);
+  if (verdict == sf::mcdist::Verdict::kForeign || verdict == sf::mcdist::Verdict::kCorrupt ||
+      verdict == sf::mcdist::Verdict::kUnauthenticated)
     std::abort();  // the right key, cluster and checksum: only the shape may be refused
-  if (verdict != mcdist::Verdict::kAccepted) return 0;
-  if (mcdist::validate(datagram, h.cluster_id + 1, auth, &got) != mcdist::Verdict::kForeign) std::abort();
-  const auto body = std::span<const std::uint8_t>(datagram).subspan(mcdist::kHeaderSize);
+  if (verdict != sf::mcdist::Verdict::kAccepted) return 0;
+  if (sf::mcdist::validate(datagram, h.cluster_id + 1, auth, &got) != sf::mcdist::Verdict::kForeign) std::abort();
+  const auto body = std::span<const std::uint8_t>(datagram).subspan(sf::mcdist::kHeaderSize);
   switch (got.type) {
-    case mcdist::PacketType::kRequest: {
-      auto ranges = mcdist::decode_ranges(body);
-      if (!ranges || ranges.value().empty() || ranges.value().size() > mcdist::kMaxRanges) std::abort();
-      if (mcdist::encode_ranges(ranges.value()).size() != body.size()) std::abort();
+    case sf::mcdist::PacketType::kRequest: {
+      auto ranges = sf::mcdist::decode_ranges(body);
+      if (!ranges || ranges.value().empty() || ranges.value().size() > sf::mcdist::kMaxRanges) std::abort();
+      if (sf::mcdist::encode_ranges(ranges.value()).size() != body.size()) std::abort();
       break;
     }
-    case mcdist::PacketType::kStatus:
-      (void)mcdist::decode_status(body);
+    case sf::mcdist::PacketType::kStatus:
+      (void)sf::mcdist::decode_status(body);
       break;
-    case mcdist::PacketType::kData:
+    case sf::mcdist::PacketType::kData:
       if (got.page_index >= got.page_count || body.size() != got.page_size) std::abort();
       break;
-    case mcdist::PacketType::kHeartbeat:
+    case sf::mcdist::PacketType::kHeartbeat:
       if (!body.empty()) std::abort();
       break;
   }
-  (void)mcdist::describe(got, body);
+  (void)sf::mcdist::describe(got, body);
   // The replay window of one origin: a sequence is new once.
-  mcdist::ReplayWindow window;
+  sf::mcdist::ReplayWindow window;
   const bool first = window.accept(got.sequence);
   if (first && window.accept(got.sequence)) std::abort();
   if (got.sequence > 1) (void)window.accept(got.sequence - 1);
-  (void)window.accept(got.sequence + mcdist::ReplayWindow::kWidth);
+  (void)window.accept(got.sequence + sf::mcdist::ReplayWindow::kWidth);
   return 0;
 }

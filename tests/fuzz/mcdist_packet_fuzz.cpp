@@ -14,8 +14,8 @@
 
 namespace {
 
-mcdist::ClusterKey fuzz_key() {
-  auto k = mcdist::ClusterKey::from_hex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f");
+sf::mcdist::ClusterKey fuzz_key() {
+  auto k = sf::mcdist::ClusterKey::from_hex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f");
   if (!k) std::abort();
   return k.value();
 }
@@ -23,25 +23,25 @@ mcdist::ClusterKey fuzz_key() {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  static mcdist::PacketAuthenticator auth(fuzz_key());
+  static sf::mcdist::PacketAuthenticator auth(fuzz_key());
   const std::span<const std::uint8_t> d(data, size);
-  auto h = mcdist::parse_header(d);
+  auto h = sf::mcdist::parse_header(d);
   if (h) {
-    auto payload = d.subspan(mcdist::kHeaderSize);
+    auto payload = d.subspan(sf::mcdist::kHeaderSize);
     if (payload.size() != h.value().payload_len) std::abort();
-    (void)mcdist::describe(h.value(), payload);
+    (void)sf::mcdist::describe(h.value(), payload);
   }
-  mcdist::Header out;
+  sf::mcdist::Header out;
   const std::uint64_t cluster = h ? h.value().cluster_id : 7;
-  const auto verdict = mcdist::validate(d, cluster, auth, &out);
-  (void)mcdist::to_string(verdict);
-  if (verdict == mcdist::Verdict::kAccepted) {
+  const auto verdict = sf::mcdist::validate(d, cluster, auth, &out);
+  (void)sf::mcdist::to_string(verdict);
+  if (verdict == sf::mcdist::Verdict::kAccepted) {
     // A forgery that passes the 128-bit MAC is not something a fuzzer finds; if it does, the
     // MAC is not checked.
-    std::uint8_t again[mcdist::kHeaderSize];
-    mcdist::encode_header(out, d.subspan(mcdist::kHeaderSize), auth, again);
-    if (std::memcmp(again, data, mcdist::kHeaderSize) != 0) std::abort();
+    std::uint8_t again[sf::mcdist::kHeaderSize];
+    sf::mcdist::encode_header(out, d.subspan(sf::mcdist::kHeaderSize), auth, again);
+    if (std::memcmp(again, data, sf::mcdist::kHeaderSize) != 0) std::abort();
   }
-  if (!h && verdict != mcdist::Verdict::kMalformed) std::abort();
+  if (!h && verdict != sf::mcdist::Verdict::kMalformed) std::abort();
   return 0;
 }

@@ -11,7 +11,7 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(data), size);
-  auto md = memtap::ImageMetadata::parse(bytes);
+  auto md = sf::memtap::ImageMetadata::parse(bytes);
   if (!md) return 0;
   std::uint64_t sum = md->no_fetch_count() + md->header_checksum() + md->image_id();
   for (std::uint64_t p = 0; p < md->page_count(); ++p) {
@@ -19,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   const auto again = md->serialize(md->has_token());
   if (again.size() != size) std::abort();
-  auto reparsed = memtap::ImageMetadata::parse(again);
+  auto reparsed = sf::memtap::ImageMetadata::parse(again);
   if (!reparsed || reparsed->image_id() != md->image_id() || reparsed->page_count() != md->page_count() ||
       reparsed->no_fetch_count() != md->no_fetch_count() || reparsed->has_token() != md->has_token())
     std::abort();

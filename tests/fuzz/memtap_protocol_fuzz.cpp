@@ -9,7 +9,7 @@
 
 #include "memtap/protocol.hpp"
 
-namespace proto = memtap::protocol;
+namespace proto = sf::memtap::protocol;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 1) return 0;

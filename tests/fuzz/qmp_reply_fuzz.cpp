@@ -25,7 +25,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     off += static_cast<std::size_t>(n);
   }
   close(sv[1]);  // after the input, QEMU "closed the connection"
-  auto client = sfd::QmpClient::adopt(sv[0]);
+  auto client = sf::sfd::QmpClient::adopt(sv[0]);
   if (!client) std::abort();
   auto& c = **client;
   constexpr std::chrono::milliseconds t{200};

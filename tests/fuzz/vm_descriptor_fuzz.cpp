@@ -15,7 +15,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size < 1) return 0;
   const std::string text(reinterpret_cast<const char*>(data + 1), size - 1);
   if (data[0] & 1) {
-    auto r = sfd::parse_origin_reply(text);
+    auto r = sf::sfd::parse_origin_reply(text);
     if (r) {
       if (r->descriptor_bytes == 0 || r->mcast_port == 0 || r->vm.cpus < 1 || r->vm.mem_mib == 0) std::abort();
     }

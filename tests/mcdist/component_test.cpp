@@ -7,9 +7,9 @@
 
 #include "multicast_testbed.hpp"
 
-using mcdist_test::read_file;
-using mcdist_test::sh;
-using mcdist_test::Testbed;
+using sf::mcdist::test::read_file;
+using sf::mcdist::test::sh;
+using sf::mcdist::test::Testbed;
 
 namespace {
 

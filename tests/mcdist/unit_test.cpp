@@ -7,7 +7,7 @@
 
 #include "mcdist/packet.hpp"
 
-using namespace mcdist;
+using namespace sf::mcdist;
 
 namespace {
 

@@ -17,8 +17,8 @@
 // mcdist's namespace-and-bridge test network (reused, not copied).
 #include "multicast_testbed.hpp"
 
-using namespace memtap;
-using namespace memtap_test;
+using namespace sf::memtap;
+using namespace sf::memtap::test;
 
 namespace {
 
@@ -360,7 +360,7 @@ TEST(MemtapMulticast, TwoClientsInNamespacesGetTheImageAndTheSecondStoresPagesIt
   std::ofstream(dir / "key") << "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
   std::string prefix;
   {
-    mcdist_test::Testbed net(2);
+    sf::mcdist::test::Testbed net(2);
     prefix = net.prefix();
     ASSERT_TRUE(net.ok()) << "cannot build the test network (ip netns / bridge / veth)";
     const std::vector<std::string> mcast{"--mcast-iface", "eth0", "--mcast-group", "239.255.77.9", "--mcast-port", "7709",
@@ -417,7 +417,7 @@ TEST(MemtapMulticast, TwoClientsInNamespacesGetTheImageAndTheSecondStoresPagesIt
     EXPECT_NE(read_file(dir / "server.err").find("multicast counters"), std::string::npos) << read_file(dir / "server.err");
   }
   // Nothing left behind: namespaces, bridge, veths.
-  EXPECT_EQ(mcdist_test::sh("ip netns list | grep -q " + prefix), 1);
-  EXPECT_NE(mcdist_test::sh("ip link show " + prefix + "br"), 0);
-  EXPECT_EQ(mcdist_test::sh("ip link | grep -q " + prefix), 1);
+  EXPECT_EQ(sf::mcdist::test::sh("ip netns list | grep -q " + prefix), 1);
+  EXPECT_NE(sf::mcdist::test::sh("ip link show " + prefix + "br"), 0);
+  EXPECT_EQ(sf::mcdist::test::sh("ip link | grep -q " + prefix), 1);
 }

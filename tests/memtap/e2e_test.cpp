@@ -11,7 +11,7 @@
 #include "memtap/image.hpp"
 #include "test_support.hpp"
 
-using namespace memtap_test;
+using namespace sf::memtap::test;
 
 namespace {
 

@@ -24,7 +24,7 @@
 
 #include "temp_dir.hpp"
 
-namespace memtap_test {
+namespace sf::memtap::test {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
@@ -187,4 +187,4 @@ inline int run_command(const std::string& cmd) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-}  // namespace memtap_test
+}  // namespace sf::memtap::test

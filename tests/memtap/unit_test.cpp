@@ -12,8 +12,8 @@
 #include "sf-common/byte_order.hpp"
 #include "test_support.hpp"
 
-using namespace memtap;
-using memtap_test::TempDir;
+using namespace sf::memtap;
+using sf::memtap::test::TempDir;
 
 namespace {
 
@@ -24,7 +24,7 @@ OwnerToken test_token() {
 }
 
 ImageMetadata build(const TempDir& dir, std::size_t pages, std::size_t zero_every, std::size_t tail = 0) {
-  memtap_test::make_image(dir / "img", pages, zero_every, tail);
+  sf::memtap::test::make_image(dir / "img", pages, zero_every, tail);
   auto md = ImageMetadata::build(dir / "img", 4096, test_token(), true);
   EXPECT_TRUE(md.ok()) << (md.ok() ? "" : md.error().message);
   return std::move(md).value();
@@ -194,7 +194,7 @@ TEST(MemtapStats, HistogramPercentilesAreClose) {
 
 TEST(MemtapLocalSource, FetchesRangesInOrder) {
   TempDir dir;
-  auto data = memtap_test::make_image(dir / "img", 16, 0);
+  auto data = sf::memtap::test::make_image(dir / "img", 16, 0);
   auto md = ImageMetadata::build(dir / "img", 4096, test_token(), true);
   ASSERT_TRUE(md.ok());
   ASSERT_TRUE(md->save(dir / "img.memtap").ok());

@@ -60,7 +60,7 @@ class GuestOutput {
   GuestOutput(const GuestOutput&) = delete;
   GuestOutput& operator=(const GuestOutput&) = delete;
   bool send_spec(const std::string& json) {
-    const auto frame = sfd::guest_io::encode(sfd::guest_io::FrameType::spec, json);
+    const auto frame = sf::sfd::guest_io::encode(sf::sfd::guest_io::FrameType::spec, json);
     return write(fd_, frame.data(), frame.size()) == static_cast<ssize_t>(frame.size());
   }
   // Reads until stdout holds `text`; false at EOF, on a bad frame or after `limit`.
@@ -91,7 +91,7 @@ class GuestOutput {
         auto f = decoder_.next();
         if (!f) return false;
         if (!*f) break;
-        if ((*f)->type == sfd::guest_io::FrameType::stdout_data || (*f)->type == sfd::guest_io::FrameType::stderr_data)
+        if ((*f)->type == sf::sfd::guest_io::FrameType::stdout_data || (*f)->type == sf::sfd::guest_io::FrameType::stderr_data)
           out_ += (*f)->text();
       }
     }
@@ -101,7 +101,7 @@ class GuestOutput {
 
  private:
   int fd_;
-  sfd::guest_io::FrameDecoder decoder_;
+  sf::sfd::guest_io::FrameDecoder decoder_;
   std::string out_;
 };
 
@@ -111,9 +111,9 @@ class GuestOutput {
 // cloned while their command runs. The command counts in a file in /tmp (the VM's RAM) and
 // prints the count; each clone carries the count on from where the parent was frozen.
 TEST(LocalClone, ARunningGuestWithItsRootOnDisksClonesAndEveryCopyRunsOn) {
-  auto image = sfd::ensure_host_guest_image();
+  auto image = sf::sfd::ensure_host_guest_image();
   ASSERT_TRUE(image.ok()) << image.error().message;
-  auto system = sfd::ensure_host_system_image();
+  auto system = sf::sfd::ensure_host_system_image();
   ASSERT_TRUE(system.ok()) << system.error().message;
   const auto run = make_temp_dir("sfd");
   const auto ram = make_temp_dir("sfd", "/dev/shm");
@@ -122,18 +122,18 @@ TEST(LocalClone, ARunningGuestWithItsRootOnDisksClonesAndEveryCopyRunsOn) {
   setenv("SF_RUNTIME_DIR", run.c_str(), 1);
   setenv("SF_RAM_DIR", ram.c_str(), 1);
   {
-    auto spec = sfd::host_system_image_spec();
+    auto spec = sf::sfd::host_system_image_spec();
     ASSERT_TRUE(spec.ok()) << spec.error().message;
-    auto work_image = sfd::WorkImage::build(sfd::work_image_paths(work, "sh", "/usr/bin:/bin", SFD_BINARY, *spec));
+    auto work_image = sf::sfd::WorkImage::build(sf::sfd::work_image_paths(work, "sh", "/usr/bin:/bin", SFD_BINARY, *spec));
     ASSERT_TRUE(work_image.ok()) << work_image.error().message;
-    sfd::VmConfig cfg;
+    sf::sfd::VmConfig cfg;
     cfg.image = *image;
-    cfg.accel = sfd::Accel::tcg;
+    cfg.accel = sf::sfd::Accel::tcg;
     cfg.mem_mib = 256;
     cfg.agent = SFD_BINARY;
     cfg.system_disk = system->file;
     cfg.work_disk = (*work_image)->file();
-    auto parent = sfd::QemuVm::launch(cfg);
+    auto parent = sf::sfd::QemuVm::launch(cfg);
     ASSERT_TRUE(parent.ok()) << parent.error().message;
     const auto argv = nlohmann::json::array(
         {"sh", "-c", "cp start /tmp/n; while :; do n=$(($(cat /tmp/n)+1)); echo $n > /tmp/n; echo tick-$n; sleep 0.5; done"});
@@ -142,14 +142,14 @@ TEST(LocalClone, ARunningGuestWithItsRootOnDisksClonesAndEveryCopyRunsOn) {
     ASSERT_TRUE(parent_out.send_spec(cmd.dump()));
     ASSERT_TRUE(parent_out.wait_for("tick-42\n", std::chrono::seconds(300))) << parent_out.out() << (*parent)->diagnostics();
 
-    auto set = sfd::clone_vm(std::move(*parent), cfg, 2, run);
+    auto set = sf::sfd::clone_vm(std::move(*parent), cfg, 2, run);
     ASSERT_TRUE(set.ok()) << set.error().message;
     auto& s = **set;
     ASSERT_EQ(s.clones.size(), 2u);
     // The old parent QEMU is gone: read what it sent up to the freeze (until EOF).
     parent_out.wait_until([] { return false; }, std::chrono::seconds(10));
     const int frozen_at = parent_out.last_tick();
-    std::vector<sfd::QemuVm*> all = {s.parent.get(), s.clones[0].get(), s.clones[1].get()};
+    std::vector<sf::sfd::QemuVm*> all = {s.parent.get(), s.clones[0].get(), s.clones[1].get()};
     for (auto* vm : all) {
       auto st = vm->qmp().query_status();
       ASSERT_TRUE(st.ok()) << st.error().message;
@@ -172,27 +172,27 @@ TEST(LocalClone, ARunningGuestWithItsRootOnDisksClonesAndEveryCopyRunsOn) {
 }
 
 TEST(LocalClone, TwoClonesAndTheParentRunOnFromAFrozenImage) {
-  auto inputs = sfd::find_guest_inputs();
+  auto inputs = sf::sfd::find_guest_inputs();
   ASSERT_TRUE(inputs.ok()) << inputs.error().message;
-  auto image = sfd::ensure_guest_image(*inputs, sfd::cache_dir());
+  auto image = sf::sfd::ensure_guest_image(*inputs, sf::sfd::cache_dir());
   ASSERT_TRUE(image.ok()) << image.error().message;
   const auto run = make_temp_dir("sfd");
   const auto ram = make_temp_dir("sfd", "/dev/shm");
   setenv("SF_RUNTIME_DIR", run.c_str(), 1);
   setenv("SF_RAM_DIR", ram.c_str(), 1);
   {
-    sfd::VmConfig cfg;
+    sf::sfd::VmConfig cfg;
     cfg.image = *image;
-    cfg.accel = sfd::Accel::tcg;
+    cfg.accel = sf::sfd::Accel::tcg;
     cfg.mem_mib = 256;
     cfg.mode = "idle";
-    auto parent = sfd::QemuVm::launch(cfg);
+    auto parent = sf::sfd::QemuVm::launch(cfg);
     ASSERT_TRUE(parent.ok()) << parent.error().message;
     const fs::path parent_console = (*parent)->paths().console_log;
     ASSERT_TRUE(wait_for_text(parent_console, "sf-idle-tick", std::chrono::seconds(300)))
         << (*parent)->diagnostics();
 
-    auto set = sfd::clone_vm(std::move(*parent), cfg, 2, run);
+    auto set = sf::sfd::clone_vm(std::move(*parent), cfg, 2, run);
     ASSERT_TRUE(set.ok()) << set.error().message;
     auto& s = **set;
     EXPECT_GT(s.descriptor.bytes, 0u);
@@ -201,7 +201,7 @@ TEST(LocalClone, TwoClonesAndTheParentRunOnFromAFrozenImage) {
     ASSERT_TRUE(fs::exists(s.image->ram_file()));
     const auto frozen_hash = hash_file(s.image->ram_file());
 
-    std::vector<sfd::QemuVm*> all = {s.parent.get(), s.clones[0].get(), s.clones[1].get()};
+    std::vector<sf::sfd::QemuVm*> all = {s.parent.get(), s.clones[0].get(), s.clones[1].get()};
     for (auto* vm : all) {
       auto st = vm->qmp().query_status();
       ASSERT_TRUE(st.ok()) << st.error().message;

@@ -39,10 +39,10 @@ std::string run_capture(const std::string& cmd) {
 }  // namespace
 
 TEST(GuestImageBuild, BuildsOnceFromTheHostKernelAndRebuildsWhenAnInputChanges) {
-  auto inputs = sfd::find_guest_inputs();
+  auto inputs = sf::sfd::find_guest_inputs();
   if (!inputs) GTEST_SKIP() << "no usable guest kernel here: " << inputs.error().message;
   const auto cache = make_temp_dir("sfd");
-  auto first = sfd::ensure_guest_image(*inputs, cache);
+  auto first = sf::sfd::ensure_guest_image(*inputs, cache);
   ASSERT_TRUE(first.ok()) << first.error().message;
   EXPECT_TRUE(first->built_now);
   EXPECT_TRUE(fs::exists(first->kernel));
@@ -54,7 +54,7 @@ TEST(GuestImageBuild, BuildsOnceFromTheHostKernelAndRebuildsWhenAnInputChanges) 
   for (const char* m : {"9p.ko", "9pnet_virtio.ko", "overlay.ko", "virtio_console.ko", "virtio_pci.ko"})
     EXPECT_NE(listing.find(std::string("lib/modules/") + m), std::string::npos) << m;
 
-  auto again = sfd::ensure_guest_image(*inputs, cache);
+  auto again = sf::sfd::ensure_guest_image(*inputs, cache);
   ASSERT_TRUE(again.ok());
   EXPECT_FALSE(again->built_now);
   EXPECT_EQ(again->key, first->key);
@@ -65,7 +65,7 @@ TEST(GuestImageBuild, BuildsOnceFromTheHostKernelAndRebuildsWhenAnInputChanges) 
   std::ofstream(other_busybox, std::ios::app) << "extra";
   auto changed = *inputs;
   changed.busybox = other_busybox;
-  auto rebuilt = sfd::ensure_guest_image(changed, cache);
+  auto rebuilt = sf::sfd::ensure_guest_image(changed, cache);
   ASSERT_TRUE(rebuilt.ok()) << rebuilt.error().message;
   EXPECT_TRUE(rebuilt->built_now);
   EXPECT_NE(rebuilt->key, first->key);
@@ -79,13 +79,13 @@ TEST(QmpClientWithQemu, TalksToARealQemu) {
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     dup2(sv[1], 3);
-    const std::string qemu = sfd::qemu_binary();
+    const std::string qemu = sf::sfd::qemu_binary();
     execlp(qemu.c_str(), qemu.c_str(), "-nodefaults", "-nographic", "-machine", "none", "-S", "-chardev",
            "socket,id=q,fd=3", "-mon", "chardev=q,mode=control", static_cast<char*>(nullptr));
     _exit(127);
   }
   close(sv[1]);
-  auto qmp = sfd::QmpClient::adopt(sv[0]);
+  auto qmp = sf::sfd::QmpClient::adopt(sv[0]);
   ASSERT_TRUE(qmp.ok());
   auto& c = **qmp;
   auto hs = c.handshake(std::chrono::seconds(60));
@@ -122,7 +122,7 @@ TEST(StaleSweep, RemovesFilesOfADeadSfdAndKeepsLiveOnes) {
   std::ofstream(dir / "ram" / (live_name + ".ram")) << "x";
   fs::create_directories(dir / "run" / dead_name);
   std::ofstream(dir / "ram" / "unrelated.file") << "x";
-  EXPECT_EQ(sfd::sweep_stale_vm_files(), 2);
+  EXPECT_EQ(sf::sfd::sweep_stale_vm_files(), 2);
   EXPECT_FALSE(fs::exists(dir / "ram" / (dead_name + ".ram")));
   EXPECT_FALSE(fs::exists(dir / "run" / dead_name));
   EXPECT_TRUE(fs::exists(dir / "ram" / (live_name + ".ram")));
@@ -133,32 +133,32 @@ TEST(StaleSweep, RemovesFilesOfADeadSfdAndKeepsLiveOnes) {
 }
 
 TEST(AccelChoice, ProbesOnceSaysWhyAndHonoursSfAccel) {
-  auto inputs = sfd::find_guest_inputs();
+  auto inputs = sf::sfd::find_guest_inputs();
   ASSERT_TRUE(inputs.ok()) << inputs.error().message;
   const auto cache = make_temp_dir("sfd");
-  auto image = sfd::ensure_guest_image(*inputs, cache);
+  auto image = sf::sfd::ensure_guest_image(*inputs, cache);
   ASSERT_TRUE(image.ok()) << image.error().message;
   setenv("SF_CACHE_DIR", cache.c_str(), 1);
   unsetenv("SF_ACCEL");
-  auto first = sfd::choose_accel(*image);
+  auto first = sf::sfd::choose_accel(*image);
   ASSERT_TRUE(first.ok()) << first.error().message;
   EXPECT_FALSE(first->reason.empty());
   EXPECT_FALSE(first->from_cache);
   if (access("/dev/kvm", R_OK | W_OK) != 0) {
-    EXPECT_EQ(first->accel, sfd::Accel::tcg);
+    EXPECT_EQ(first->accel, sf::sfd::Accel::tcg);
   }
-  auto second = sfd::choose_accel(*image);
+  auto second = sf::sfd::choose_accel(*image);
   ASSERT_TRUE(second.ok());
   if (access("/dev/kvm", R_OK | W_OK) == 0) {
     EXPECT_TRUE(second->from_cache);  // the probe boot ran once
   }
   EXPECT_EQ(second->accel, first->accel);
   setenv("SF_ACCEL", "tcg", 1);
-  auto forced = sfd::choose_accel(*image);
+  auto forced = sf::sfd::choose_accel(*image);
   ASSERT_TRUE(forced.ok());
-  EXPECT_EQ(forced->accel, sfd::Accel::tcg);
+  EXPECT_EQ(forced->accel, sf::sfd::Accel::tcg);
   setenv("SF_ACCEL", "fast", 1);
-  EXPECT_FALSE(sfd::choose_accel(*image).ok());
+  EXPECT_FALSE(sf::sfd::choose_accel(*image).ok());
   unsetenv("SF_ACCEL");
   unsetenv("SF_CACHE_DIR");
   fs::remove_all(cache);
@@ -184,14 +184,14 @@ TEST(SystemImage, ReusedUntilAnIncludedFileChangesThenRebuilt) {
   fs::create_directory_symlink("usr/bin", root / "bin");
   setenv("SF_GUEST_ROOT", root.c_str(), 1);
   setenv("SF_GUEST_EXCLUDE", "usr/share/doc", 1);
-  auto spec = sfd::host_system_image_spec();
+  auto spec = sf::sfd::host_system_image_spec();
   unsetenv("SF_GUEST_ROOT");
   unsetenv("SF_GUEST_EXCLUDE");
   ASSERT_TRUE(spec.ok()) << spec.error().message;
   EXPECT_EQ(spec->trees, (std::vector<std::string>{"usr", "etc", "bin"}));
   const auto cache = dir / "cache";
 
-  auto first = sfd::ensure_system_image(*spec, cache);
+  auto first = sf::sfd::ensure_system_image(*spec, cache);
   ASSERT_TRUE(first.ok()) << first.error().message;
   EXPECT_TRUE(first->built_now);
   const auto out = dir / "extracted";
@@ -205,19 +205,19 @@ TEST(SystemImage, ReusedUntilAnIncludedFileChangesThenRebuilt) {
   EXPECT_FALSE(fs::exists(out / "usr/share/doc"));
   EXPECT_FALSE(fs::exists(out / "var"));
 
-  auto again = sfd::ensure_system_image(*spec, cache);
+  auto again = sf::sfd::ensure_system_image(*spec, cache);
   ASSERT_TRUE(again.ok());
   EXPECT_FALSE(again->built_now);
   EXPECT_EQ(again->key, first->key);
 
   write_text(root / "usr/share/doc/readme", "other docs");  // excluded: same key
-  EXPECT_EQ(*sfd::system_image_key(*spec), first->key);
+  EXPECT_EQ(*sf::sfd::system_image_key(*spec), first->key);
 
   // Same size, another mtime: a changed included file gives a new key and a rebuild.
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   write_text(root / "usr/bin/prog", "program-v2");
   // `first` and `again` still hold the old image in use (a running sfd would): it is kept.
-  auto rebuilt = sfd::ensure_system_image(*spec, cache);
+  auto rebuilt = sf::sfd::ensure_system_image(*spec, cache);
   ASSERT_TRUE(rebuilt.ok()) << rebuilt.error().message;
   EXPECT_TRUE(rebuilt->built_now);
   EXPECT_NE(rebuilt->key, first->key);
@@ -229,7 +229,7 @@ TEST(SystemImage, ReusedUntilAnIncludedFileChangesThenRebuilt) {
   again->in_use.reset();
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   write_text(root / "usr/bin/prog", "program-v3");
-  auto third = sfd::ensure_system_image(*spec, cache);
+  auto third = sf::sfd::ensure_system_image(*spec, cache);
   ASSERT_TRUE(third.ok()) << third.error().message;
   EXPECT_TRUE(third->built_now);
   EXPECT_FALSE(fs::exists(first->file)) << "the old image was not removed";
@@ -246,7 +246,7 @@ TEST(WorkImage, PacksThePathsAndRefusesTooMuchData) {
   setenv("SF_RUNTIME_DIR", (dir / "run").c_str(), 1);
   fs::path file;
   {
-    auto img = sfd::WorkImage::build({dir / "job", dir / "tools"});
+    auto img = sf::sfd::WorkImage::build({dir / "job", dir / "tools"});
     ASSERT_TRUE(img.ok()) << img.error().message;
     file = (*img)->file();
     EXPECT_TRUE(fs::exists(file));
@@ -259,7 +259,7 @@ TEST(WorkImage, PacksThePathsAndRefusesTooMuchData) {
     EXPECT_FALSE(fs::exists(out / rel / "run"));
   }
   EXPECT_FALSE(fs::exists(file)) << "the work image outlived its owner";
-  auto big = sfd::WorkImage::build({dir / "job"}, 5);
+  auto big = sf::sfd::WorkImage::build({dir / "job"}, 5);
   ASSERT_FALSE(big.ok());
   EXPECT_NE(big.error().message.find("cd into a smaller directory"), std::string::npos) << big.error().message;
   EXPECT_TRUE(fs::is_empty(dir / "run"));

@@ -30,7 +30,7 @@
 
 namespace {
 
-namespace gio = sfd::guest_io;
+namespace gio = sf::sfd::guest_io;
 
 std::string link_target(const fs::path& p) {
   std::error_code ec;
@@ -83,7 +83,7 @@ std::string vm_links_in_host_namespace() {
   if (!links) return "<netlink: " + links.error().message + ">";
   std::string out;
   for (const auto& l : *links) {
-    if (l.name == sfd::VmNetwork::kBridge || l.name.rfind("sft", 0) == 0) out += l.name + " ";
+    if (l.name == sf::sfd::VmNetwork::kBridge || l.name.rfind("sft", 0) == 0) out += l.name + " ";
   }
   return out;
 }
@@ -118,7 +118,7 @@ std::string host_ipv4() {
 TEST(VmNetwork, BridgeAndTapsLiveOnlyInAPrivateNamespaceAndVanish) {
   ino_t ino = 0;
   {
-    auto net = sfd::VmNetwork::create();
+    auto net = sf::sfd::VmNetwork::create();
     ASSERT_TRUE(net) << net.error().message;
     ino = inode_of_fd((*net)->netns_fd());
     struct stat own{};
@@ -134,7 +134,7 @@ TEST(VmNetwork, BridgeAndTapsLiveOnlyInAPrivateNamespaceAndVanish) {
     auto links = (*net)->links();
     ASSERT_TRUE(links) << links.error().message;
     auto has = [&](const std::string& n) { return std::find(links->begin(), links->end(), n) != links->end(); };
-    EXPECT_TRUE(has(sfd::VmNetwork::kBridge));
+    EXPECT_TRUE(has(sf::sfd::VmNetwork::kBridge));
     EXPECT_TRUE(has((*t0)->name));
     EXPECT_TRUE(has((*t1)->name));
     EXPECT_EQ(vm_links_in_host_namespace(), "");
@@ -152,7 +152,7 @@ TEST(VmNetwork, BridgeAndTapsLiveOnlyInAPrivateNamespaceAndVanish) {
     EXPECT_EQ(ports.find("learning on"), std::string::npos) << ports;
     // A tap goes away with its last fd.
     const std::string gone = (*t1)->name;
-    t1 = sfd::Result<std::shared_ptr<const sfd::TapDevice>>(std::shared_ptr<const sfd::TapDevice>());
+    t1 = sf::sfd::Result<std::shared_ptr<const sf::sfd::TapDevice>>(std::shared_ptr<const sf::sfd::TapDevice>());
     links = (*net)->links();
     ASSERT_TRUE(links);
     EXPECT_FALSE(has(gone));
@@ -220,7 +220,7 @@ TEST(VmIdentity, ReportsAMissingNic) {
 // ---- real guests ----
 
 struct Guest {
-  std::unique_ptr<sfd::QemuVm> vm;
+  std::unique_ptr<sf::sfd::QemuVm> vm;
   int io = -1;
   gio::FrameDecoder decoder;
   std::string out;
@@ -230,12 +230,12 @@ struct Guest {
   }
 };
 
-sfd::VmConfig base_config() {
-  sfd::VmConfig cfg;
-  auto image = sfd::ensure_host_guest_image();
+sf::sfd::VmConfig base_config() {
+  sf::sfd::VmConfig cfg;
+  auto image = sf::sfd::ensure_host_guest_image();
   EXPECT_TRUE(image) << image.error().message;
   if (image) cfg.image = *image;
-  auto accel = sfd::choose_accel(cfg.image);
+  auto accel = sf::sfd::choose_accel(cfg.image);
   EXPECT_TRUE(accel) << accel.error().message;
   if (accel) cfg.accel = accel->accel;
   cfg.agent = SFD_BINARY;
@@ -243,25 +243,25 @@ sfd::VmConfig base_config() {
 }
 
 // Starts node `id` on `net` running `script` under busybox sh.
-std::unique_ptr<Guest> start_guest(const sfd::VmConfig& base, sfd::VmNetwork& net, unsigned id, const std::string& script) {
+std::unique_ptr<Guest> start_guest(const sf::sfd::VmConfig& base, sf::sfd::VmNetwork& net, unsigned id, const std::string& script) {
   auto g = std::make_unique<Guest>();
-  sfd::VmConfig cfg = base;
+  sf::sfd::VmConfig cfg = base;
   auto tap = net.add_tap(id);
   EXPECT_TRUE(tap) << tap.error().message;
   if (!tap) return nullptr;
   cfg.nic = *tap;
-  auto vm = sfd::QemuVm::launch(cfg);
+  auto vm = sf::sfd::QemuVm::launch(cfg);
   EXPECT_TRUE(vm) << vm.error().message;
   if (!vm) return nullptr;
   g->vm = std::move(*vm);
   g->io = g->vm->take_io_fd();
-  auto node = sfd::vm_node_identity(id, "sf-vm");
+  auto node = sf::sfd::vm_node_identity(id, "sf-vm");
   nlohmann::json spec = {{"argv", {"/bin/busybox", "sh", "-c", script}},
                          {"env", {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}},
                          {"cwd", "/"},
                          {"work_dir", ""},
                          {"hostname", node->hostname},
-                         {"net", sfd::net_spec(*node)}};
+                         {"net", sf::sfd::net_spec(*node)}};
   const auto frame = gio::encode(gio::FrameType::spec, spec.dump());
   EXPECT_EQ(write(g->io, frame.data(), frame.size()), static_cast<ssize_t>(frame.size()));
   return g;
@@ -305,12 +305,12 @@ TEST(VmNetworkGuests, TwoVmsOnOneNetworkReachEachOtherAndNothingElse) {
   TestDirs dirs;
   setenv("SF_RUNTIME_DIR", dirs.run.c_str(), 1);
   setenv("SF_RAM_DIR", dirs.ram.c_str(), 1);
-  const sfd::VmConfig base = base_config();
+  const sf::sfd::VmConfig base = base_config();
   ASSERT_FALSE(HasFailure());
   const std::string outside = host_ipv4();
   ino_t ino = 0;
   {
-    auto net = sfd::VmNetwork::create();
+    auto net = sf::sfd::VmNetwork::create();
     ASSERT_TRUE(net) << net.error().message;
     ino = inode_of_fd((*net)->netns_fd());
     // Each pings the other until it answers (the two boots finish at different times), then

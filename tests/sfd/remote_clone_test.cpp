@@ -104,32 +104,32 @@ int wait_exit(pid_t pid, std::chrono::seconds limit) {
 TEST(RemoteClone, RunsOnANamespaceHostWithMemoryFromMemtapOverMcdistAndCleansUp) {
   NamespaceHosts hosts(1, "rc");
   ASSERT_TRUE(hosts.ok) << "cannot build the bridge and namespace (needs root)";
-  auto image = sfd::ensure_host_guest_image();
+  auto image = sf::sfd::ensure_host_guest_image();
   ASSERT_TRUE(image.ok()) << image.error().message;
   const auto run = make_temp_dir("rc");
   const auto ram = make_temp_dir("rc", "/dev/shm");
   setenv("SF_RUNTIME_DIR", run.c_str(), 1);
   setenv("SF_RAM_DIR", ram.c_str(), 1);
   {
-    sfd::VmConfig cfg;
+    sf::sfd::VmConfig cfg;
     cfg.image = *image;
-    cfg.accel = sfd::Accel::tcg;
+    cfg.accel = sf::sfd::Accel::tcg;
     cfg.mem_mib = 256;
     cfg.mode = "idle";
-    auto parent = sfd::QemuVm::launch(cfg);
+    auto parent = sf::sfd::QemuVm::launch(cfg);
     ASSERT_TRUE(parent.ok()) << parent.error().message;
     ASSERT_TRUE(wait_for_text((*parent)->paths().console_log, "sf-idle-tick", std::chrono::seconds(300)))
         << (*parent)->diagnostics();
     const fs::path desc = run / "parent.desc";
-    auto d = sfd::save_descriptor(**parent, desc);
+    auto d = sf::sfd::save_descriptor(**parent, desc);
     ASSERT_TRUE(d.ok()) << d.error().message;
-    sfd::FrozenImage frozen((*parent)->release_ram_file(), desc);
+    sf::sfd::FrozenImage frozen((*parent)->release_ram_file(), desc);
     parent->reset();
 
-    sfd::RemoteOriginOptions oo;
+    sf::sfd::RemoteOriginOptions oo;
     oo.address = hosts.net + "1";
     oo.interface = hosts.bridge;
-    auto origin = sfd::RemoteCloneOrigin::start(cfg, frozen, oo);
+    auto origin = sf::sfd::RemoteCloneOrigin::start(cfg, frozen, oo);
     ASSERT_TRUE(origin.ok()) << origin.error().message;
     EXPECT_GT((*origin)->no_fetch().zero_pages, 0u);
     const fs::path ticket = run / "ticket.json";
@@ -173,7 +173,7 @@ TEST(RemoteClone, RunsOnANamespaceHostWithMemoryFromMemtapOverMcdistAndCleansUp)
     EXPECT_FALSE(alive(qemu2)) << "QEMU outlived its sfd";
     EXPECT_FALSE(alive(fuse2)) << "the FUSE export outlived its sfd";
     EXPECT_EQ(read_file("/proc/mounts").find(run.string()), std::string::npos) << "a FUSE mount is left";
-    sfd::sweep_stale_vm_files();
+    sf::sfd::sweep_stale_vm_files();
   }
   // The origin, image and parent are gone; nothing may be left in either directory.
   fs::remove(run / "ticket.json");

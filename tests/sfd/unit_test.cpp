@@ -22,7 +22,7 @@
 #include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
-namespace gio = sfd::guest_io;
+namespace gio = sf::sfd::guest_io;
 
 using sf::test::make_temp_dir;
 
@@ -103,18 +103,18 @@ TEST(GuestIo, RejectsBadMagicVersionChecksumAndOversize) {
 }
 
 TEST(RunOptions, ParsesMemorySizes) {
-  EXPECT_EQ(*sfd::parse_mem_mib("256"), 256u);
-  EXPECT_EQ(*sfd::parse_mem_mib("512M"), 512u);
-  EXPECT_EQ(*sfd::parse_mem_mib("1G"), 1024u);
-  EXPECT_FALSE(sfd::parse_mem_mib("lots").ok());
-  EXPECT_FALSE(sfd::parse_mem_mib("12K").ok());
-  EXPECT_FALSE(sfd::parse_mem_mib("16").ok());  // below the 64 MiB floor
+  EXPECT_EQ(*sf::sfd::parse_mem_mib("256"), 256u);
+  EXPECT_EQ(*sf::sfd::parse_mem_mib("512M"), 512u);
+  EXPECT_EQ(*sf::sfd::parse_mem_mib("1G"), 1024u);
+  EXPECT_FALSE(sf::sfd::parse_mem_mib("lots").ok());
+  EXPECT_FALSE(sf::sfd::parse_mem_mib("12K").ok());
+  EXPECT_FALSE(sf::sfd::parse_mem_mib("16").ok());  // below the 64 MiB floor
 }
 
 TEST(RunOptions, ShellStatusMapsSignalsTo128PlusN) {
-  EXPECT_EQ(sfd::shell_status(3, 0), 3);
-  EXPECT_EQ(sfd::shell_status(0, 9), 137);
-  EXPECT_EQ(sfd::shell_status(0, 15), 143);
+  EXPECT_EQ(sf::sfd::shell_status(3, 0), 3);
+  EXPECT_EQ(sf::sfd::shell_status(0, 9), 137);
+  EXPECT_EQ(sf::sfd::shell_status(0, 15), 143);
 }
 
 TEST(RunOptions, GuestEnvironmentDropsHostOnlyNames) {
@@ -122,36 +122,36 @@ TEST(RunOptions, GuestEnvironmentDropsHostOnlyNames) {
   std::vector<char*> env;
   for (auto& s : in) env.push_back(s.data());
   env.push_back(nullptr);
-  auto out = sfd::guest_environment(env.data());
+  auto out = sf::sfd::guest_environment(env.data());
   EXPECT_EQ(out, (std::vector<std::string>{"PATH=/usr/bin", "HOME=/root", "OMPI_X=1"}));
 }
 
 TEST(RunOptions, CommandSpecCarriesArgvEnvAndCwd) {
-  sfd::RunOptions o;
+  sf::sfd::RunOptions o;
   o.argv = {"sh", "-c", "exit 3"};
   o.env = {"A=b"};
   o.cwd = "/work/x";
-  auto j = sfd::command_spec(o);
+  auto j = sf::sfd::command_spec(o);
   EXPECT_EQ(j["argv"], nlohmann::json(o.argv));
   EXPECT_EQ(j["env"][0], "A=b");
   EXPECT_EQ(j["cwd"], "/work/x");
   // The default root is on disks: no 9p share for the agent to mount.
   EXPECT_EQ(j["work_dir"], "");
-  o.root = sfd::RootMode::ninep;
-  EXPECT_EQ(sfd::command_spec(o)["work_dir"], "/work/x");
+  o.root = sf::sfd::RootMode::ninep;
+  EXPECT_EQ(sf::sfd::command_spec(o)["work_dir"], "/work/x");
 }
 
 TEST(RootFs, RootModeParses) {
-  EXPECT_EQ(*sfd::parse_root_mode("disk"), sfd::RootMode::disk);
-  EXPECT_EQ(*sfd::parse_root_mode("9p"), sfd::RootMode::ninep);
-  EXPECT_FALSE(sfd::parse_root_mode("nfs").ok());
+  EXPECT_EQ(*sf::sfd::parse_root_mode("disk"), sf::sfd::RootMode::disk);
+  EXPECT_EQ(*sf::sfd::parse_root_mode("9p"), sf::sfd::RootMode::ninep);
+  EXPECT_FALSE(sf::sfd::parse_root_mode("nfs").ok());
 }
 
 TEST(RootFs, ExcludesKeepOnlyTheIncludedPathsAndTheirAncestors) {
   const auto dir = make_temp_dir("sfd");
   for (const char* f : {"usr/bin/sh", "usr/share/doc/x", "etc/passwd", "var/log/l", "home/u/job/a", "home/u/other/b", "home/v/c"})
     write_file(dir / f, "x");
-  auto ex = sfd::erofs_excludes_for(dir, {"usr", "etc", "home/u/job"}, {"usr/share/doc"});
+  auto ex = sf::sfd::erofs_excludes_for(dir, {"usr", "etc", "home/u/job"}, {"usr/share/doc"});
   std::sort(ex.begin(), ex.end());
   EXPECT_EQ(ex, (std::vector<std::string>{"home/u/other", "home/v", "usr/share/doc", "var"}));
   fs::remove_all(dir);
@@ -163,16 +163,16 @@ TEST(RootFs, WorkImagePathsAddTheCommandsAndSfdsDirectoriesWhenElsewhere) {
   write_file(dir / "tools/bin/tool", "x");
   fs::permissions(dir / "tools/bin/tool", fs::perms::owner_all);
   write_file(dir / "build/sfd/sfd", "x");
-  sfd::SystemImageSpec sys;
+  sf::sfd::SystemImageSpec sys;
   sys.trees = {"usr", "etc"};
   sys.excludes = {"usr/src"};
   const auto job = dir / "job";
   // A command inside cwd and sfd in the system trees: cwd only.
-  EXPECT_EQ(sfd::work_image_paths(job, "./sub/prog", "", "/usr/bin/sfd", sys), (std::vector<fs::path>{job}));
+  EXPECT_EQ(sf::sfd::work_image_paths(job, "./sub/prog", "", "/usr/bin/sfd", sys), (std::vector<fs::path>{job}));
   // A command found in PATH elsewhere, sfd in a build directory, a system command.
-  auto p = sfd::work_image_paths(job, "tool", "/nonexistent:" + (dir / "tools/bin").string(), dir / "build/sfd/sfd", sys);
+  auto p = sf::sfd::work_image_paths(job, "tool", "/nonexistent:" + (dir / "tools/bin").string(), dir / "build/sfd/sfd", sys);
   EXPECT_EQ(p, (std::vector<fs::path>{dir / "build/sfd", job, dir / "tools/bin"}));
-  EXPECT_EQ(sfd::work_image_paths(job, "/usr/bin/env", "", "/usr/src/sfd/sfd", sys),
+  EXPECT_EQ(sf::sfd::work_image_paths(job, "/usr/bin/env", "", "/usr/src/sfd/sfd", sys),
             (std::vector<fs::path>{job, "/usr/src/sfd"}));  // an excluded part of /usr is not in the system image
   fs::remove_all(dir);
 }
@@ -185,7 +185,7 @@ TEST(GuestImage, ModuleOrderPutsDependenciesFirst) {
              "kernel/fs/netfs/netfs.ko:\n"
              "kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio.ko\n"
              "kernel/drivers/virtio/virtio.ko:\n");
-  auto order = sfd::resolve_module_order(dir, {"9pnet_virtio", "9p"});
+  auto order = sf::sfd::resolve_module_order(dir, {"9pnet_virtio", "9p"});
   ASSERT_TRUE(order.ok()) << order.error().message;
   auto pos = [&](const std::string& m) {
     return std::find(order->begin(), order->end(), m) - order->begin();
@@ -194,7 +194,7 @@ TEST(GuestImage, ModuleOrderPutsDependenciesFirst) {
   EXPECT_LT(pos("kernel/net/9p/9pnet.ko"), pos("kernel/net/9p/9pnet_virtio.ko"));
   EXPECT_LT(pos("kernel/drivers/virtio/virtio.ko"), pos("kernel/net/9p/9pnet_virtio.ko"));
   EXPECT_LT(pos("kernel/fs/netfs/netfs.ko"), pos("kernel/fs/9p/9p.ko"));
-  auto missing = sfd::resolve_module_order(dir, {"overlay"});
+  auto missing = sf::sfd::resolve_module_order(dir, {"overlay"});
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.error().message.find("overlay"), std::string::npos);
   fs::remove_all(dir);
@@ -205,45 +205,45 @@ TEST(GuestImage, KeyChangesWhenAnyInputChanges) {
   write_file(dir / "vmlinuz", "kernel-bytes");
   write_file(dir / "busybox", "busybox-bytes");
   write_file(dir / "mods/kernel/a.ko", "module-a");
-  sfd::GuestImageInputs in;
+  sf::sfd::GuestImageInputs in;
   in.kernel = dir / "vmlinuz";
   in.busybox = dir / "busybox";
   in.modules_dir = dir / "mods";
   const std::vector<std::string> mods = {"kernel/a.ko"};
-  const auto k1 = sfd::guest_image_key(in, mods);
+  const auto k1 = sf::sfd::guest_image_key(in, mods);
   ASSERT_TRUE(k1.ok());
-  EXPECT_EQ(*sfd::guest_image_key(in, mods), *k1);  // deterministic
+  EXPECT_EQ(*sf::sfd::guest_image_key(in, mods), *k1);  // deterministic
   write_file(dir / "mods/kernel/a.ko", "module-a2");
-  const auto k2 = sfd::guest_image_key(in, mods);
+  const auto k2 = sf::sfd::guest_image_key(in, mods);
   EXPECT_NE(*k2, *k1);
   write_file(dir / "busybox", "busybox-bytes2");
-  EXPECT_NE(*sfd::guest_image_key(in, mods), *k2);
+  EXPECT_NE(*sf::sfd::guest_image_key(in, mods), *k2);
   write_file(dir / "vmlinuz", "kernel-bytes2");
-  EXPECT_FALSE(sfd::guest_image_key(in, {"kernel/missing.ko"}).ok());
+  EXPECT_FALSE(sf::sfd::guest_image_key(in, {"kernel/missing.ko"}).ok());
   fs::remove_all(dir);
 }
 
 TEST(GuestImage, InitScriptIsCompiledIn) {
-  const auto init = sfd::guest_init_script();
+  const auto init = sf::sfd::guest_init_script();
   EXPECT_EQ(init.rfind("#!/bin/busybox sh", 0), 0u);
-  EXPECT_NE(init.find(sfd::kGuestProbeMarker), std::string_view::npos);
+  EXPECT_NE(init.find(sf::sfd::kGuestProbeMarker), std::string_view::npos);
   EXPECT_NE(init.find("switch_root"), std::string_view::npos);
 }
 
 TEST(QemuCommandLine, RootOnReadOnlyDisksHasNo9p) {
-  sfd::VmConfig c;
+  sf::sfd::VmConfig c;
   c.image.kernel = "/k";
   c.image.initramfs = "/i";
   c.agent = "/usr/bin/sfd";
   c.work_dir = "/home/u/job";  // ignored with the root on disks
   c.system_disk = "/cache/rootfs/k/system.erofs";
   c.work_disk = "/run/a,b/work.erofs";
-  sfd::VmPaths p;
+  sf::sfd::VmPaths p;
   p.run_dir = "/run/snowflock/sf-vm-1-0";
   p.ram_file = "/dev/shm/sf-vm-1-0.ram";
   p.console_log = "/run/snowflock/sf-vm-1-0/console.log";
   std::string all;
-  for (const auto& s : sfd::qemu_command_line(c, p, 3, 4, 5, 6)) all += s + " ";
+  for (const auto& s : sf::sfd::qemu_command_line(c, p, 3, 4, 5, 6)) all += s + " ";
   EXPECT_NE(all.find("file=/cache/rootfs/k/system.erofs,format=raw,if=none,readonly=on"), std::string::npos) << all;
   EXPECT_NE(all.find("virtio-blk-pci,drive=sfsys,serial=sfsys"), std::string::npos) << all;
   EXPECT_NE(all.find("file=/run/a,,b/work.erofs,"), std::string::npos) << all;
@@ -254,18 +254,18 @@ TEST(QemuCommandLine, RootOnReadOnlyDisksHasNo9p) {
 }
 
 TEST(QemuCommandLine, SharedFileRamReadOnlyRootAndNoNetwork) {
-  sfd::VmConfig c;
+  sf::sfd::VmConfig c;
   c.image.kernel = "/k";
   c.image.initramfs = "/i";
   c.mem_mib = 512;
   c.cpus = 2;
   c.agent = "/usr/bin/sfd";
   c.work_dir = "/home/u/job";
-  sfd::VmPaths p;
+  sf::sfd::VmPaths p;
   p.run_dir = "/run/snowflock/sf-vm-1-0";
   p.ram_file = "/dev/shm/sf-vm-1-0.ram";
   p.console_log = "/run/snowflock/sf-vm-1-0/console.log";
-  const auto a = sfd::qemu_command_line(c, p, 3, 4, 5, 6);
+  const auto a = sf::sfd::qemu_command_line(c, p, 3, 4, 5, 6);
   std::string all;
   for (const auto& s : a) all += s + " ";
   EXPECT_NE(all.find("memory-backend-file,id=ram,size=512M,mem-path=/dev/shm/sf-vm-1-0.ram,share=on"), std::string::npos);
@@ -281,10 +281,10 @@ TEST(QemuCommandLine, SharedFileRamReadOnlyRootAndNoNetwork) {
 }
 
 TEST(Paths, OwnerPidOfVmNames) {
-  EXPECT_EQ(sfd::owner_pid_of("sf-vm-1234-0.ram"), 1234);
-  EXPECT_EQ(sfd::owner_pid_of("sf-vm-77-3"), 77);
-  EXPECT_EQ(sfd::owner_pid_of("sf-vm-x-3"), 0);
-  EXPECT_EQ(sfd::owner_pid_of("vader_segment.1"), 0);
+  EXPECT_EQ(sf::sfd::owner_pid_of("sf-vm-1234-0.ram"), 1234);
+  EXPECT_EQ(sf::sfd::owner_pid_of("sf-vm-77-3"), 77);
+  EXPECT_EQ(sf::sfd::owner_pid_of("sf-vm-x-3"), 0);
+  EXPECT_EQ(sf::sfd::owner_pid_of("vader_segment.1"), 0);
 }
 
 // A fake QMP peer's side of a socketpair: one message per line, and QEMU's greeting first.
@@ -325,7 +325,7 @@ TEST(QmpClient, HandshakeCommandsEventsAndErrorsAgainstAFakePeer) {
     }
     std::fclose(f);
   });
-  auto qmp = sfd::QmpClient::adopt(sv[0]);
+  auto qmp = sf::sfd::QmpClient::adopt(sv[0]);
   ASSERT_TRUE(qmp.ok());
   auto& c = **qmp;
   ASSERT_TRUE(c.handshake().ok());
@@ -367,7 +367,7 @@ TEST(QmpClient, MisshapenErrorRepliesAreErrors) {
     }
     std::fclose(f);
   });
-  auto qmp = sfd::QmpClient::adopt(sv[0]);
+  auto qmp = sf::sfd::QmpClient::adopt(sv[0]);
   ASSERT_TRUE(qmp.ok());
   auto& c = **qmp;
   ASSERT_TRUE(c.handshake().ok());
@@ -386,7 +386,7 @@ TEST(QmpClient, MisshapenErrorRepliesAreErrors) {
 TEST(QmpClient, SilentPeerTimesOutInsteadOfHanging) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-  auto qmp = sfd::QmpClient::adopt(sv[0]);
+  auto qmp = sf::sfd::QmpClient::adopt(sv[0]);
   ASSERT_TRUE(qmp.ok());
   auto st = (*qmp)->handshake(std::chrono::milliseconds(200));
   ASSERT_FALSE(st.ok());
@@ -397,25 +397,25 @@ TEST(QmpClient, SilentPeerTimesOutInsteadOfHanging) {
 TEST(CloneGrant, AllOrNothingWithinMemoryAndTheLimit) {
   std::string why;
   // 512 MiB guest: 64 + 128 = 192 MiB per clone.
-  EXPECT_EQ(sfd::clone_memory_estimate_mib(512), 192u);
-  EXPECT_EQ(sfd::grant_clones(8, 64, 512, 8 * 192, &why), 8u);
-  EXPECT_EQ(sfd::grant_clones(8, 64, 512, 8 * 192 - 1, &why), 0u);
+  EXPECT_EQ(sf::sfd::clone_memory_estimate_mib(512), 192u);
+  EXPECT_EQ(sf::sfd::grant_clones(8, 64, 512, 8 * 192, &why), 8u);
+  EXPECT_EQ(sf::sfd::grant_clones(8, 64, 512, 8 * 192 - 1, &why), 0u);
   EXPECT_NE(why.find("fits 7"), std::string::npos) << why;
-  EXPECT_EQ(sfd::grant_clones(65, 64, 256, 1u << 30, &why), 0u);
+  EXPECT_EQ(sf::sfd::grant_clones(65, 64, 256, 1u << 30, &why), 0u);
   EXPECT_NE(why.find("SF_MAX_CLONES"), std::string::npos) << why;
-  EXPECT_EQ(sfd::grant_clones(0, 64, 256, 1u << 30, &why), 0u);
+  EXPECT_EQ(sf::sfd::grant_clones(0, 64, 256, 1u << 30, &why), 0u);
 }
 
 TEST(DescriptorMetadata, CarriesShapeLayoutFreePagesAndNetwork) {
-  sfd::FamilyConfig c;
+  sf::sfd::FamilyConfig c;
   c.mem_mib = 512;
   c.cpus = 2;
   c.accel = "tcg";
   c.subnet = "10.213.0.0/24";
-  std::vector<sfd::NodeIdentity> nodes(2);
+  std::vector<sf::sfd::NodeIdentity> nodes(2);
   nodes[0] = {0, "10.213.0.1", 24, "52:54:00:53:46:00", "sf-vm"};
   nodes[1] = {1, "10.213.0.2", 24, "52:54:00:53:46:01", "sf-vm-sf1"};
-  const auto j = sfd::descriptor_metadata(c, "x.desc", 755316, "100+400", 1024, nodes);
+  const auto j = sf::sfd::descriptor_metadata(c, "x.desc", 755316, "100+400", 1024, nodes);
   EXPECT_EQ(j["format"], "snowflock-vm-descriptor");
   EXPECT_EQ(j["version"], 1);
   EXPECT_EQ(j["qemu_stream"]["bytes"], 755316);
@@ -432,16 +432,16 @@ TEST(DescriptorMetadata, CarriesShapeLayoutFreePagesAndNetwork) {
 TEST(StaticCluster, HexRoundTripsAnyBytesAndRejectsGarbage) {
   std::string bytes;
   for (int i = 0; i < 256; ++i) bytes.push_back(static_cast<char>(i));
-  const std::string hex = sfd::to_hex(bytes);
+  const std::string hex = sf::sfd::to_hex(bytes);
   EXPECT_EQ(hex.substr(0, 8), "00010203");
-  EXPECT_EQ(*sfd::from_hex(hex), bytes);
-  EXPECT_EQ(*sfd::from_hex("ABff"), std::string("\xab\xff"));
-  EXPECT_FALSE(sfd::from_hex("abc").ok());
-  EXPECT_FALSE(sfd::from_hex("zz").ok());
+  EXPECT_EQ(*sf::sfd::from_hex(hex), bytes);
+  EXPECT_EQ(*sf::sfd::from_hex("ABff"), std::string("\xab\xff"));
+  EXPECT_FALSE(sf::sfd::from_hex("abc").ok());
+  EXPECT_FALSE(sf::sfd::from_hex("zz").ok());
 }
 
 TEST(StaticCluster, NodeZeroGetsTheHostsTheKeyAndOpenMpisRshSettings) {
-  const auto env = sfd::node0_environment("/opt/sf/sfd", "abcd", {"10.213.0.1", "10.213.0.2"}, 2);
+  const auto env = sf::sfd::node0_environment("/opt/sf/sfd", "abcd", {"10.213.0.1", "10.213.0.2"}, 2);
   auto has = [&](const std::string& e) { return std::find(env.begin(), env.end(), e) != env.end(); };
   EXPECT_TRUE(has("SFD_RSH_KEY=abcd"));
   EXPECT_TRUE(has("SFD_HOSTS=10.213.0.1:2,10.213.0.2:2"));
@@ -451,7 +451,7 @@ TEST(StaticCluster, NodeZeroGetsTheHostsTheKeyAndOpenMpisRshSettings) {
 }
 
 TEST(StaticCluster, ComputeNodesServeSshOnlyOnTheirClusterAddress) {
-  const auto argv = sfd::compute_node_argv("/opt/sf/sfd", "10.213.0.3");
+  const auto argv = sf::sfd::compute_node_argv("/opt/sf/sfd", "10.213.0.3");
   ASSERT_EQ(argv.size(), 3u);
   EXPECT_EQ(argv[0], "/bin/sh");
   EXPECT_NE(argv[2].find("dropbear -F -E -s -r /tmp/.sfd-rsh/key -p 10.213.0.3:22"), std::string::npos) << argv[2];
@@ -512,7 +512,7 @@ TEST(OriginReply, ParsesWhatTheOriginSends) {
     "vm":{"mem_mib":512,"cpus":2,"mode":"run","accel":"kvm","image_key":"k","agent":"/usr/bin/sfd",
           "system_disk":"/var/lib/root.img"},
     "descriptor_bytes":755316,"descriptor_xxh3":"0123456789abcdef"})";
-  auto r = sfd::parse_origin_reply(text);
+  auto r = sf::sfd::parse_origin_reply(text);
   ASSERT_TRUE(r) << r.error().message;
   EXPECT_EQ(r->descriptor_bytes, 755316u);
   EXPECT_EQ(r->mcast_port, 5000);
@@ -520,33 +520,33 @@ TEST(OriginReply, ParsesWhatTheOriginSends) {
   EXPECT_EQ(r->memtap, "10.213.0.1:40000");
   EXPECT_EQ(r->vm.mem_mib, 512u);
   EXPECT_EQ(r->vm.cpus, 2);
-  EXPECT_EQ(r->vm.accel, sfd::Accel::kvm);
+  EXPECT_EQ(r->vm.accel, sf::sfd::Accel::kvm);
   EXPECT_EQ(r->vm.system_disk, fs::path("/var/lib/root.img"));
   EXPECT_FALSE(r->vm.work_disk);
   EXPECT_EQ(r->image_key, "k");
 }
 
 TEST(OriginReply, RefusalsAndMalformedRepliesAreErrors) {
-  auto r = sfd::parse_origin_reply(R"({"error":"wrong token"})");
+  auto r = sf::sfd::parse_origin_reply(R"({"error":"wrong token"})");
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().message, "refused: wrong token");
   // A refusal whose "error" is not a string threw out of the old reader.
-  r = sfd::parse_origin_reply(R"({"error":{"why":1}})");
+  r = sf::sfd::parse_origin_reply(R"({"error":{"why":1}})");
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message.find("refused"), std::string::npos);
-  EXPECT_FALSE(sfd::parse_origin_reply("not json"));
-  EXPECT_FALSE(sfd::parse_origin_reply("[]"));
-  EXPECT_FALSE(sfd::parse_origin_reply(R"({"descriptor_bytes":0})"));
-  EXPECT_FALSE(sfd::parse_origin_reply(R"({"descriptor_bytes":"5"})"));
+  EXPECT_FALSE(sf::sfd::parse_origin_reply("not json"));
+  EXPECT_FALSE(sf::sfd::parse_origin_reply("[]"));
+  EXPECT_FALSE(sf::sfd::parse_origin_reply(R"({"descriptor_bytes":0})"));
+  EXPECT_FALSE(sf::sfd::parse_origin_reply(R"({"descriptor_bytes":"5"})"));
   // A float too large for an integer was converted with undefined behaviour (UBSan, found by
   // tests/fuzz/vm_descriptor_fuzz); so were negative and fractional counts.
-  EXPECT_FALSE(sfd::parse_origin_reply(R"({"descriptor_bytes":5.1e132})"));
-  EXPECT_FALSE(sfd::parse_origin_reply(R"({"descriptor_bytes":-1})"));
-  EXPECT_FALSE(sfd::parse_origin_reply(R"({"descriptor_bytes":1.5})"));
-  EXPECT_FALSE(sfd::parse_origin_reply(
+  EXPECT_FALSE(sf::sfd::parse_origin_reply(R"({"descriptor_bytes":5.1e132})"));
+  EXPECT_FALSE(sf::sfd::parse_origin_reply(R"({"descriptor_bytes":-1})"));
+  EXPECT_FALSE(sf::sfd::parse_origin_reply(R"({"descriptor_bytes":1.5})"));
+  EXPECT_FALSE(sf::sfd::parse_origin_reply(
       R"({"descriptor_bytes":5,"descriptor_xxh3":"x","memtap":"a:1","mcast":{"group":"g","port":5000,"key":"k"},
           "vm":{"mem_mib":512,"cpus":1e300,"mode":"run","accel":"tcg","agent":"a","image_key":"k"}})"));
-  EXPECT_FALSE(sfd::parse_origin_reply(
+  EXPECT_FALSE(sf::sfd::parse_origin_reply(
       R"({"descriptor_bytes":5,"descriptor_xxh3":"x","memtap":"a:1","mcast":{"group":"g","port":70000,"key":"k"}})"));
 }
 

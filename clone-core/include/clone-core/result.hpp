@@ -26,14 +26,14 @@ enum class Errc : int {
 
 const char* errc_name(Errc code) noexcept;
 
-using Error = sfcommon::Error<Errc>;
-using sfcommon::make_error;
+using Error = sf::common::Error<Errc>;
+using sf::common::make_error;
 
 // A value or an Error (sf-common's Result); Status for steps that return nothing.
 template <class T>
-using Result = sfcommon::Result<T, Error>;
-using Status = sfcommon::Status<Error>;
-using sfcommon::Ok;
-using sfcommon::ok_status;
+using Result = sf::common::Result<T, Error>;
+using Status = sf::common::Status<Error>;
+using sf::common::Ok;
+using sf::common::ok_status;
 
 }  // namespace sf

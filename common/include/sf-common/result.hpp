@@ -7,9 +7,9 @@
 // its callers branch on, plus a general one) and a message "<step>: <what went wrong>; <what
 // to do>". The component's header holds thin aliases only:
 //   enum class Errc { ... };
-//   using Error = sfcommon::Error<Errc>;
-//   template <class T> using Result = sfcommon::Result<T, Error>;
-//   using Status = sfcommon::Status<Error>;
+//   using Error = sf::common::Error<Errc>;
+//   template <class T> using Result = sf::common::Result<T, Error>;
+//   using Status = sf::common::Status<Error>;
 //
 // Hand-written rather than a library: std::expected is C++23 (we build C++20), and
 // Boost.Outcome's policy machinery is heavier than these small types need.
@@ -19,7 +19,7 @@
 #include <utility>
 #include <variant>
 
-namespace sfcommon {
+namespace sf::common {
 
 template <class Code>
 struct Error {
@@ -64,4 +64,4 @@ using Status = Result<Ok, E>;
 // `return ok_status();` in any function returning a Status (Ok converts to every Status<E>).
 constexpr Ok ok_status() noexcept { return {}; }
 
-}  // namespace sfcommon
+}  // namespace sf::common

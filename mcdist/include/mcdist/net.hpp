@@ -12,7 +12,7 @@
 
 #include "mcdist/result.hpp"
 
-namespace mcdist::net {
+namespace sf::mcdist::net {
 
 struct InterfaceInfo {
   std::string name;
@@ -34,4 +34,4 @@ Result<int> open_unicast_socket(const InterfaceInfo& iface);
 
 void set_buffers(int fd, int bytes);
 
-}  // namespace mcdist::net
+}  // namespace sf::mcdist::net

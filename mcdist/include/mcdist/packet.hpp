@@ -13,7 +13,7 @@
 
 #include "mcdist/result.hpp"
 
-namespace mcdist {
+namespace sf::mcdist {
 
 inline constexpr std::uint32_t kMagic = 0x5344434D;  // "MCDS" in little-endian byte order
 inline constexpr std::uint8_t kVersion = 2;
@@ -134,4 +134,4 @@ class ReplayWindow {
   std::array<std::uint64_t, kWidth / 64> bits_{};
 };
 
-}  // namespace mcdist
+}  // namespace sf::mcdist

@@ -17,7 +17,7 @@
 #include "mcdist/packet.hpp"
 #include "mcdist/result.hpp"
 
-namespace mcdist {
+namespace sf::mcdist {
 
 // The image's geometry, learned from the first authenticated server packet.
 struct ImageInfo {
@@ -96,4 +96,4 @@ class MulticastReceiver {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace mcdist
+}  // namespace sf::mcdist

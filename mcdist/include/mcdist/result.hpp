@@ -8,7 +8,7 @@
 
 #include "sf-common/result.hpp"
 
-namespace mcdist {
+namespace sf::mcdist {
 
 // No caller branches on the kind of an mcdist failure yet (they report the message), so
 // there is one code; add one when a caller needs to tell a failure apart.
@@ -16,16 +16,16 @@ enum class Errc {
   general,
 };
 
-using Error = sfcommon::Error<Errc>;
+using Error = sf::common::Error<Errc>;
 
 // A failure of the general kind.
 inline Error make_error(std::string message) { return Error{Errc::general, std::move(message)}; }
 
 // A value or the Error of the step that failed; Status for steps that return nothing.
 template <typename T>
-using Result = sfcommon::Result<T, Error>;
-using Status = sfcommon::Status<Error>;
-using sfcommon::Ok;
-using sfcommon::ok_status;
+using Result = sf::common::Result<T, Error>;
+using Status = sf::common::Status<Error>;
+using sf::common::Ok;
+using sf::common::ok_status;
 
-}  // namespace mcdist
+}  // namespace sf::mcdist

@@ -16,7 +16,7 @@
 #include "mcdist/packet.hpp"
 #include "mcdist/result.hpp"
 
-namespace mcdist {
+namespace sf::mcdist {
 
 struct SenderConfig {
   std::string interface;         // required: the link the clones are on (never guessed)
@@ -77,4 +77,4 @@ class MulticastSender {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace mcdist
+}  // namespace sf::mcdist

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <sstream>
 
-namespace mcdist::tool {
+namespace sf::mcdist::tool {
 
 int die(const std::string& message, int code) {
   std::fprintf(stderr, "%s\n", message.c_str());
@@ -111,4 +111,4 @@ nlohmann::json to_json(const ReceiverStats& s) {
           {"failed", s.failed}};
 }
 
-}  // namespace mcdist::tool
+}  // namespace sf::mcdist::tool

@@ -13,7 +13,7 @@
 #include "mcdist/receiver.hpp"
 #include "mcdist/sender.hpp"
 
-namespace mcdist::tool {
+namespace sf::mcdist::tool {
 
 namespace po = boost::program_options;
 
@@ -47,4 +47,4 @@ void write_json(const std::string& path, const nlohmann::json& j);
 nlohmann::json to_json(const SenderStats& s);
 nlohmann::json to_json(const ReceiverStats& s);
 
-}  // namespace mcdist::tool
+}  // namespace sf::mcdist::tool

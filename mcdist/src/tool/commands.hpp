@@ -2,7 +2,7 @@
 // name; they return the process's exit status (2 for a usage error).
 #pragma once
 
-namespace mcdist::tool {
+namespace sf::mcdist::tool {
 
 // transfer.cpp: the multicast transfer itself.
 int cmd_send(int argc, char** argv);
@@ -16,4 +16,4 @@ int cmd_inject(int argc, char** argv);
 int cmd_tcp_send(int argc, char** argv);
 int cmd_tcp_recv(int argc, char** argv);
 
-}  // namespace mcdist::tool
+}  // namespace sf::mcdist::tool

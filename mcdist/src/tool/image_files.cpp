@@ -10,7 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
-namespace mcdist::tool {
+namespace sf::mcdist::tool {
 
 MappedFile::~MappedFile() {
   if (data) munmap(const_cast<std::uint8_t*>(data), size);
@@ -103,4 +103,4 @@ bool ImageStore::save(const std::string& path, std::uint64_t bytes) {
   return true;
 }
 
-}  // namespace mcdist::tool
+}  // namespace sf::mcdist::tool

@@ -10,7 +10,7 @@
 
 #include "mcdist/result.hpp"
 
-namespace mcdist::tool {
+namespace sf::mcdist::tool {
 
 // A whole file mapped read-only; unmapped on destruction.
 struct MappedFile {
@@ -58,4 +58,4 @@ class ImageStore {
   std::string error_;
 };
 
-}  // namespace mcdist::tool
+}  // namespace sf::mcdist::tool

@@ -18,7 +18,7 @@
 
 #include "cli.hpp"
 
-namespace mcdist::tool {
+namespace sf::mcdist::tool {
 
 int cmd_inject(int argc, char** argv) {
   Common c;
@@ -99,4 +99,4 @@ int cmd_inject(int argc, char** argv) {
   return 0;
 }
 
-}  // namespace mcdist::tool
+}  // namespace sf::mcdist::tool

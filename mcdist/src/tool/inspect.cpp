@@ -15,7 +15,7 @@
 
 #include "cli.hpp"
 
-namespace mcdist::tool {
+namespace sf::mcdist::tool {
 
 namespace {
 
@@ -94,4 +94,4 @@ int cmd_dump(int argc, char** argv) {
   return 0;
 }
 
-}  // namespace mcdist::tool
+}  // namespace sf::mcdist::tool

@@ -12,7 +12,7 @@
 #include "cli.hpp"
 #include "commands.hpp"
 
-using namespace mcdist::tool;
+using namespace sf::mcdist::tool;
 
 int main(int argc, char** argv) {
   std::string usage =

@@ -17,7 +17,7 @@
 #include "cli.hpp"
 #include "image_files.hpp"
 
-namespace mcdist::tool {
+namespace sf::mcdist::tool {
 
 int cmd_tcp_send(int argc, char** argv) {
   std::string image, listen_at;
@@ -102,4 +102,4 @@ int cmd_tcp_recv(int argc, char** argv) {
   return 0;
 }
 
-}  // namespace mcdist::tool
+}  // namespace sf::mcdist::tool

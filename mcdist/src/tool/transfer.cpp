@@ -10,7 +10,7 @@
 #include "cli.hpp"
 #include "image_files.hpp"
 
-namespace mcdist::tool {
+namespace sf::mcdist::tool {
 
 using Clock = std::chrono::steady_clock;
 
@@ -147,4 +147,4 @@ int cmd_recv(int argc, char** argv) {
   return 0;
 }
 
-}  // namespace mcdist::tool
+}  // namespace sf::mcdist::tool

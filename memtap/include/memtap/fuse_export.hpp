@@ -12,7 +12,7 @@
 
 #include "memtap/page_source.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 struct FuseExportOptions {
   std::uint32_t readahead_pages = 8;  // kernel read-ahead for the file (max_readahead)
@@ -27,4 +27,4 @@ struct FuseExportOptions {
 Status run_fuse_export(std::shared_ptr<PageSource> source, const std::string& mountpoint,
                        const FuseExportOptions& options = {});
 
-}  // namespace memtap
+}  // namespace sf::memtap

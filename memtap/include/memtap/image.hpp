@@ -11,7 +11,7 @@
 
 #include "memtap/result.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 using OwnerToken = std::array<std::uint8_t, 32>;
 
@@ -114,4 +114,4 @@ class FrozenImage {
   std::vector<std::byte> padded_last_page_;
 };
 
-}  // namespace memtap
+}  // namespace sf::memtap

@@ -7,7 +7,7 @@
 #include "memtap/image.hpp"
 #include "memtap/page_source.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 class LocalPageSource : public PageSource {
  public:
@@ -21,4 +21,4 @@ class LocalPageSource : public PageSource {
   std::shared_ptr<const FrozenImage> image_;
 };
 
-}  // namespace memtap
+}  // namespace sf::memtap

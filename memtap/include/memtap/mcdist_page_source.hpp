@@ -14,7 +14,7 @@
 #include "memtap/image.hpp"
 #include "memtap/page_source.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 struct MulticastOptions {
   std::string interface;  // required: the cluster link (never guessed)
@@ -70,4 +70,4 @@ class MulticastPageServer {
   std::unique_ptr<State> state_;
 };
 
-}  // namespace memtap
+}  // namespace sf::memtap

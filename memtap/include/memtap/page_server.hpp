@@ -9,7 +9,7 @@
 #include "memtap/image.hpp"
 #include "memtap/tcp_page_source.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 struct PageServerOptions {
   unsigned threads = 1;
@@ -33,4 +33,4 @@ class PageServer {
   virtual std::string stats_json() const = 0;
 };
 
-}  // namespace memtap
+}  // namespace sf::memtap

@@ -13,7 +13,7 @@
 #include "memtap/result.hpp"
 #include "memtap/image.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 struct PageRange {
   std::uint64_t first = 0;
@@ -46,4 +46,4 @@ class PageSource {
   virtual std::string describe() const = 0;
 };
 
-}  // namespace memtap
+}  // namespace sf::memtap

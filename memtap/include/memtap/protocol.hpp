@@ -12,7 +12,7 @@
 #include "memtap/result.hpp"
 #include "memtap/page_source.hpp"
 
-namespace memtap::protocol {
+namespace sf::memtap::protocol {
 
 constexpr std::uint32_t kMagic = 0x3150544D;  // "MTP1"
 constexpr std::uint16_t kVersion = 1;
@@ -75,4 +75,4 @@ struct FetchRequest {
 FetchRequest decode_fetch_request(std::span<const std::byte> body, std::uint64_t page_count,
                                   std::uint32_t max_batch_pages);
 
-}  // namespace memtap::protocol
+}  // namespace sf::memtap::protocol

@@ -5,7 +5,7 @@
 
 #include "sf-common/result.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 enum class ErrorCode {
   kIo,               // a file or socket operation failed
@@ -23,14 +23,14 @@ enum class ErrorCode {
 
 const char* to_string(ErrorCode code);
 
-using Error = sfcommon::Error<ErrorCode>;
-using sfcommon::make_error;
+using Error = sf::common::Error<ErrorCode>;
+using sf::common::make_error;
 
 // A value or an Error (sf-common's Result); Status for steps that return nothing.
 template <class T>
-using Result = sfcommon::Result<T, Error>;
-using Status = sfcommon::Status<Error>;
-using sfcommon::Ok;
-using sfcommon::ok_status;
+using Result = sf::common::Result<T, Error>;
+using Status = sf::common::Status<Error>;
+using sf::common::Ok;
+using sf::common::ok_status;
 
-}  // namespace memtap
+}  // namespace sf::memtap

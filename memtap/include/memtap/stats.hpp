@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-namespace memtap {
+namespace sf::memtap {
 
 // Log-linear histogram of durations in nanoseconds: 8 sub-buckets per power of two
 // (about 9% resolution), 0 ... ~2^40 ns. Percentiles are bucket midpoints.
@@ -39,4 +39,4 @@ struct ClientCounters {
   std::string to_json() const;
 };
 
-}  // namespace memtap
+}  // namespace sf::memtap

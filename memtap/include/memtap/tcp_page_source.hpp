@@ -14,7 +14,7 @@
 #include "memtap/image.hpp"
 #include "memtap/page_source.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 struct TcpSourceOptions {
   std::chrono::milliseconds timeout{5000};  // per connect and per request
@@ -64,4 +64,4 @@ class TcpPageSource final : public PageSource {
   std::vector<std::unique_ptr<TcpConnection>> idle_;
 };
 
-}  // namespace memtap
+}  // namespace sf::memtap

@@ -17,7 +17,7 @@
 #include "memtap/page_source.hpp"
 #include "memtap/stats.hpp"
 
-namespace memtap {
+namespace sf::memtap {
 
 struct UffdRegionOptions {
   std::uint32_t prefetch_pages = 8;  // window: the faulting page and the pages after it
@@ -37,4 +37,4 @@ class UffdRegion {
   virtual const ClientCounters& counters() const = 0;
 };
 
-}  // namespace memtap
+}  // namespace sf::memtap

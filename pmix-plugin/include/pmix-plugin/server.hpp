@@ -24,10 +24,10 @@ namespace sf::pmix {
 enum class Errc {
   general,
 };
-using Error = sfcommon::Error<Errc>;
+using Error = sf::common::Error<Errc>;
 template <class T>
-using Result = sfcommon::Result<T, Error>;
-using Status = sfcommon::Status<Error>;
+using Result = sf::common::Result<T, Error>;
+using Status = sf::common::Status<Error>;
 
 inline constexpr uint32_t kRankWildcard = UINT32_MAX - 1;  // PMIX_RANK_WILDCARD
 // The PMIx statuses the host side sets or tests (it does not include PMIx's headers: PMIx is

@@ -11,7 +11,7 @@
 #include "sfd/result.hpp"
 #include "sfd/vm.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 struct AccelChoice {
   Accel accel = Accel::tcg;
@@ -31,4 +31,4 @@ Result<AccelChoice> choose_accel(const GuestImage& image, const AccelProbeOption
 // Boots `image` in probe mode with `accel` and waits for the marker. True if it came.
 Result<bool> probe_boot(const GuestImage& image, Accel accel, std::chrono::milliseconds timeout);
 
-}  // namespace sfd
+}  // namespace sf::sfd

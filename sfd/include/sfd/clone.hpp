@@ -18,7 +18,7 @@
 #include "sfd/result.hpp"
 #include "sfd/vm.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 // The frozen state clones start from: the RAM file and the descriptor (and, if given, the
 // descriptor's SnowFlock metadata, docs/formats/vm-descriptor.md). Deletes them when
@@ -87,4 +87,4 @@ struct CloneSet {
 Result<std::unique_ptr<CloneSet>> clone_vm(std::unique_ptr<QemuVm> parent, const VmConfig& config, int n,
                                            const std::filesystem::path& descriptor_dir);
 
-}  // namespace sfd
+}  // namespace sf::sfd

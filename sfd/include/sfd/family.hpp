@@ -20,7 +20,7 @@
 #include "sfd/vm.hpp"
 #include "sfd/vm_network.hpp"  // NodeIdentity, vm_node_identity()
 
-namespace sfd {
+namespace sf::sfd {
 
 struct FamilyConfig {
   std::uint64_t mem_mib = 256;
@@ -73,4 +73,4 @@ struct BootedNode {
 };
 int run_family(std::unique_ptr<QemuVm> master, std::vector<BootedNode> nodes, const FamilyConfig& config, int signal_fd);
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -4,8 +4,8 @@
 // status as frames (guest_io.hpp), then waits for the host to stop the VM.
 #pragma once
 
-namespace sfd {
+namespace sf::sfd {
 
 int guest_agent_main();
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -14,7 +14,7 @@
 
 #include "sfd/result.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 struct GuestImageInputs {
   std::filesystem::path kernel;       // /boot/vmlinuz-<version>
@@ -69,4 +69,4 @@ Result<GuestImage> ensure_host_guest_image();
 std::string_view guest_init_script();
 inline constexpr std::string_view kGuestProbeMarker = "SF-GUEST-PROBE-OK";
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -13,7 +13,7 @@
 
 #include "sfd/result.hpp"
 
-namespace sfd::guest_io {
+namespace sf::sfd::guest_io {
 
 // The virtio-serial port's name (QEMU `virtserialport,name=...`).
 inline constexpr const char* kIoPort = "sf.io";
@@ -85,4 +85,4 @@ struct CommandSpec {
 // An Error if the payload is not a JSON object or a field has the wrong type.
 Result<CommandSpec> parse_spec(const std::string& payload);
 
-}  // namespace sfd::guest_io
+}  // namespace sf::sfd::guest_io

@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <string>
 
-namespace sfd {
+namespace sf::sfd {
 
 // $SF_CACHE_DIR, else $XDG_CACHE_HOME/snowflock, else /var/cache/snowflock for root, else
 // ~/.cache/snowflock.
@@ -31,4 +31,4 @@ int sweep_stale_vm_files();
 // The pid in "sf-vm-<pid>-..." or 0.
 int owner_pid_of(const std::string& name);
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -13,7 +13,7 @@
 
 #include "sfd/result.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 class QmpClient {
  public:
@@ -64,4 +64,4 @@ class QmpClient {
   bool peer_closed_ = false;  // QEMU closed the socket (end of file on a read)
 };
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -1,6 +1,6 @@
 // sfd: clones on other hosts (docs/sfd.md "Remote clones").
 //
-// The origin host serves a frozen VM (sfd::FrozenImage: RAM file + descriptor) to remote
+// The origin host serves a frozen VM (sf::sfd::FrozenImage: RAM file + descriptor) to remote
 // clones: memtap's page server (TCP: HELLO with the family's owner token, the metadata with the
 // no-fetch map) plus memtap's MulticastPageServer over mcdist on an explicit interface, and a
 // small control service that hands an authenticated remote sfd the VM's configuration, the
@@ -30,7 +30,7 @@
 #include "sfd/result.hpp"
 #include "sfd/vm.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 // Where guest-physical memory lives in the RAM file of QEMU's `pc` machine (i440fx) with one
 // memory-backend "ram": QEMU 7.2 (hw/i386/pc_piix.c) puts all of RAM below 4 GiB when it is
@@ -71,7 +71,7 @@ struct NoFetchStats {
 
 // Adds the guest's report (guest page frames of 4 KiB) to `metadata`'s no-fetch map; the
 // metadata's page size must be 4 KiB and its length the layout's RAM size.
-Result<NoFetchStats> apply_free_page_report(memtap::ImageMetadata& metadata, std::span<const sf::PageRange> guest_frames,
+Result<NoFetchStats> apply_free_page_report(sf::memtap::ImageMetadata& metadata, std::span<const sf::PageRange> guest_frames,
                                             const RamLayout& layout, FreeReportPolicy policy);
 
 // ---- origin side ----
@@ -105,7 +105,7 @@ class RemoteCloneOrigin {
   std::string page_server_stats() const;  // memtap's TCP server counters (JSON)
   std::string multicast_stats() const;    // memtap's multicast server counters (JSON)
   std::uint64_t descriptors_sent() const;
-  const memtap::OwnerToken& token() const;  // the family's owner token (also in the ticket)
+  const sf::memtap::OwnerToken& token() const;  // the family's owner token (also in the ticket)
   std::uint64_t image_pages() const;
 
   struct State;
@@ -187,4 +187,4 @@ class RemoteClone {
 // ends, then prints {"event":"stopped",...} with the client's counters and cleans up.
 int remote_clone_command(int argc, char** argv);
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -37,7 +37,7 @@
 #include "sfd/slurm_grant.hpp"
 #include "sfd/vm_network.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 // Where `sfd run --remote` puts clones. Clones 1..N go round-robin over `agents`; the master
 // (clone 0) stays here.
@@ -63,7 +63,7 @@ Result<std::string> interface_ipv4(const std::string& ifname);
 // The TCP service remote members connect their guest I/O and control ports to.
 class MemberService {
  public:
-  static Result<std::unique_ptr<MemberService>> start(const std::string& address, const memtap::OwnerToken& token);
+  static Result<std::unique_ptr<MemberService>> start(const std::string& address, const sf::memtap::OwnerToken& token);
   ~MemberService();
   MemberService(const MemberService&) = delete;
   MemberService& operator=(const MemberService&) = delete;
@@ -81,7 +81,7 @@ class MemberService {
   int fd_ = -1;
   std::string address_;
   std::uint16_t port_ = 0;
-  memtap::OwnerToken token_{};
+  sf::memtap::OwnerToken token_{};
 };
 
 // One remote member as the origin sees it: the agent process and the frame relay.
@@ -127,4 +127,4 @@ class RemoteMemberLink {
 // `sfd remote-member [-v]`: the remote side; reads its ticket (one JSON line) on stdin.
 int remote_member_command(int argc, char** argv);
 
-}  // namespace sfd
+}  // namespace sf::sfd

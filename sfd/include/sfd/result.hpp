@@ -8,7 +8,7 @@
 
 #include "sf-common/result.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 // No caller branches on the kind of an sfd failure yet (they log or print the message), so
 // there is one code; add one when a caller needs to tell a failure apart.
@@ -16,15 +16,15 @@ enum class Errc {
   general,
 };
 
-using Error = sfcommon::Error<Errc>;  // message: "<step>: <what went wrong>; <what to do>"
+using Error = sf::common::Error<Errc>;  // message: "<step>: <what went wrong>; <what to do>"
 
 // A failure of the general kind.
 inline Error make_error(std::string message) { return Error{Errc::general, std::move(message)}; }
 
 template <typename T>
-using Result = sfcommon::Result<T, Error>;
-using Status = sfcommon::Status<Error>;  // success carries nothing
-using sfcommon::Ok;
-using sfcommon::ok_status;
+using Result = sf::common::Result<T, Error>;
+using Status = sf::common::Status<Error>;  // success carries nothing
+using sf::common::Ok;
+using sf::common::ok_status;
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -21,7 +21,7 @@
 
 #include "sfd/result.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 // How a `sfd run` guest sees the host's files.
 enum class RootMode {
@@ -119,4 +119,4 @@ std::vector<std::string> erofs_excludes_for(const std::filesystem::path& source_
                                             const std::vector<std::string>& included,
                                             const std::vector<std::string>& excludes);
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -14,7 +14,7 @@
 #include "sfd/slurm_grant.hpp"
 #include "sfd/rootfs.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 // sfd's own failures (cannot build the image, QEMU failed, the guest died) exit with this,
 // like `docker run`; the command's own status is passed through otherwise.
@@ -59,4 +59,4 @@ int shell_status(int code, int signal);
 // Runs the whole thing; returns the exit status for sfd to exit with.
 int run_in_vm(const RunOptions& options);
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -11,7 +11,7 @@
 
 #include "sfd/result.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 // Environment variable carrying the run's key (hex of dropbear's key file) into the guests.
 inline constexpr const char* kRshKeyEnv = "SFD_RSH_KEY";
@@ -41,4 +41,4 @@ std::vector<std::string> node0_environment(const std::string& agent, const std::
 // known_hosts: strict host checking). `sfd rsh --write-key FILE` writes $SFD_RSH_KEY.
 int rsh_command(int argc, char** argv);
 
-}  // namespace sfd
+}  // namespace sf::sfd

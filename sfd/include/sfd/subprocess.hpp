@@ -7,10 +7,10 @@
 
 #include "sfd/result.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 // Runs argv[0] (looked up in PATH) with stdin from /dev/null and waits for it. Returns its
 // exit code, or an Error if it could not be started or died by a signal.
 Result<int> run_to_completion(const std::vector<std::string>& argv);
 
-}  // namespace sfd
+}  // namespace sf::sfd

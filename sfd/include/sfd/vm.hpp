@@ -17,7 +17,7 @@
 #include "sfd/qmp_client.hpp"
 #include "sfd/result.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 struct TapDevice;  // vm_network.hpp
 
@@ -124,4 +124,4 @@ class QemuVm {
   bool owns_ram_file_ = true;
 };
 
-}  // namespace sfd
+}  // namespace sf::sfd

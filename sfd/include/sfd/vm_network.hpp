@@ -18,7 +18,7 @@
 
 #include "sfd/result.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 // The VM cluster's subnet, the guest NIC's name and the MAC scheme.
 inline constexpr const char* kVmSubnet = "10.213.0.0/24";
@@ -89,4 +89,4 @@ class VmNetwork {
   std::unique_ptr<Netlink> nl_;
 };
 
-}  // namespace sfd
+}  // namespace sf::sfd
