@@ -67,7 +67,7 @@ int cmd_run(int argc, char** argv) {
   std::vector<std::string> remote;
   std::string remote_iface;
   std::string allocator = "local";
-  sfd::SlurmOptions slurm;
+  sf::sfd::SlurmOptions slurm;
   opts.add_options()("mem,m", po::value(&mem), "guest RAM, e.g. 256M or 1G (default 256M)")(
       "cpus,c", po::value(&cpus), "vCPUs (default 1)")(
       "root", po::value(&root),
@@ -168,7 +168,7 @@ int cmd_run(int argc, char** argv) {
   o.nodes = nodes;
   o.remote = remote;
   o.remote_iface = remote_iface;
-  if (allocator == "slurm") o.slurm = sfd::slurm_options_with_environment(slurm);
+  if (allocator == "slurm") o.slurm = sf::sfd::slurm_options_with_environment(slurm);
   o.forward_stdin = stdin_mode == "forward";
   o.root = *root_mode;
   o.mem_mib = *mib;

@@ -19,7 +19,7 @@
 
 extern char** environ;
 
-namespace sfd {
+namespace sf::sfd {
 namespace {
 
 // Spawns argv with stdin from `in` (or /dev/null) and stdout+stderr into `out` (or /dev/null);
@@ -256,4 +256,4 @@ void SlurmGrant::release() {
 
 SlurmGrant::~SlurmGrant() { release(); }
 
-}  // namespace sfd
+}  // namespace sf::sfd

@@ -552,23 +552,23 @@ TEST(OriginReply, RefusalsAndMalformedRepliesAreErrors) {
 
 // --allocator slurm: what sfd asks salloc for, how it reads the grant, how it reaches a node.
 TEST(SlurmGrant, SallocAsksForOneTaskOnEachNodeUnderTheJobsName) {
-  EXPECT_EQ(sfd::salloc_grant_argv(4, {}, "sfd.1.ab"),
+  EXPECT_EQ(sf::sfd::salloc_grant_argv(4, {}, "sfd.1.ab"),
             (std::vector<std::string>{"salloc", "--no-shell", "--job-name=sfd.1.ab", "--nodes=4", "--ntasks-per-node=1"}));
-  const auto argv = sfd::salloc_grant_argv(2, {"debug", "physics", "10:00"}, "n");
+  const auto argv = sf::sfd::salloc_grant_argv(2, {"debug", "physics", "10:00"}, "n");
   EXPECT_EQ(std::vector<std::string>(argv.begin() + 5, argv.end()),
             (std::vector<std::string>{"--partition=debug", "--account=physics", "--time=10:00"}));
 }
 
 TEST(SlurmGrant, TheJobIdComesFromSallocsGrantedLine) {
-  EXPECT_EQ(sfd::granted_job_id("salloc: Pending job allocation 17\nsalloc: job 17 queued and waiting for resources\n"
+  EXPECT_EQ(sf::sfd::granted_job_id("salloc: Pending job allocation 17\nsalloc: job 17 queued and waiting for resources\n"
                                 "salloc: job 17 has been allocated resources\nsalloc: Granted job allocation 17\n"),
             "17");
-  EXPECT_FALSE(sfd::granted_job_id("salloc: error: invalid partition specified: nosuch\n"));
-  EXPECT_FALSE(sfd::granted_job_id(""));
+  EXPECT_FALSE(sf::sfd::granted_job_id("salloc: error: invalid partition specified: nosuch\n"));
+  EXPECT_FALSE(sf::sfd::granted_job_id(""));
 }
 
 TEST(SlurmGrant, TheAgentIsOneTaskOfTheAllocationOnThatNode) {
-  EXPECT_EQ(sfd::srun_agent("17", "node3"), (std::vector<std::string>{"srun", "--jobid=17", "--overlap", "--nodes=1",
+  EXPECT_EQ(sf::sfd::srun_agent("17", "node3"), (std::vector<std::string>{"srun", "--jobid=17", "--overlap", "--nodes=1",
                                                                        "--ntasks=1", "--nodelist=node3", "--quiet"}));
 }
 
@@ -576,7 +576,7 @@ TEST(SlurmGrant, OptionsWinOverTheEnvironment) {
   setenv("SF_SLURM_PARTITION", "envpart", 1);
   setenv("SF_SLURM_ACCOUNT", "envacct", 1);
   unsetenv("SF_SLURM_TIME_LIMIT");
-  const auto o = sfd::slurm_options_with_environment({"given", "", ""});
+  const auto o = sf::sfd::slurm_options_with_environment({"given", "", ""});
   EXPECT_EQ(o.partition, "given");
   EXPECT_EQ(o.account, "envacct");
   EXPECT_EQ(o.time_limit, "");

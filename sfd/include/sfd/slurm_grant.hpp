@@ -17,7 +17,7 @@
 
 #include "sfd/result.hpp"
 
-namespace sfd {
+namespace sf::sfd {
 
 // What a grant asks Slurm for besides the node count; empty fields: Slurm's defaults.
 struct SlurmOptions {
@@ -82,4 +82,4 @@ class SlurmGrant {
   std::chrono::steady_clock::time_point started_;
 };
 
-}  // namespace sfd
+}  // namespace sf::sfd
