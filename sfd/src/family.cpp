@@ -21,8 +21,7 @@ using nlohmann::json;
 
 std::uint64_t clone_memory_estimate_mib(std::uint64_t guest_mem_mib) { return 64 + guest_mem_mib / 4; }
 
-unsigned grant_clones(unsigned requested, unsigned max_clones, std::uint64_t guest_mem_mib,
-                      std::uint64_t available_mib, std::string* why) {
+unsigned grant_clone_count(unsigned requested, unsigned max_clones, std::string* why) {
   if (requested == 0) {
     *why = "a ticket for 0 clones";
     return 0;
@@ -32,6 +31,12 @@ unsigned grant_clones(unsigned requested, unsigned max_clones, std::uint64_t gue
            " (SF_MAX_CLONES)";
     return 0;
   }
+  return requested;
+}
+
+unsigned grant_clones(unsigned requested, unsigned max_clones, std::uint64_t guest_mem_mib,
+                      std::uint64_t available_mib, std::string* why) {
+  if (grant_clone_count(requested, max_clones, why) == 0) return 0;
   const std::uint64_t per = clone_memory_estimate_mib(guest_mem_mib);
   const std::uint64_t fits = available_mib / per;
   if (fits < requested) {

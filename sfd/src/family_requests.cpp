@@ -125,14 +125,10 @@ void Family::handle_request(Member& m, const gc::Request& req) {
       if (granted_ != 0 || slurm_) return refuse(m, "one ticket per sfd run: this VM has already been given one");
       const std::string host = req.ticket().hostname().empty() ? std::string("sf-vm") : req.ticket().hostname();
       std::string why;
-      unsigned g = 0;
       if (placement_.slurm) {
         // One Slurm node per clone: Slurm's grant limits them, not this host's memory.
-        g = req.ticket().clones();
-        if (g == 0) return refuse(m, "cannot clone this VM: a ticket for 0 clones");
-        if (g > cfg_.max_clones)
-          return refuse(m, "cannot clone this VM: asked for " + std::to_string(g) + " clones; this sfd grants at most " +
-                               std::to_string(cfg_.max_clones) + " (SF_MAX_CLONES)");
+        const unsigned g = grant_clone_count(req.ticket().clones(), cfg_.max_clones, &why);
+        if (g == 0) return refuse(m, "cannot clone this VM: " + why);
         auto grant = SlurmGrant::request(g, *placement_.slurm);
         if (!grant) return refuse(m, "cannot ask Slurm for nodes: " + grant.error().message);
         slurm_ = std::move(*grant);
@@ -141,7 +137,7 @@ void Family::handle_request(Member& m, const gc::Request& req) {
         spdlog::info("ticket: asked Slurm for {} node(s) (job name {})", g, slurm_->job_name());
         return;  // answered by progress_slurm_grant()
       }
-      g = grant_clones(req.ticket().clones(), cfg_.max_clones, cfg_.mem_mib, mem_available_mib(), &why);
+      const unsigned g = grant_clones(req.ticket().clones(), cfg_.max_clones, cfg_.mem_mib, mem_available_mib(), &why);
       if (g == 0) return refuse(m, "cannot clone this VM: " + why);
       return grant_ticket(m, g, host);
     }

@@ -404,6 +404,12 @@ TEST(CloneGrant, AllOrNothingWithinMemoryAndTheLimit) {
   EXPECT_EQ(sf::sfd::grant_clones(65, 64, 256, 1u << 30, &why), 0u);
   EXPECT_NE(why.find("SF_MAX_CLONES"), std::string::npos) << why;
   EXPECT_EQ(sf::sfd::grant_clones(0, 64, 256, 1u << 30, &why), 0u);
+  // The count alone (--allocator slurm): no memory limit, the same bounds.
+  EXPECT_EQ(sf::sfd::grant_clone_count(64, 64, &why), 64u);
+  EXPECT_EQ(sf::sfd::grant_clone_count(65, 64, &why), 0u);
+  EXPECT_NE(why.find("SF_MAX_CLONES"), std::string::npos) << why;
+  EXPECT_EQ(sf::sfd::grant_clone_count(0, 64, &why), 0u);
+  EXPECT_EQ(why, "a ticket for 0 clones");
 }
 
 TEST(DescriptorMetadata, CarriesShapeLayoutFreePagesAndNetwork) {

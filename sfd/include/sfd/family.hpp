@@ -45,6 +45,11 @@ struct FamilyConfig {
 // quarter of the guest's RAM for the pages it writes (copy-on-write). Documented in docs/sfd.md.
 std::uint64_t clone_memory_estimate_mib(std::uint64_t guest_mem_mib);
 
+// The count alone: `requested` if it is 1..max_clones, else 0 with `why` set. What
+// grant_clones checks first, and all sfd checks when Slurm's nodes, not this host, hold the
+// clones (--allocator slurm).
+unsigned grant_clone_count(unsigned requested, unsigned max_clones, std::string* why);
+
 // Clones a request of `requested` may get with `available_mib` of MemAvailable: all or none
 // (the guest side asks for what its own allocator planned). Returns 0 with `why` set if none.
 unsigned grant_clones(unsigned requested, unsigned max_clones, std::uint64_t guest_mem_mib,
