@@ -33,6 +33,18 @@ int host_cores() {
   return online > 0 ? static_cast<int>(online) : 1;
 }
 
+bool has_fabric_devices(const std::string& root) {
+  std::error_code ec;
+  for (const char* cls : {"sys/class/infiniband", "sys/class/cxi"})
+    if (fs::directory_iterator it(fs::path(root) / cls, ec); !ec && it != fs::directory_iterator())
+      return true;
+  for (fs::directory_iterator it(fs::path(root) / "dev", ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind("hfi1_", 0) == 0 || name.rfind("ipath", 0) == 0) return true;
+  }
+  return false;
+}
+
 std::string this_hostname() {
   char buf[256] = {};
   gethostname(buf, sizeof buf - 1);

@@ -30,6 +30,12 @@ class SetupError : public std::runtime_error {
 int host_cores();
 std::string this_hostname();
 
+// Whether the machine under `root` has a device of a high-speed fabric that Open MPI reaches
+// through UCX, PSM/PSM2 or libfabric rather than TCP: an RDMA device (InfiniBand, RoCE,
+// Omni-Path, EFA, iWARP: /sys/class/infiniband), an HPE Slingshot NIC (/sys/class/cxi), or a
+// PSM2/PSM character device (/dev/hfi1_*, /dev/ipath*).
+bool has_fabric_devices(const std::string& root = "/");
+
 // The program as execve needs it: a path with a '/' is taken relative to the working
 // directory (as Open MPI does); a bare name is searched in PATH. Throws SetupError (132).
 std::string resolve_program(const std::string& program, const std::string& wdir,

@@ -101,6 +101,7 @@ class NodeAgent : public pmix::PmixHost {
   Link& up_;
   std::unique_ptr<pmix::PmixServer> server_;
   std::string shm_dir_;  // Open MPI's shared-memory backing directory for this node's ranks
+  bool name_ob1_ = true;  // the ranks get OMPI_MCA_pml=ob1 unless the user chose a PML
   std::map<int, LocalRank> ranks_;
   boost::asio::signal_set sigchld_;
   boost::asio::steady_timer kill_timer_;
