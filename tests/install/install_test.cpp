@@ -81,6 +81,38 @@ TEST_F(Installed, EverythingIsWhereItBelongs) {
   EXPECT_GE(api, 15) << symbols.stdout_text;
 }
 
+// No program or library looks for its shared libraries in the working directory: an empty or
+// relative RUNPATH element (CMake pads the build tree's RUNPATH with a ':' for a target it
+// later installs, which the loader reads as ".") would let any directory a user runs
+// mpirun-sf from supply its libfmt or libpmix.
+TEST_F(Installed, NoProgramLoadsLibrariesFromTheWorkingDirectory) {
+  std::vector<fs::path> files;
+  for (const char* d : {"bin", "sfd"})
+    for (const auto& e : fs::directory_iterator(sf::test::build_path(d)))
+      if (e.is_regular_file() && access(e.path().c_str(), X_OK) == 0) files.push_back(e.path());
+  for (const auto& e : fs::recursive_directory_iterator(prefix_))
+    if (e.is_regular_file() && (e.path().parent_path() == prefix_ / "bin" ||
+                                e.path().filename().string().find(".so") != std::string::npos))
+      files.push_back(e.path());
+  int elf = 0;
+  for (const auto& f : files) {
+    CommandResult r = sf::test::run_command({"readelf", "-d", f.string()});
+    if (!r.exited_with(0)) continue;  // a script
+    ++elf;
+    std::smatch m;
+    std::string text = r.stdout_text;
+    for (std::regex re(R"(Library r(?:un)?path: \[([^\]]*)\])"); std::regex_search(text, m, re); text = m.suffix()) {
+      std::string path = m[1].str() + ":";
+      for (size_t pos = 0, end; (end = path.find(':', pos)) != std::string::npos; pos = end + 1) {
+        std::string item = path.substr(pos, end - pos);
+        EXPECT_TRUE(!item.empty() && (item[0] == '/' || item.rfind("$ORIGIN", 0) == 0))
+            << f << ": RUNPATH element '" << item << "' in [" << m[1] << "]";
+      }
+    }
+  }
+  EXPECT_GE(elf, 8) << "too few programs found to check";
+}
+
 // The installed mpirun-sf, from a directory that is neither tree, on sandbox clones.
 TEST_F(Installed, MpirunSfRunsFromAnotherDirectoryOnClones) {
   if (geteuid() != 0) GTEST_SKIP() << "sandbox clones as root here (the cluster tests cover ordinary users)";
