@@ -210,11 +210,14 @@ void LauncherNode::deliver_stdin(std::string data, bool eof, std::function<void(
 
 void LauncherNode::shut_down_nodes() {
   coordinator_.shutdown_nodes(local_node_);
-  for (int i = 0; i < 200; ++i) {
+  // Until every link has sent what it holds, for at most 2 s. One handler at a time: the
+  // links are usually idle a fraction of a millisecond after the shutdown is queued.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (std::chrono::steady_clock::now() < deadline) {
     bool idle = true;
     for (auto& [n, l] : node_links_) idle = idle && l->idle();
     if (idle) break;
-    io_.run_for(std::chrono::milliseconds(10));
+    io_.run_one_for(std::chrono::milliseconds(10));
   }
   if (acceptor_) acceptor_->close();
   remote_->stop_watching();

@@ -127,8 +127,10 @@ int run_remote_node(const LaunchContext& ctx, int node, const CoordinatorAddress
     }
     end_signal.cancel();
     agent.kill_now();
-    // Let the last messages (node finished) leave before the node ends.
-    for (int i = 0; i < 100 && !link->idle(); ++i) io.run_for(std::chrono::milliseconds(10));
+    // Let the last messages (node finished) leave before the node ends, for at most 1 s.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    while (!link->idle() && std::chrono::steady_clock::now() < deadline)
+      io.run_one_for(std::chrono::milliseconds(10));
     link->close();
   } catch (const std::exception& e) {
     fprintf(stderr, "mpirun-sf: %s: %s\n", label.c_str(), e.what());
