@@ -11,6 +11,7 @@
 #include <map>
 
 #include "mpirun-sf/job_spec.hpp"
+#include "sf-common/slurm.hpp"
 
 namespace po = boost::program_options;
 
@@ -262,10 +263,11 @@ JobSpec parse_command_line(const std::vector<std::string>& args,
   }
   if (getenv) {
     // Slurm requests: the options win over SF_SLURM_PARTITION, _ACCOUNT and _TIME_LIMIT.
-    for (auto [field, name] : {std::pair{&spec.slurm_partition, "SF_SLURM_PARTITION"},
-                               std::pair{&spec.slurm_account, "SF_SLURM_ACCOUNT"},
-                               std::pair{&spec.slurm_time_limit, "SF_SLURM_TIME_LIMIT"}})
-      if (const char* v = getenv(name); v && *v && field->empty()) *field = v;
+    auto o = sf::common::slurm::with_environment(
+        {spec.slurm_partition, spec.slurm_account, spec.slurm_time_limit}, getenv);
+    spec.slurm_partition = o.partition;
+    spec.slurm_account = o.account;
+    spec.slurm_time_limit = o.time_limit;
   }
   if (getenv) {
     const char* a = getenv("OMPI_ALLOW_RUN_AS_ROOT");

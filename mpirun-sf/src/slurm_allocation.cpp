@@ -11,7 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "subprocess.hpp"
+#include "sf-common/slurm.hpp"
 
 namespace sf::mpirun {
 namespace {
@@ -50,24 +50,11 @@ std::vector<int> expand_node_counts(const std::string& text) {
 }
 
 std::vector<std::string> scontrol_show_hostnames(const std::string& hostlist) {
-  auto result = capture_output({"scontrol", "show", "hostnames", hostlist});
-  if (!result.started)
-    throw std::runtime_error("cannot expand the allocation's host list: cannot run scontrol: " +
-                             result.error + "; is Slurm's client (slurm-client) installed?");
-  if (result.status != 0)
-    throw std::runtime_error("cannot expand the allocation's host list '" + hostlist +
-                             "': scontrol show hostnames failed" +
-                             (result.error.empty() ? "" : ": " + result.error));
-  std::vector<std::string> names;
-  size_t pos = 0;
-  const std::string& out = result.output;
-  while (pos < out.size()) {
-    size_t end = out.find('\n', pos);
-    if (end == std::string::npos) end = out.size();
-    if (end > pos) names.push_back(out.substr(pos, end - pos));
-    pos = end + 1;
-  }
-  return names;
+  auto names = sf::common::slurm::expand_hostlist(hostlist);
+  if (!names)
+    throw std::runtime_error("cannot expand the allocation's host list '" + hostlist + "': " +
+                             names.error().message);
+  return std::move(*names);
 }
 
 std::optional<SlurmAllocation> read_slurm_allocation(
@@ -168,9 +155,9 @@ std::vector<std::string> salloc_options(const JobSpec& spec, const std::string& 
     throw UsageError("--allocator slurm: give -np for every program, or --clones N (nodes), so that "
                      "mpirun-sf knows what to ask Slurm for");
   }
-  if (!spec.slurm_partition.empty()) o.push_back("--partition=" + spec.slurm_partition);
-  if (!spec.slurm_account.empty()) o.push_back("--account=" + spec.slurm_account);
-  if (!spec.slurm_time_limit.empty()) o.push_back("--time=" + spec.slurm_time_limit);
+  for (auto& f : sf::common::slurm::request_flags(
+           {spec.slurm_partition, spec.slurm_account, spec.slurm_time_limit}))
+    o.push_back(std::move(f));
   return o;
 }
 

@@ -18,6 +18,7 @@
 #include "environment.hpp"
 #include "job_setup.hpp"
 #include "mpirun-sf/slurm_allocation.hpp"
+#include "sf-common/slurm.hpp"
 #include "subprocess.hpp"
 
 namespace sf::mpirun {
@@ -39,34 +40,6 @@ extern "C" void on_signal(int sig, siginfo_t* info, void*) {
 }
 constexpr int kPassedOn[] = {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2};
 
-// The watchdog: a process of its own session that outlives the launcher. The launcher tells
-// it the job's pid ("p<pid>\n") and, when salloc ended by itself, "d". If the launcher's end
-// of the pipe closes without "d" (the launcher died, even by SIGKILL), the allocation or the
-// request still in the queue is cancelled by the job's unique name and the job is told to end.
-[[noreturn]] void watchdog(int lifeline, const std::string& job_name) {
-  setsid();
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTSTP, SIGTTOU, SIGTTIN})
-    signal(sig, SIG_IGN);
-  int devnull = open("/dev/null", O_RDWR);
-  for (int fd = 0; fd <= 2; ++fd) dup2(devnull, fd);  // it must not hold the user's terminal
-  if (devnull > 2) close(devnull);
-  pid_t job = -1;
-  std::string text;
-  char buf[64];
-  for (;;) {
-    ssize_t n = read(lifeline, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    text.append(buf, static_cast<size_t>(n));
-    if (text.find('d') != std::string::npos) _exit(0);
-    if (auto p = text.find('p'); p != std::string::npos && text.find('\n', p) != std::string::npos)
-      job = static_cast<pid_t>(atol(text.c_str() + p + 1));
-  }
-  capture_output({"scancel", "--name=" + job_name, "--user=" + std::to_string(getuid())});
-  if (job > 0) kill(job, SIGTERM);
-  _exit(0);
-}
-
 }  // namespace
 
 int run_in_new_allocation(const JobSpec& spec) {
@@ -76,30 +49,14 @@ int run_in_new_allocation(const JobSpec& spec) {
   argv.push_back(self_executable());
   argv.insert(argv.end(), spec.command_line.begin(), spec.command_line.end());
 
-  int lifeline[2], ready[2];
-  if (pipe2(lifeline, O_CLOEXEC) != 0) throw std::runtime_error(std::string("pipe: ") + strerror(errno));
-  if (pipe(ready) != 0) {  // the write end goes to the job through salloc
-    ::close(lifeline[0]);
-    ::close(lifeline[1]);
-    throw std::runtime_error(std::string("pipe: ") + strerror(errno));
-  }
+  // The watchdog first: from here on, however the launcher ends (even by SIGKILL), the
+  // request or the allocation is cancelled by the job's unique name and the job told to end.
+  auto watchdog = sf::common::slurm::Watchdog::start(job_name);
+  if (!watchdog) throw std::runtime_error(watchdog.error().message);
+  int ready[2];
+  if (pipe(ready) != 0)  // the write end goes to the job through salloc
+    throw std::runtime_error(std::string("pipe: ") + strerror(errno));  // the watchdog cancels nothing
   fcntl(ready[0], F_SETFD, FD_CLOEXEC);
-  fflush(stdout);
-  fflush(stderr);
-  pid_t guard = fork();  // no thread exists yet in the launcher
-  if (guard == 0) {
-    ::close(lifeline[1]);
-    ::close(ready[0]);
-    ::close(ready[1]);
-    watchdog(lifeline[0], job_name);
-  }
-  ::close(lifeline[0]);
-  if (guard < 0) {
-    ::close(lifeline[1]);
-    ::close(ready[0]);
-    ::close(ready[1]);
-    throw std::runtime_error(std::string("fork: ") + strerror(errno));
-  }
 
   std::vector<std::string> env = current_environment();
   put_env(env, std::string(kReadyFd) + "=" + std::to_string(ready[1]));
@@ -116,9 +73,7 @@ int run_in_new_allocation(const JobSpec& spec) {
   } catch (...) {
     ::close(ready[0]);
     ::close(ready[1]);
-    ::close(lifeline[1]);  // the watchdog finds no job and cancels nothing that exists
-    waitpid(guard, nullptr, 0);
-    throw;
+    throw;  // the watchdog finds no job and cancels nothing that exists
   }
   ::close(ready[1]);
 
@@ -141,11 +96,7 @@ int run_in_new_allocation(const JobSpec& spec) {
       if (got <= 0 || ready_text.find('\n') != std::string::npos) {
         if (!ready_text.empty()) {
           job = static_cast<pid_t>(atol(ready_text.c_str()));
-          std::string msg = std::to_string(job);  // "p<job>\n", built so that GCC 12 -O3 sees no false -Wrestrict
-          msg.insert(msg.begin(), 'p');
-          msg.push_back('\n');
-          ssize_t ignored = ::write(lifeline[1], msg.data(), msg.size());
-          (void)ignored;
+          watchdog->name_job_process(job);
         }
         ::close(ready[0]);
         ready[0] = -1;
@@ -165,13 +116,8 @@ int run_in_new_allocation(const JobSpec& spec) {
   }
   if (ready[0] >= 0) ::close(ready[0]);
   // salloc released the allocation itself unless something killed it.
-  if (WIFEXITED(status)) {
-    ssize_t ignored = ::write(lifeline[1], "d", 1);
-    (void)ignored;
-  }
-  ::close(lifeline[1]);
-  while (waitpid(guard, nullptr, 0) < 0 && errno == EINTR) {
-  }
+  if (WIFEXITED(status)) watchdog->disarm();
+  watchdog->finish();
   return exit_status(status);
 }
 

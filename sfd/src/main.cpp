@@ -168,7 +168,7 @@ int cmd_run(int argc, char** argv) {
   o.nodes = nodes;
   o.remote = remote;
   o.remote_iface = remote_iface;
-  if (allocator == "slurm") o.slurm = sf::sfd::slurm_options_with_environment(slurm);
+  if (allocator == "slurm") o.slurm = sf::common::slurm::with_environment(slurm, ::getenv);
   o.forward_stdin = stdin_mode == "forward";
   o.root = *root_mode;
   o.mem_mib = *mib;

@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,79 +16,22 @@
 
 #include "sf-common/random.hpp"
 
-extern char** environ;
-
 namespace sf::sfd {
 namespace {
 
-// Spawns argv with stdin from `in` (or /dev/null) and stdout+stderr into `out` (or /dev/null);
-// `setsid`: in a session of its own (no terminal signal reaches it).
-Result<pid_t> spawn(const std::vector<std::string>& argv, int in, int out, bool setsid) {
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  if (in >= 0) posix_spawn_file_actions_adddup2(&fa, in, 0);
-  else posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  if (out >= 0) {
-    posix_spawn_file_actions_adddup2(&fa, out, 1);
-    posix_spawn_file_actions_adddup2(&fa, out, 2);
-  } else {
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-  }
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t none, dfl;
-  sigemptyset(&none);
-  sigfillset(&dfl);
-  posix_spawnattr_setsigmask(&attr, &none);  // sfd blocks the signals it reads by signalfd
-  posix_spawnattr_setsigdefault(&attr, &dfl);
-  short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
-  if (setsid) flags |= POSIX_SPAWN_SETSID;
-  posix_spawnattr_setflags(&attr, flags);
-  pid_t pid = -1;
-  const int rc = posix_spawnp(&pid, args[0], &fa, &attr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
-  if (rc != 0) return make_error(argv[0] + ": " + std::strerror(rc) + "; are Slurm's client tools installed (slurm-client)?");
-  return pid;
-}
+namespace slurm = sf::common::slurm;
 
-int wait_for(pid_t pid) {
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) return -1;
-  }
-  return status;
-}
-
-// Runs a Slurm tool to completion and returns its output; an error carries it when it fails.
+// Runs a Slurm tool to completion: its output, or an error with what it printed.
 Result<std::string> capture(const std::vector<std::string>& argv) {
-  int p[2];
-  if (pipe2(p, O_CLOEXEC) != 0) return make_error(std::string("pipe: ") + std::strerror(errno));
-  auto pid = spawn(argv, -1, p[1], false);
-  ::close(p[1]);
-  if (!pid) {
-    ::close(p[0]);
-    return pid.error();
-  }
-  std::string text;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = ::read(p[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    text.append(buf, static_cast<std::size_t>(n));
-  }
-  ::close(p[0]);
-  const int st = wait_for(*pid);
-  if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-    while (!text.empty() && text.back() == '\n') text.pop_back();
-    return make_error(argv[0] + " failed" + (text.empty() ? std::string() : ": " + text));
-  }
-  return text;
+  auto out = slurm::run_tool(argv);
+  if (!out) return make_error(out.error().message);
+  return std::move(*out);
+}
+
+Result<std::vector<std::string>> capture_hosts(const std::string& hostlist) {
+  auto hosts = slurm::expand_hostlist(hostlist);
+  if (!hosts) return make_error(hosts.error().message);
+  return std::move(*hosts);
 }
 
 std::vector<std::string> lines(const std::string& text) {
@@ -102,21 +44,10 @@ std::vector<std::string> lines(const std::string& text) {
 
 }  // namespace
 
-SlurmOptions slurm_options_with_environment(SlurmOptions given) {
-  for (auto [field, name] : {std::pair{&given.partition, "SF_SLURM_PARTITION"}, std::pair{&given.account, "SF_SLURM_ACCOUNT"},
-                             std::pair{&given.time_limit, "SF_SLURM_TIME_LIMIT"}}) {
-    if (!field->empty()) continue;
-    if (const char* v = std::getenv(name); v != nullptr) *field = v;
-  }
-  return given;
-}
-
 std::vector<std::string> salloc_grant_argv(unsigned nodes, const SlurmOptions& options, const std::string& job_name) {
   std::vector<std::string> argv{"salloc", "--no-shell", "--job-name=" + job_name, "--nodes=" + std::to_string(nodes),
                                 "--ntasks-per-node=1"};
-  if (!options.partition.empty()) argv.push_back("--partition=" + options.partition);
-  if (!options.account.empty()) argv.push_back("--account=" + options.account);
-  if (!options.time_limit.empty()) argv.push_back("--time=" + options.time_limit);
+  for (auto& f : slurm::request_flags(options)) argv.push_back(std::move(f));
   return argv;
 }
 
@@ -142,28 +73,17 @@ Result<std::unique_ptr<SlurmGrant>> SlurmGrant::request(unsigned nodes, const Sl
   g->started_ = std::chrono::steady_clock::now();
 
   // The watchdog first: from here on, however sfd ends, nothing it asked for outlives it.
-  // A shell of its own session waits for the end of its stdin (our end is close-on-exec and
-  // only ever closed by our exit or release()), then cancels by the job's unique name.
-  int life[2];
-  if (pipe2(life, O_CLOEXEC) != 0) return make_error(std::string("slurm: pipe: ") + std::strerror(errno));
-  auto dog = spawn({"/bin/sh", "-c", "cat >/dev/null; exec scancel --quiet --name=\"$0\" --user=\"$1\"", g->job_name_,
-                    std::to_string(getuid())},
-                   life[0], -1, true);
-  ::close(life[0]);
-  if (!dog) {
-    ::close(life[1]);
-    return dog.error();
-  }
-  g->watchdog_ = *dog;
-  g->lifeline_ = life[1];
+  auto dog = slurm::Watchdog::start(g->job_name_);
+  if (!dog) return make_error(dog.error().message);
+  g->watchdog_.emplace(std::move(*dog));
 
   int out[2];
   if (pipe2(out, O_CLOEXEC) != 0) return make_error(std::string("slurm: pipe: ") + std::strerror(errno));
-  auto salloc = spawn(salloc_grant_argv(nodes, options, g->job_name_), -1, out[1], false);
+  auto salloc = slurm::spawn_tool(salloc_grant_argv(nodes, options, g->job_name_), out[1]);
   ::close(out[1]);
   if (!salloc) {
     ::close(out[0]);
-    return salloc.error();  // the destructor ends the watchdog, which finds nothing to cancel
+    return make_error(salloc.error().message);  // the destructor ends the watchdog, which finds nothing to cancel
   }
   g->salloc_ = *salloc;
   g->out_ = out[0];
@@ -193,7 +113,7 @@ bool SlurmGrant::step() {
     if (n < 0 && errno == EAGAIN) return false;  // salloc still waits
     break;                                       // EOF: salloc ended
   }
-  decide(wait_for(salloc_));
+  decide(slurm::wait_for(salloc_));
   return true;
 }
 
@@ -215,13 +135,13 @@ void SlurmGrant::decide(int st) {
     return;
   }
   const auto compressed = lines(*list);
-  auto hosts = compressed.empty() ? Result<std::string>(make_error("squeue printed no node list"))
-                                  : capture({"scontrol", "show", "hostnames", compressed.front()});
+  auto hosts = compressed.empty() ? Result<std::vector<std::string>>(make_error("squeue printed no node list"))
+                                  : capture_hosts(compressed.front());
   if (!hosts) {
     failure_ = "Slurm granted allocation " + job_id_ + " but its node list cannot be expanded: " + hosts.error().message;
     return;
   }
-  nodes_ = lines(*hosts);
+  nodes_ = std::move(*hosts);
   if (nodes_.size() != asked_) {
     failure_ = "Slurm granted allocation " + job_id_ + " with " + std::to_string(nodes_.size()) + " node(s), not the " +
                std::to_string(asked_) + " asked for";
@@ -234,7 +154,7 @@ void SlurmGrant::release() {
   released_ = true;
   if (salloc_ > 0) {  // still waiting in the queue: salloc withdraws its request on SIGTERM
     kill(salloc_, SIGTERM);
-    (void)wait_for(salloc_);
+    (void)slurm::wait_for(salloc_);
     salloc_ = -1;
   }
   if (out_ >= 0) {
@@ -242,16 +162,9 @@ void SlurmGrant::release() {
     out_ = -1;
   }
   if (!job_id_.empty()) (void)capture({"scancel", "--quiet", job_id_});
-  // The watchdog's stdin ends: it cancels by name what salloc may have been granted meanwhile,
-  // and is waited for, so that nothing of this grant is left when release() returns.
-  if (lifeline_ >= 0) {
-    ::close(lifeline_);
-    lifeline_ = -1;
-  }
-  if (watchdog_ > 0) {
-    (void)wait_for(watchdog_);
-    watchdog_ = -1;
-  }
+  // The watchdog's lifeline ends: it cancels by name what salloc may have been granted
+  // meanwhile, and is waited for, so that nothing of this grant is left when release() returns.
+  if (watchdog_) watchdog_->finish();
 }
 
 SlurmGrant::~SlurmGrant() { release(); }

@@ -1,11 +1,17 @@
 // sfd unit tests: frame codec, option parsing, environment filtering, module ordering, image
 // keys, QEMU's command line, and QmpClient against a fake QMP peer on a socketpair.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <thread>
 
 #include "sfd/family.hpp"
@@ -579,13 +585,114 @@ TEST(SlurmGrant, TheAgentIsOneTaskOfTheAllocationOnThatNode) {
 }
 
 TEST(SlurmGrant, OptionsWinOverTheEnvironment) {
-  setenv("SF_SLURM_PARTITION", "envpart", 1);
-  setenv("SF_SLURM_ACCOUNT", "envacct", 1);
-  unsetenv("SF_SLURM_TIME_LIMIT");
-  const auto o = sf::sfd::slurm_options_with_environment({"given", "", ""});
+  std::map<std::string, const char*> env{{"SF_SLURM_PARTITION", "envpart"}, {"SF_SLURM_ACCOUNT", "envacct"},
+                                         {"SF_SLURM_TIME_LIMIT", ""}};
+  const auto o = sf::common::slurm::with_environment({"given", "", ""}, [&](const char* n) -> const char* {
+    auto it = env.find(n);
+    return it == env.end() ? nullptr : it->second;
+  });
   EXPECT_EQ(o.partition, "given");
   EXPECT_EQ(o.account, "envacct");
-  EXPECT_EQ(o.time_limit, "");
-  unsetenv("SF_SLURM_PARTITION");
-  unsetenv("SF_SLURM_ACCOUNT");
+  EXPECT_EQ(o.time_limit, "");  // an empty variable is no choice
+}
+
+// The watchdog that sfd and mpirun-sf leave behind a request: a real /bin/sh, with a fake
+// scancel first in PATH that records its arguments.
+class SlurmWatchdog : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("sft-watchdog-" + std::to_string(getpid()) + "-" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ofstream(dir_ / "scancel") << "#!/bin/sh\necho \"$@\" >> '" << (dir_ / "cancelled").string() << "'\n";
+    fs::permissions(dir_ / "scancel", fs::perms::owner_all);
+    const char* path = getenv("PATH");
+    saved_path_ = path ? path : "";
+    setenv("PATH", (dir_.string() + ":" + saved_path_).c_str(), 1);
+  }
+  void TearDown() override {
+    setenv("PATH", saved_path_.c_str(), 1);
+    fs::remove_all(dir_);
+  }
+  std::string cancelled() const {
+    std::ifstream in(dir_ / "cancelled");
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  }
+  fs::path dir_;
+  std::string saved_path_;
+};
+
+TEST_F(SlurmWatchdog, ItsEndCancelsByNameAndUserAndEndsTheNamedProcess) {
+  pid_t sleeper = fork();
+  if (sleeper == 0) {
+    execlp("sleep", "sleep", "60", nullptr);
+    _exit(127);
+  }
+  auto dog = sf::common::slurm::Watchdog::start("sfd.1.ab");
+  ASSERT_TRUE(dog) << dog.error().message;
+  dog->name_job_process(sleeper);
+  dog->finish();  // waits for the watchdog: its work is done when finish() returns
+  EXPECT_EQ(cancelled(), "--quiet --name=sfd.1.ab --user=" + std::to_string(getuid()) + "\n");
+  int st = 0;
+  ASSERT_EQ(waitpid(sleeper, &st, 0), sleeper);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM) << st;
+}
+
+TEST_F(SlurmWatchdog, DisarmedItCancelsNothing) {
+  auto dog = sf::common::slurm::Watchdog::start("sfd.1.ab");
+  ASSERT_TRUE(dog) << dog.error().message;
+  dog->disarm();
+  dog->finish();
+  EXPECT_EQ(cancelled(), "");
+}
+
+TEST_F(SlurmWatchdog, ItCancelsWhenItsOwnerIsKilled) {
+  int done[2];
+  ASSERT_EQ(pipe(done), 0);
+  pid_t owner = fork();
+  if (owner == 0) {
+    auto dog = sf::common::slurm::Watchdog::start("owner.job");
+    if (!dog) _exit(1);
+    (void)!write(done[1], "x", 1);
+    pause();  // killed below, the lifeline with it
+    _exit(0);
+  }
+  ::close(done[1]);
+  char c;
+  ASSERT_EQ(read(done[0], &c, 1), 1);
+  ::close(done[0]);
+  // The watchdog is not our child: its scancel reports through a FIFO, awaited with a bound.
+  const fs::path fifo = dir_ / "report";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  int report = open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(report, 0);
+  std::ofstream(dir_ / "scancel") << "#!/bin/sh\necho \"$@\" > '" << fifo.string() << "'\n";
+  kill(owner, SIGKILL);
+  waitpid(owner, nullptr, 0);
+  std::string text;
+  for (;;) {
+    pollfd p{report, POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 30000), 1) << "no scancel within 30 s of the owner's death";
+    char buf[256];
+    const ssize_t n = read(report, buf, sizeof buf);
+    if (n > 0) text.append(buf, static_cast<size_t>(n));
+    if (n <= 0 || text.find('\n') != std::string::npos) break;  // 0: POLLHUP before any writer
+  }
+  ::close(report);
+  EXPECT_EQ(text, "--quiet --name=owner.job --user=" + std::to_string(getuid()) + "\n");
+}
+
+TEST(SlurmTools, AFailingToolGivesWhatItPrintedAndAMissingOneNamesThePackage) {
+  auto ok = sf::common::slurm::run_tool({"sh", "-c", "echo out; echo err >&2"});
+  ASSERT_TRUE(ok) << ok.error().message;
+  EXPECT_EQ(*ok, "out\n");
+  auto bad = sf::common::slurm::run_tool({"sh", "-c", "echo 'invalid partition' >&2; exit 1"});
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().message, "sh failed: invalid partition");
+  auto missing = sf::common::slurm::run_tool({"sft-no-such-slurm-tool"});
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message.find("slurm-client"), std::string::npos) << missing.error().message;
 }

@@ -15,19 +15,14 @@
 #include <string>
 #include <vector>
 
+#include "sf-common/slurm.hpp"
 #include "sfd/result.hpp"
 
 namespace sf::sfd {
 
-// What a grant asks Slurm for besides the node count; empty fields: Slurm's defaults.
-struct SlurmOptions {
-  std::string partition;   // --partition, or SF_SLURM_PARTITION
-  std::string account;     // --account, or SF_SLURM_ACCOUNT
-  std::string time_limit;  // --time-limit, or SF_SLURM_TIME_LIMIT (Slurm's syntax, e.g. 30 or 1:00:00)
-};
-
-// The options given on the command line, each completed from its SF_SLURM_* variable when empty.
-SlurmOptions slurm_options_with_environment(SlurmOptions given);
+// What a grant asks Slurm for besides the node count (partition, account, time limit; the
+// command line's options completed from SF_SLURM_*: sf::common::slurm::with_environment).
+using SlurmOptions = sf::common::slurm::RequestOptions;
 
 // salloc's arguments for `nodes` nodes, one task each, under the unique `job_name`.
 std::vector<std::string> salloc_grant_argv(unsigned nodes, const SlurmOptions& options, const std::string& job_name);
@@ -69,9 +64,8 @@ class SlurmGrant {
   unsigned asked_ = 0;
   std::string job_name_;
   pid_t salloc_ = -1;
-  int out_ = -1;        // salloc's stdout and stderr
-  int lifeline_ = -1;   // the watchdog's stdin; its end (our exit) makes it cancel by job name
-  pid_t watchdog_ = -1;
+  int out_ = -1;  // salloc's stdout and stderr
+  std::optional<sf::common::slurm::Watchdog> watchdog_;  // cancels by job name when sfd dies
   std::string output_;
   std::size_t shown_ = 0;  // output_ up to here was passed on (whole lines)
   bool decided_ = false;
