@@ -368,6 +368,29 @@ TEST_P(SlurmJobs, ALostNodeAgentEndsTheJob) {
   EXPECT_TRUE(cleanup.exited_with(0)) << cleanup.describe();
 }
 
+// Node 3 given an RDMA device (in its own mount namespace, /sys/class/infiniband/mlx5_0 on a
+// tmpfs over /sys/class): its ranks get no OMPI_MCA_pml, so that Open MPI picks its PML there
+// as under mpirun (UCX, PSM2 or libfabric on a real fabric); the other nodes' ranks get ob1.
+TEST_P(SlurmJobs, OnANodeWithAFabricDeviceOpenMpiChoosesThePml) {
+  CommandResult fake = testbed_command(
+      {"exec", "node3", "sh", "-c", "mount -t tmpfs sft-fabric /sys/class && mkdir -p /sys/class/infiniband/mlx5_0"});
+  ASSERT_TRUE(fake.exited_with(0)) << fake.describe();
+  struct Unmount {
+    ~Unmount() { (void)testbed_command({"exec", "node3", "umount", "/sys/class"}); }
+  } unmount;
+  Job job = batch("fabric", launcher(true) + " -np 8 sh -c 'echo \"$(hostname) ${OMPI_MCA_pml:-unset}\"'");
+  ASSERT_TRUE(job.sbatch.exited_with(0)) << describe(job);
+  std::vector<std::string> lines = sf::test::lines_of(job.out);
+  std::sort(lines.begin(), lines.end());
+  EXPECT_EQ(lines, (std::vector<std::string>{"node1 ob1", "node1 ob1", "node2 ob1", "node2 ob1", "node3 unset",
+                                             "node3 unset", "node4 ob1", "node4 ob1"}))
+      << describe(job);
+  // A choice of the user's wins everywhere.
+  Job chosen = batch("chosen", launcher(true) + " --mca pml ob1 -np 8 sh -c 'echo \"$(hostname) $OMPI_MCA_pml\"'");
+  ASSERT_TRUE(chosen.sbatch.exited_with(0)) << describe(chosen);
+  EXPECT_NE(chosen.out.find("node3 ob1"), std::string::npos) << describe(chosen);
+}
+
 // salloc on the login node: the launcher runs no ranks itself; every node gets an agent.
 TEST_P(SlurmJobs, FromTheLoginNodeInSalloc) {
   std::vector<std::string> argv{"salloc", "-N4", "--ntasks-per-node=2"};
