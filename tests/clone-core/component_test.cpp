@@ -8,8 +8,10 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <ifaddrs.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -187,6 +189,11 @@ TEST(SandboxClones, HostnamesAddressesAndPrivateFilesystems) {
     if (!found) bad |= 4;
     if (t->interface_name() != "sf0") bad |= 8;
     if (access(shm_marker.c_str(), F_OK) == 0) bad |= 16;  // /dev/shm must be empty
+    ifreq ifr{};
+    std::strncpy(ifr.ifr_name, "sf0", IFNAMSIZ - 1);
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0 || ioctl(sock, SIOCGIFMTU, &ifr) != 0 || ifr.ifr_mtu != 65535) bad |= 64;  // loopback-sized frames
+    if (sock >= 0) close(sock);
     std::ifstream m(marker);
     std::string content;
     m >> content;
