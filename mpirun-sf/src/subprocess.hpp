@@ -1,4 +1,5 @@
-// Starting helper programs (Slurm's scontrol and srun) without a shell.
+// Starting helper programs (srun, salloc) without a shell. Slurm's tools whose output is
+// read (scontrol) go through sf::common::slurm::run_tool.
 #pragma once
 
 #include <sys/types.h>
@@ -8,19 +9,8 @@
 
 namespace sf::mpirun {
 
-struct Captured {
-  bool started = false;  // false: could not be run at all (`error` says why)
-  int status = -1;       // exit status, or 128+signal
-  std::string output;    // its stdout
-  std::string error;     // its stderr (last line kept), or why it did not start
-};
-
 // A waitpid() status as a shell reports it: the exit code, or 128 + the signal.
 int exit_status(int wait_status);
-
-// Runs argv (argv[0] looked up in PATH) with stdin from /dev/null, collects stdout and stderr
-// and waits for it.
-Captured capture_output(const std::vector<std::string>& argv);
 
 // Starts argv with `env` as its environment (KEY=VALUE), stdin from /dev/null, stdout and
 // stderr ours, in a process group of its own (so a terminal's ^C reaches only the launcher,

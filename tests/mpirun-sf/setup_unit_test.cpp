@@ -1,12 +1,12 @@
 // The per-node setup steps of mpirun-sf/src/job_setup.hpp that decide from the machine.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "job_setup.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using sf::mpirun::has_fabric_devices;
@@ -17,14 +17,13 @@ namespace {
 class FabricDevices : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = fs::temp_directory_path() / ("sft-fabric-" + std::to_string(getpid()) + "-" +
-                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(root_);
+    ASSERT_TRUE(tmp_.ok()) << tmp_.error();
+    root_ = tmp_.fs_path();
     for (const char* d : {"sys/class/infiniband", "sys/class/cxi", "sys/class/net/eth0", "dev/pts"})
       fs::create_directories(root_ / d);
     for (const char* f : {"dev/null", "dev/tty1", "dev/hfi", "dev/xipath"}) std::ofstream(root_ / f).put('\n');
   }
-  void TearDown() override { fs::remove_all(root_); }
+  sf::test::TempDir tmp_{"fabric"};
   fs::path root_;
 };
 

@@ -601,26 +601,22 @@ TEST(SlurmGrant, OptionsWinOverTheEnvironment) {
 class SlurmWatchdog : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("sft-watchdog-" + std::to_string(getpid()) + "-" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    ASSERT_TRUE(tmp_.ok()) << tmp_.error();
+    dir_ = tmp_.fs_path();
     std::ofstream(dir_ / "scancel") << "#!/bin/sh\necho \"$@\" >> '" << (dir_ / "cancelled").string() << "'\n";
     fs::permissions(dir_ / "scancel", fs::perms::owner_all);
     const char* path = getenv("PATH");
     saved_path_ = path ? path : "";
     setenv("PATH", (dir_.string() + ":" + saved_path_).c_str(), 1);
   }
-  void TearDown() override {
-    setenv("PATH", saved_path_.c_str(), 1);
-    fs::remove_all(dir_);
-  }
+  void TearDown() override { setenv("PATH", saved_path_.c_str(), 1); }
   std::string cancelled() const {
     std::ifstream in(dir_ / "cancelled");
     std::stringstream s;
     s << in.rdbuf();
     return s.str();
   }
+  sf::test::TempDir tmp_{"watchdog"};
   fs::path dir_;
   std::string saved_path_;
 };
