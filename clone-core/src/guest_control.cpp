@@ -120,6 +120,7 @@ const char* op_name(const Request& request) {
     case Request::kSync: return "sync";
     case Request::kJoin: return "join";
     case Request::kKill: return "kill";
+    case Request::kExit: return "exit";
     case Request::OP_NOT_SET: break;
   }
   return "empty";

@@ -8,6 +8,7 @@
 #include "clone-core/fake_driver.hpp"
 #include "qemu_driver.hpp"
 #include "sandbox_driver.hpp"
+#include "xen_driver.hpp"
 
 namespace sf {
 namespace {
@@ -34,6 +35,14 @@ Result<std::unique_ptr<Driver>> make_driver(const std::string& name) {
     if (name == "qemu")
       return make_error(Errc::driver_unavailable, "clone-core: driver 'qemu': " + probe.reason);
   }
+  if (name == "xen" || name == "auto") {
+    // Inside a Xen guest that sfd-xen serves, the machine to clone is the Xen domain.
+    auto driver = make_xen_driver();
+    Probe probe = driver->probe();
+    if (probe.available) return driver;
+    if (name == "xen")
+      return make_error(Errc::driver_unavailable, "clone-core: driver 'xen': " + probe.reason);
+  }
   if (name == "sandbox" || name == "auto") {
     auto driver = make_sandbox_driver();
     Probe probe = driver->probe();
@@ -43,7 +52,7 @@ Result<std::unique_ptr<Driver>> make_driver(const std::string& name) {
     return driver;
   }
   return make_error(Errc::invalid_argument,
-                    "clone-core: unknown driver '" + name + "'; use sandbox, qemu, auto or fake");
+                    "clone-core: unknown driver '" + name + "'; use sandbox, qemu, xen, auto or fake");
 }
 
 Result<Ticket> Ticket::request(const TicketRequest& request) {

@@ -129,9 +129,16 @@ Status apply_vm_identity(const std::string& interface, const std::string& mac_te
                       "virtio-net NIC, so the guest kernel lacks the virtio_net module or the VM was started without one");
 
   if (nic->name != interface || nic->mac != *mac) {
-    if (Status st = netlink::set_down(*s, nic->index, nic->name); !st) return st.error();
-    if (Status st = netlink::set_name_and_mac(*s, nic->index, nic->name == interface ? "" : interface, *mac, nic->name); !st)
-      return st.error();
+    // Right after a restore a PV NIC (Xen's netfront) is detached until its backend
+    // reconnects, and the kernel refuses a new MAC meanwhile (ENODEV): try again for a while.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    for (;;) {
+      Status st = netlink::set_down(*s, nic->index, nic->name);
+      if (st) st = netlink::set_name_and_mac(*s, nic->index, nic->name == interface ? "" : interface, *mac, nic->name);
+      if (st) break;
+      if (std::chrono::steady_clock::now() >= until) return st.error();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
   }
   // Idempotent: an interface that already has exactly this address keeps it (a re-applied
   // identity, e.g. clone 0 = the parent, must not break its open connections).

@@ -234,8 +234,9 @@ JobSpec parse_command_line(const std::vector<std::string>& args,
     }
     if (has("driver")) {
       spec.driver = str("driver");
-      if (spec.driver != "auto" && spec.driver != "sandbox" && spec.driver != "qemu" && spec.driver != "none")
-        throw UsageError("--driver " + spec.driver + ": expected sandbox, qemu, auto or none");
+      if (spec.driver != "auto" && spec.driver != "sandbox" && spec.driver != "qemu" && spec.driver != "xen" &&
+          spec.driver != "none")
+        throw UsageError("--driver " + spec.driver + ": expected sandbox, qemu, xen, auto or none");
     }
     if (has("cluster-subnet")) spec.subnet = str("cluster-subnet");
     if (has("allocator")) {
@@ -291,8 +292,9 @@ Processes and placement
   --oversubscribe           allow more processes than slots; --nooversubscribe forbids it
   --clones N                machines to run on, this one counted (--clones 4: this + 3 clones)
   --procs-per-clone P       processes per machine (also --map-by ppr:P:node, --npernode P)
-  --driver sandbox|qemu|auto|none  how to clone (auto: qemu inside a SnowFlock VM,
-                              sandbox elsewhere; none: run everything on this machine)
+  --driver sandbox|qemu|xen|auto|none  how to clone (auto: qemu inside a SnowFlock VM,
+                              xen inside a Xen guest served by sfd-xen, sandbox elsewhere;
+                              none: run everything on this machine)
   --cluster-subnet CIDR     address range of the cluster network (default 10.213.0.0/16)
   --allocator auto|local|slurm  where the machines come from (auto: the nodes of the Slurm
                               allocation mpirun-sf runs in, if any, else this machine and

@@ -164,6 +164,9 @@ void Family::handle_request(Member& m, const gc::Request& req) {
         pending_join_ = false;  // answered by end_clone already
       }
       return reply(m, done_reply());
+    case gc::Request::kExit:
+      // Only the xen driver's clone-side monitor sends it; here the guest agent reports ends.
+      return refuse(m, "exit reports are for sfd-xen (Xen guests); under sfd the guest agent reports a clone's end");
     case gc::Request::OP_NOT_SET: break;
   }
   refuse(m, "a request without an operation this sfd knows (sf.ctl version " + std::to_string(gc::kVersion) + ")");

@@ -281,7 +281,8 @@ TEST(ParseCommandLine, OtherJobOptions) {
   EXPECT_EQ(s.driver, "none");
   EXPECT_FALSE(parse({"prog"}).oversubscribe.has_value());
   EXPECT_TRUE(rejection({"--bind-to", "everything", "prog"}).thrown);
-  EXPECT_TRUE(rejection({"--driver", "xen", "prog"}).thrown);
+  EXPECT_TRUE(rejection({"--driver", "vmware", "prog"}).thrown);
+  EXPECT_EQ(parse({"--driver", "xen", "prog"}).driver, "xen");
   EXPECT_TRUE(rejection({"--clones", "0", "prog"}).thrown);
 }
 

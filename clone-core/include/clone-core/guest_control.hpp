@@ -21,6 +21,15 @@ namespace sf::guest_control {
 inline constexpr std::uint32_t kVersion = 2;
 // The virtio-serial port's name (QEMU `virtserialport,name=...`; the guest finds it in sysfs).
 inline constexpr const char* kControlPort = "sf.ctl";
+// Under Xen the same messages travel as xenstore values below the guest's own domain path
+// (docs/protocols/xen-clone.md): sfd-xen writes its version when it serves the domain, the
+// guest writes one request at a time, sfd-xen writes numbered messages and the guest removes
+// each one it has read.
+inline constexpr const char* kXenVersionKey = "data/sf-ctl/version";
+inline constexpr const char* kXenRequestKey = "data/sf-ctl/request";
+inline constexpr const char* kXenHostDir = "data/sf-ctl/host";
+// A xenstore value holds at most this many bytes of a message (4096 less room for the path).
+inline constexpr std::size_t kXenMaxMessage = 3900;
 inline constexpr std::size_t kHeaderBytes = 4;
 // The largest body. The free-page report is the only big field (a few KiB for a 256 MiB
 // guest); the guest leaves it out rather than send a frame above this.
