@@ -110,6 +110,8 @@ class QemuDriver final : public Driver {
     return {true, "inside a SnowFlock VM (clone requests go to sfd over " + *port + ")"};
   }
   unsigned max_clones() const override { return kMaxClonesPerCluster; }
+  // Each clone is a new VM: the host (its memory) limits them, not this guest's.
+  bool clones_share_this_machine() const override { return false; }
 
   Result<std::unique_ptr<ClusterInstance>> prepare(const ClusterSpec& spec) override {
     auto port = std::make_unique<ControlPort>();

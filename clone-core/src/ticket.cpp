@@ -73,6 +73,11 @@ Result<Ticket> Ticket::request(const TicketRequest& request, std::unique_ptr<Dri
   ask.oversubscribe = request.oversubscribe;
   ask.memory_per_clone = request.memory_per_clone;
   ask.max_clones = driver->max_clones();
+  if (!driver->clones_share_this_machine()) {
+    // This guest's cores and memory do not bound VMs elsewhere; the host grants them.
+    ask.oversubscribe = true;
+    ask.memory_per_clone = 0;
+  }
   auto grant = LocalAllocator(host).grant(ask);
   if (!grant) return grant.error();
 

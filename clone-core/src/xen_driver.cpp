@@ -1,10 +1,15 @@
 // clone-core: the xen driver's guest side (see xen_driver.hpp).
 #include "xen_driver.hpp"
 
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 
 #include "vm_cluster.hpp"
 #include "xenbus.hpp"
@@ -20,6 +25,30 @@ constexpr const char* kWatchToken = "sf-ctl";
 class XenstoreChannel final : public HostChannel {
  public:
   XenstoreChannel() : HostChannel("xen") {}
+
+  ~XenstoreChannel() override {
+    if (lock_ >= 0) ::close(lock_);
+  }
+
+  // One ticket at a time per guest (the request key is single): an abstract socket name is
+  // the lock, held while this process or its forks live.
+  Status lock() {
+    lock_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (lock_ < 0) return make_error(Errc::system, std::string("clone-core: xen driver: socket: ") + std::strerror(errno));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    static constexpr char kName[] = "\0snowflock-xen-sf-ctl";
+    std::memcpy(a.sun_path, kName, sizeof kName - 1);
+    if (::bind(lock_, reinterpret_cast<sockaddr*>(&a), offsetof(sockaddr_un, sun_path) + sizeof kName - 1) != 0) {
+      const int err = errno;
+      ::close(lock_);
+      lock_ = -1;
+      if (err == EADDRINUSE)
+        return make_error(Errc::bad_state, "clone-core: xen driver: another ticket is open in this guest; join or kill it first");
+      return make_error(Errc::system, std::string("clone-core: xen driver: bind: ") + std::strerror(err));
+    }
+    return ok_status();
+  }
 
   Status connect() {
     auto client = xenbus::Client::open();
@@ -102,14 +131,18 @@ class XenstoreChannel final : public HostChannel {
 
   xenbus::Client xs_;
   std::vector<gc::HostMessage> pending_;
+  int lock_ = -1;
 };
 
 class XenDriver final : public Driver {
  public:
   std::string_view name() const override { return "xen"; }
   Probe probe() const override {
-    if (::access(xenbus::kDevice, R_OK | W_OK) != 0)
+    if (::access(xenbus::kDevice, F_OK) != 0)
       return {false, std::string("not inside a Xen guest (no ") + xenbus::kDevice + ")"};
+    if (::access(xenbus::kDevice, R_OK | W_OK) != 0)
+      return {false, std::string("inside a Xen guest, but this user cannot open ") + xenbus::kDevice +
+                         " (the guest's root can, or a user the guest's administrator gives access to it)"};
     auto client = xenbus::Client::open();
     if (!client) return {false, client.error().message};
     auto version = client->read(gc::kXenVersionKey);
@@ -118,9 +151,12 @@ class XenDriver final : public Driver {
     return {true, "inside a Xen guest served by sfd-xen (clone requests go through xenstore)"};
   }
   unsigned max_clones() const override { return kMaxXenClones; }
+  // Each clone is a new VM: the host (its memory) limits them, not this guest's.
+  bool clones_share_this_machine() const override { return false; }
 
   Result<std::unique_ptr<ClusterInstance>> prepare(const ClusterSpec& spec) override {
     auto channel = std::make_unique<XenstoreChannel>();
+    if (Status st = channel->lock(); !st) return st.error();
     if (Status st = channel->connect(); !st) return st.error();
     VmClusterOptions options;
     options.report_exit = true;

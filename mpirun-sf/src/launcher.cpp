@@ -166,6 +166,8 @@ int run_on_clones(LaunchContext& ctx) {
       return 1;
     }
     ticket.emplace(std::move(*t));
+    spdlog::debug("forking this machine with the {} driver: {} clone(s) on {}", ticket->driver_name(),
+                  ticket->granted(), ticket->subnet_cidr());
     clones.emplace(*ticket);
     hostnames.clear();
     for (int n = 0; n < ctx.plan.machines; ++n)

@@ -355,7 +355,13 @@ class XenHost {
     switch (req->op_case()) {
       case gc::Request::kTicket:
         if (!parent) return refuse(domid, "nested clusters are not supported: a clone cannot request a ticket");
-        if (f->granted != 0) return refuse(domid, "one ticket at a time: this domain holds one; join or kill it first");
+        if (f->granted != 0) {
+          // The guest side holds one ticket at a time, so the holder of the old one is gone
+          // (it ended without join or kill): its clones end now.
+          log("%s: a new ticket while the last one is open: its holder is gone, ending its clones", f->name.c_str());
+          kill_clones(*f);
+          reset(*f);
+        }
         return grant(*f, req->ticket());
       case gc::Request::kClone:
         if (!parent) return refuse(domid, "nested clusters are not supported: a clone cannot clone");

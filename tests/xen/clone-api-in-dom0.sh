@@ -10,46 +10,10 @@
 #     and removes the served keys.
 # Prints "xen clone api test: ok" at the end; any failure prints the consoles and logs.
 set -u
-log=/var/log/xen/console
-fail() {
-  echo "FAIL: $*"
-  for f in "$log"/guest-*.log; do echo "--- $f"; tr -d '\r' <"$f" | grep -v 'sf-guest: tick' | tail -n 30; done
-  for f in /tmp/sfd-xen-*.log; do echo "--- $f"; tail -n 40 "$f"; done
-  xl list
-  exit 1
-}
-console() { tr -d '\r' <"$log/guest-$1.log" 2>/dev/null; }
-expect() {  # NAME FIXED-TEXT
-  console "$1" | grep -q -F -- "$2" || fail "guest $1's console has no line with: $2"
-}
-clones_of() { xl list | awk -v p="^$1-sf" '$1 ~ p { print $1 }'; }
-# Polls (10 ms steps) until the shell condition holds, for at most $1 seconds.
-await() {
-  t=$1; shift
-  n=0
-  until eval "$@"; do
-    n=$((n + 1))
-    [ $n -lt $((t * 100)) ] || return 1
-    sleep 0.01
-  done
-}
-sfd_pid=
-start_served() {  # NAME ARGS
-  sf-xen-guest --paused --vif --hostname "$1" --args "$2" "$1" || fail "xl create $1"
-  sfd-xen serve -v "$1" 2>"/tmp/sfd-xen-$1.log" &
-  sfd_pid=$!
-  domid=$(xl domid "$1")
-  await 30 "xenstore-exists /local/domain/$domid/data/sf-ctl/version" || fail "sfd-xen did not start serving $1"
-  xl unpause "$1"
-}
-stop_served() {  # NAME: destroying the guest ends its sfd-xen
-  xl destroy "$1"
-  await 60 "! kill -0 $sfd_pid 2>/dev/null" || fail "sfd-xen did not stop after $1 was destroyed"
-  wait "$sfd_pid" || fail "sfd-xen exited with status $? after $1 was destroyed"
-}
+. /root/dom0-lib.sh
 
 # 1. statuses, identity, memory, network
-start_served g0 statuses
+start_served g0 128 --args statuses
 sf-xen-await g0 'xca: done|xca: FAIL|sf-guest: command exit' 900 >/dev/null || fail "g0's program did not finish"
 expect g0 "xca: ticket granted=3 subnet=10.213.0.0/24 parent=10.213.0.1"
 expect g0 "xca: parent memory=42 addr=10.213.0.1 clones running"
@@ -66,7 +30,7 @@ stop_served g0
 echo "1: statuses, identity, memory, network: ok"
 
 # 2. a clone destroyed from outside is lost; kill ends the other
-start_served g1 wait
+start_served g1 128 --args wait
 sf-xen-await g1 'xca: parent .*clones running|xca: FAIL' 900 >/dev/null || fail "g1 did not clone"
 xl destroy g1-sf1 || fail "xl destroy g1-sf1"
 sf-xen-await g1 'xca: killed|xca: FAIL' 300 >/dev/null || fail "g1's parent did not kill its clones"
@@ -76,7 +40,7 @@ stop_served g1
 echo "2: lost and kill: ok"
 
 # 3. sfd-xen killed: the lifeline cleans up
-start_served g2 wait,keep
+start_served g2 128 --args wait,keep
 sf-xen-await g2 'xca: parent .*clones running|xca: FAIL' 900 >/dev/null || fail "g2 did not clone"
 [ "$(clones_of g2 | wc -l)" = 2 ] || fail "g2 does not have 2 clones running: $(clones_of g2)"
 g2=$(xl domid g2)
@@ -87,5 +51,5 @@ await 30 "! xenstore-exists /local/domain/$g2/data/sf-ctl" || fail "the served k
 xl destroy g2
 echo "3: killed sfd-xen: ok"
 
-[ "$(xl list | awk 'NR > 1 { print $1 }')" = Domain-0 ] || fail "domains left: $(xl list)"
+only_dom0
 echo "xen clone api test: ok"

@@ -5,6 +5,9 @@
  *   xen_clone_api statuses   3 clones: 1 syncs 11, 2 exits 7, 3 dies of SIGSEGV; each first
  *                            checks its identity (hostname, address), its private memory and
  *                            the cluster network (ping to the parent); the parent joins.
+ *   xen_clone_api bench N... for each N: a ticket for N clones, sf_clone timed in the
+ *                            parent (until every clone runs), each clone syncs at once, and
+ *                            sf_join timed until all have synced (scripts/bench xen).
  *   xen_clone_api wait [keep] 2 clones that sleep; the parent says "clones running" and
  *                            reports the first clone that ends (dom0 destroys one from
  *                            outside: lost), then kills the other; with "keep" it waits for
@@ -19,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "clone-core/sf.h"
@@ -60,8 +64,49 @@ static void report_identity(sf_ticket *t, int id) {
   fflush(stdout);
 }
 
+static long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+static int bench(int argc, char **argv) {
+  for (int a = 2; a < argc; ++a) {
+    sf_ticket_options o;
+    sf_ticket_options_init(&o);
+    o.clones = (unsigned)atoi(argv[a]);
+    sf_ticket *t = NULL;
+    if (sf_request_ticket(&o, &t) != 0) return die("sf_request_ticket");
+    const long t0 = now_ms();
+    int id = sf_clone(t);
+    if (id < 0) return die("sf_clone");
+    if (id > 0) sf_sync(0);
+    const long t1 = now_ms();
+    sf_clone_status st[32];
+    if (sf_join(t, st, 32) != 0) return die("sf_join");
+    const long t2 = now_ms();
+    for (unsigned i = 0; i < o.clones; ++i)
+      if (st[i].end != SF_CLONE_SYNCED || st[i].value != 0) {
+        printf("xca: FAIL clone %u ended %s %d\n", st[i].id, end_name(st[i].end), st[i].value);
+        return 1;
+      }
+    sf_ticket_free(t);
+    printf("xca: bench n=%u clone_ms=%ld synced_ms=%ld\n", o.clones, t1 - t0, t2 - t0);
+    fflush(stdout);
+  }
+  printf("xca: bench done\n");
+  fflush(stdout);
+  return 0;
+}
+
 int main(int argc, char **argv) {
-  const char *mode = argc > 1 ? argv[1] : "statuses";
+  if (argc < 2) {
+    /* No mode: the guest only boots (e.g. the fresh guests of scripts/bench xen). */
+    fprintf(stderr, "usage: xen_clone_api statuses | bench N... | wait [keep]\n");
+    return 2;
+  }
+  const char *mode = argv[1];
+  if (strcmp(mode, "bench") == 0) return bench(argc, argv);
   const int wait_mode = strcmp(mode, "wait") == 0;
   printf("xca: start %s\n", mode);
   fflush(stdout);

@@ -81,6 +81,9 @@ class Driver {
   virtual Result<std::unique_ptr<ClusterInstance>> prepare(const ClusterSpec& spec) = 0;
   // Largest cluster this driver can build.
   virtual unsigned max_clones() const = 0;
+  // Whether the clones run on this machine's cores and memory (sandbox), so that the local
+  // allocator limits them; a VM driver's clones are new VMs, which the host grants or refuses.
+  virtual bool clones_share_this_machine() const { return true; }
 };
 
 // "sandbox", "qemu", "fake", or "auto" (qemu inside a SnowFlock VM, where its sf.ctl port
