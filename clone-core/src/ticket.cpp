@@ -27,21 +27,14 @@ std::string own_hostname() {
 
 Result<std::unique_ptr<Driver>> make_driver(const std::string& name) {
   if (name == "fake") return std::unique_ptr<Driver>(std::make_unique<FakeDriver>());
-  if (name == "qemu" || name == "auto") {
-    // Inside a SnowFlock VM the machine to clone is the VM: auto picks qemu there.
-    auto driver = make_qemu_driver();
+  // Inside a SnowFlock VM (qemu) or a Xen guest that sfd-xen serves (xen) the machine to clone
+  // is that VM: auto picks its driver there.
+  for (auto* make : {&make_qemu_driver, &make_xen_driver}) {
+    auto driver = (*make)();
+    if (name != "auto" && name != driver->name()) continue;
     Probe probe = driver->probe();
     if (probe.available) return driver;
-    if (name == "qemu")
-      return make_error(Errc::driver_unavailable, "clone-core: driver 'qemu': " + probe.reason);
-  }
-  if (name == "xen" || name == "auto") {
-    // Inside a Xen guest that sfd-xen serves, the machine to clone is the Xen domain.
-    auto driver = make_xen_driver();
-    Probe probe = driver->probe();
-    if (probe.available) return driver;
-    if (name == "xen")
-      return make_error(Errc::driver_unavailable, "clone-core: driver 'xen': " + probe.reason);
+    if (name != "auto") return make_error(Errc::driver_unavailable, "clone-core: driver '" + name + "': " + probe.reason);
   }
   if (name == "sandbox" || name == "auto") {
     auto driver = make_sandbox_driver();

@@ -64,9 +64,10 @@ static void report_identity(sf_ticket *t, int id) {
   fflush(stdout);
 }
 
+/* CLOCK_BOOTTIME: CLOCK_MONOTONIC stops while the guest is suspended for its save. */
 static long now_ms(void) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(CLOCK_BOOTTIME, &ts);
   return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
 }
 
