@@ -33,6 +33,7 @@ extern "C" {
 #include <vector>
 
 #include "clone-core/guest_control.hpp"
+#include "clone-core/vm_identity.hpp"
 #include "sfd/vm_network.hpp"
 
 namespace {
@@ -130,7 +131,7 @@ class Lifeline {
     }
     if (!served.empty()) {
       if (xs_handle* xs = xs_open(0)) {
-        for (auto d : served) xs_rm(xs, XBT_NULL, (domain_path(d) + "/data/sf-ctl").c_str());
+        for (auto d : served) xs_rm(xs, XBT_NULL, key_of(d, gc::kXenDir).c_str());
         xs_close(xs);
       }
     }
@@ -153,7 +154,6 @@ struct Clone {
 struct Family {
   std::uint32_t domid = 0;
   std::string name;
-  std::uint64_t mem_kb = 0;
   unsigned granted = 0;
   bool cloned = false;
   bool pending_join = false;
@@ -291,7 +291,7 @@ class XenHost {
   void stop_member(std::uint32_t domid, bool served) {
     const std::string token = "req:" + std::to_string(domid);
     xs_unwatch(xs_, key_of(domid, gc::kXenRequestKey).c_str(), token.c_str());
-    xs_rm(xs_, XBT_NULL, (domain_path(domid) + "/data/sf-ctl").c_str());
+    xs_rm(xs_, XBT_NULL, key_of(domid, gc::kXenDir).c_str());
     seq_.erase(domid);
     if (served) lifeline_.tell('u', domid);
   }
@@ -406,12 +406,12 @@ class XenHost {
       libxl_dominfo_dispose(&info);
       return refuse(f.domid, "cannot read this domain's information from Xen");
     }
-    f.mem_kb = info.current_memkb + info.outstanding_memkb;
+    const std::uint64_t mem_kb = info.current_memkb + info.outstanding_memkb;
     libxl_dominfo_dispose(&info);
     std::uint64_t free_kb = 0;
-    if (libxl_get_free_memory(ctx_, &free_kb) == 0 && free_kb < f.mem_kb * want)
+    if (libxl_get_free_memory(ctx_, &free_kb) == 0 && free_kb < mem_kb * want)
       return refuse(f.domid, "cannot clone this domain " + std::to_string(want) + " times: " + std::to_string(want) + " x " +
-                                 std::to_string(f.mem_kb / 1024) + " MiB are needed and Xen has " + std::to_string(free_kb / 1024) +
+                                 std::to_string(mem_kb / 1024) + " MiB are needed and Xen has " + std::to_string(free_kb / 1024) +
                                  " MiB free; ask for fewer clones or free memory");
     const std::string host = t.hostname().empty() ? f.name : t.hostname();
     gc::HostMessage m = gc::make_host_message();
@@ -527,9 +527,7 @@ class XenHost {
       // NIC 0 gets the clone's cluster MAC; others a random one from libxl (all zeros).
       std::memset(cfg.nics[j].mac, 0, sizeof cfg.nics[j].mac);
       if (j == 0) {
-        unsigned b[6];
-        if (std::sscanf(f.nodes[c.id].mac.c_str(), "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) == 6)
-          for (int k = 0; k < 6; ++k) cfg.nics[j].mac[k] = static_cast<std::uint8_t>(b[k]);
+        if (auto mac = sf::parse_mac(f.nodes[c.id].mac)) std::memcpy(cfg.nics[j].mac, mac->data(), mac->size());
       }
     }
     libxl_domain_restore_params params;

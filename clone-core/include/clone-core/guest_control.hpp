@@ -25,6 +25,7 @@ inline constexpr const char* kControlPort = "sf.ctl";
 // (docs/protocols/xen-clone.md): sfd-xen writes its version when it serves the domain, the
 // guest writes one request at a time, sfd-xen writes numbered messages and the guest removes
 // each one it has read.
+inline constexpr const char* kXenDir = "data/sf-ctl";
 inline constexpr const char* kXenVersionKey = "data/sf-ctl/version";
 inline constexpr const char* kXenRequestKey = "data/sf-ctl/request";
 inline constexpr const char* kXenHostDir = "data/sf-ctl/host";
