@@ -90,4 +90,15 @@ Result<ClusterLayout> plan_layout(const Ipv4Net& pool, unsigned slot, unsigned c
   return layout;
 }
 
+void share_parent_network(ClusterLayout& layout) {
+  layout.shared_network = true;
+  layout.subnet = Ipv4Net{};
+  layout.bridge.clear();
+  for (auto& node : layout.nodes) {
+    node.address = 0;
+    node.address_text.clear();
+    node.interface.clear();
+  }
+}
+
 }  // namespace sf

@@ -68,6 +68,7 @@ Result<std::unique_ptr<ClusterInstance>> FakeDriver::prepare(const ClusterSpec& 
   if (!pool) return pool.error();
   auto layout = plan_layout(*pool, script_.slot, spec.clones, spec.parent_hostname);
   if (!layout) return layout.error();
+  if (spec.network == CloneNetwork::shared) share_parent_network(*layout);
   return std::unique_ptr<ClusterInstance>(std::make_unique<FakeCluster>(std::move(*layout), script_, calls_));
 }
 

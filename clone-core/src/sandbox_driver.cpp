@@ -13,6 +13,10 @@
 //
 // Without root the parent first moves into a user namespace and a network namespace of its
 // own (user_namespace.hpp) and builds the same cluster there: one code path for both.
+//
+// With CloneNetwork::shared there is no bridge, veth or network namespace: every clone stays
+// in the parent's network namespace (without root the parent enters a user namespace only),
+// so it reaches whatever the parent reaches, e.g. the other nodes of a Slurm allocation.
 #include "sandbox_driver.hpp"
 
 #include <fcntl.h>
@@ -365,8 +369,7 @@ Status SandboxCluster::setup_clone_side(unsigned id, pid_t parent_pid) {
   if (fault_requested("setup_fail", id))
     return make_error(Errc::namespace_setup, "clone-core: clone " + std::to_string(id) + ": injected setup failure (SF_CLONE_FAULT)");
 
-  int netns = netns_fds_[id - 1];
-  if (setns(netns, CLONE_NEWNET) != 0)
+  if (!layout_.shared_network && setns(netns_fds_[id - 1], CLONE_NEWNET) != 0)
     return make_error(Errc::namespace_setup, "clone-core: entering clone " + std::to_string(id) + "'s network namespace: " + errno_text(errno));
   for (int& fd : netns_fds_)
     if (fd >= 0) close(fd), fd = -1;
@@ -600,7 +603,7 @@ void SandboxCluster::teardown() {
   torn_down_ = true;
   // The veths die with their namespaces too, but asynchronously (netns cleanup runs in a
   // kernel worker); deleting the group now makes join() leave nothing behind when it returns.
-  if (host_.get()) (void)netlink::delete_group(host_, kLinkGroupBase + layout_.slot);
+  if (host_.get() && !layout_.shared_network) (void)netlink::delete_group(host_, kLinkGroupBase + layout_.slot);
   for (int& fd : netns_fds_)
     if (fd >= 0) close(fd), fd = -1;
   for (auto& c : clones_)
@@ -637,9 +640,11 @@ class SandboxDriver final : public Driver {
     if (!pool) return pool.error();
     if (slot_count(*pool) == 0)
       return make_error(Errc::invalid_argument, "clone-core: subnet pool " + pool->to_string() + " is smaller than a /24");
-    // Without root: the whole cluster, the parent's side included, in namespaces of our own.
+    const bool shared = spec.network == CloneNetwork::shared;
+    // Without root: the whole cluster, the parent's side included, in namespaces of our own;
+    // clones that share the parent's network leave it where it is.
     if (!userns::administers_network())
-      if (Status st = userns::enter(); !st) return st.error();
+      if (Status st = userns::enter(/*new_network=*/!shared); !st) return st.error();
     if (Status st = slots::ensure_run_dir(); !st) return st.error();
     // Stale clusters of crashed runs go first (their locks are free). Best effort: what it
     // cannot remove stays for `mpirun-sf --cleanup`, and does not stop this cluster.
@@ -650,6 +655,15 @@ class SandboxDriver final : public Driver {
     if (!lock) return lock.error();
     auto layout = plan_layout(*pool, lock->slot(), spec.clones, spec.parent_hostname);
     if (!layout) return layout.error();
+    if (shared) {
+      share_parent_network(*layout);
+      slots::ClusterState state;
+      state.slot = layout->slot;
+      state.parent_pid = getpid();
+      (void)slots::write_state(state);
+      return std::unique_ptr<ClusterInstance>(
+          std::make_unique<SandboxCluster>(spec, std::move(*layout), std::move(*lock), std::move(*host), 0));
+    }
     const std::uint8_t mac[6] = {0x02, 0x5f, 0x53, 0x46, 0x00, static_cast<std::uint8_t>(lock->slot())};
     auto bridge = netlink::create_bridge(*host, layout->bridge, kLinkGroupBase + layout->slot, mac);
     if (!bridge) return bridge.error();

@@ -71,6 +71,10 @@ Result<Ticket> Ticket::request(const TicketRequest& request, std::unique_ptr<Dri
     ask.oversubscribe = true;
     ask.memory_per_clone = 0;
   }
+  if (request.network == CloneNetwork::shared && driver->name() != "sandbox" && driver->name() != "fake")
+    return make_error(Errc::invalid_argument,
+                      "clone-core: clones sharing the parent's network are a sandbox driver mode; the " +
+                          std::string(driver->name()) + " driver gives every clone a network of its own");
   auto grant = LocalAllocator(host).grant(ask);
   if (!grant) return grant.error();
 
@@ -78,8 +82,9 @@ Result<Ticket> Ticket::request(const TicketRequest& request, std::unique_ptr<Dri
   spec.clones = grant->clones;
   spec.procs_per_clone = grant->procs_per_clone;
   spec.subnet_pool = request.subnet_pool;
-  spec.parent_hostname = own_hostname();
+  spec.parent_hostname = request.parent_hostname.empty() ? own_hostname() : request.parent_hostname;
   spec.tmp_mode = request.tmp_mode;
+  spec.network = request.network;
   auto instance = driver->prepare(spec);
   if (!instance) return instance.error();
 

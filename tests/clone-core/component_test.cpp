@@ -218,6 +218,59 @@ TEST(SandboxClones, HostnamesAddressesAndPrivateFilesystems) {
   expect_nothing_left(slot, mounts);
 }
 
+// CloneNetwork::shared (clones of a Slurm node): the clones stay in the parent's network
+// namespace, so a socket the parent listens on at 127.0.0.1 is reachable from each clone, and
+// no bridge or veth is made; hostnames, PIDs and mounts are still the clone's own.
+TEST(SandboxClones, SharedNetworkClonesKeepTheParentsNetworkAndGetTheRest) {
+  REQUIRE_SANDBOX();
+  std::string mounts = mountinfo();
+  auto t = Ticket::request({.clones = 2, .driver = "sandbox", .network = CloneNetwork::shared,
+                            .parent_hostname = "sft-node"});
+  ASSERT_TRUE(t.ok()) << t.error().message;
+  unsigned slot = t->layout().slot;
+  EXPECT_EQ(t->subnet_cidr(), "");
+  EXPECT_EQ(t->node(1).address_text, "");
+  EXPECT_EQ(t->node(2).hostname, "sft-node-sf2");
+  // After the ticket: an ordinary user is in a user namespace now, the network unchanged.
+  const ino_t parent_net = own_netns();
+  int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(listen(listener, 8), 0);
+  socklen_t len = sizeof a;
+  getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len);
+  struct stat parent_pidns {};
+  stat("/proc/self/ns/pid", &parent_pidns);
+  auto id = t->clone();
+  ASSERT_TRUE(id.ok()) << id.error().message;
+  if (*id > 0) {
+    int bad = 0;
+    if (own_netns() != parent_net) bad |= 1;
+    char host[128] = {};
+    gethostname(host, sizeof host - 1);
+    if (std::string(host) != "sft-node-sf" + std::to_string(*id)) bad |= 2;
+    struct stat pidns {};
+    if (stat("/proc/self/ns/pid", &pidns) != 0 || pidns.st_ino == parent_pidns.st_ino || getpid() != 2) bad |= 4;
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c < 0 || connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) bad |= 8;
+    if (c >= 0) close(c);
+    if (!t->interface_name().empty()) bad |= 16;
+    (void)t->sync(bad);
+  }
+  EXPECT_TRUE(our_links(slot).empty()) << "a shared-network cluster made links";
+  auto statuses = t->join();
+  ASSERT_TRUE(statuses.ok()) << statuses.error().message;
+  for (const auto& s : *statuses) {
+    EXPECT_EQ(s.end, CloneEnd::synced) << "clone " << s.id;
+    EXPECT_EQ(s.value, 0) << "clone " << s.id << " failed checks (bit mask)";
+  }
+  close(listener);
+  expect_nothing_left(slot, mounts);
+}
+
 struct Datagram {
   uint32_t kind = 0;  // 1 bound, 2 go, 3 ring, 4 done
   uint32_t id = 0;

@@ -7,6 +7,8 @@
 #include <fstream>
 
 #include "clone-core/clone.hpp"
+#include "qemu_driver.hpp"
+#include "xen_driver.hpp"
 #include "clone-core/fake_driver.hpp"
 #include "clone-core/sf.h"
 #include "cluster_slots.hpp"
@@ -191,6 +193,26 @@ TEST(TicketFake, PartialGrantHonoursMinimum) {
   ASSERT_TRUE(t.ok());
   EXPECT_EQ(t->granted(), 4u);
   EXPECT_EQ(t->requested(), 10u);
+}
+
+TEST(TicketFake, SharedNetworkLayoutHasHostnamesOnlyAndIsASandboxMode) {
+  auto t = fake_ticket({.clones = 2, .network = CloneNetwork::shared, .parent_hostname = "node7"}, {}, nullptr);
+  ASSERT_TRUE(t.ok()) << t.error().message;
+  EXPECT_TRUE(t->layout().shared_network);
+  EXPECT_EQ(t->subnet_cidr(), "");
+  EXPECT_EQ(t->node(0).hostname, "node7");
+  EXPECT_EQ(t->node(2).hostname, "node7-sf2");
+  EXPECT_EQ(t->node(2).address_text, "");
+  EXPECT_EQ(t->node(2).interface, "");
+  // The VM drivers (not probed: this test runs on a bare host) refuse before they do anything.
+  for (auto* make : {&make_qemu_driver, &make_xen_driver}) {
+    auto driver = make();
+    auto refused = Ticket::request({.clones = 1, .network = CloneNetwork::shared}, std::move(driver),
+                                   HostResources{4, 4ull << 30});
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.error().code, Errc::invalid_argument);
+    EXPECT_NE(refused.error().message.find("sandbox driver mode"), std::string::npos) << refused.error().message;
+  }
 }
 
 TEST(Drivers, NamesAreCheckedAndFakeProbes) {

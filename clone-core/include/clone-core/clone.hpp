@@ -36,6 +36,8 @@ struct TicketRequest {
   TmpMode tmp_mode = TmpMode::overlay;
   bool oversubscribe = true;      // see AllocationRequest
   std::uint64_t memory_per_clone = 16ull << 20;
+  CloneNetwork network = CloneNetwork::cluster;  // shared: sandbox driver only (driver.hpp)
+  std::string parent_hostname = {};  // the clones' hostnames derive from it; empty: gethostname()
 };
 
 class Ticket {
@@ -67,8 +69,8 @@ class Ticket {
   // The cluster network, identical on every node.
   const ClusterLayout& layout() const;
   const NodeInfo& node(unsigned id) const;          // 0..granted(); throws std::out_of_range
-  std::string subnet_cidr() const;                  // e.g. "10.213.0.0/24"
-  const std::string& interface_name() const;        // this node's: sfbr<k> or sf0
+  std::string subnet_cidr() const;                  // e.g. "10.213.0.0/24"; empty: shared network
+  const std::string& interface_name() const;        // this node's: sfbr<k> or sf0; empty: shared
 
   // Clone side: report `status` and end this clone (flushes stdio, then _exit). Returns an
   // error only if called in the parent.

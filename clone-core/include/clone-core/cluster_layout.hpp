@@ -50,9 +50,12 @@ struct ClusterLayout {
   Ipv4Net subnet;           // the cluster's /24
   std::string bridge;       // host-side bridge name, sfbr<k>
   std::vector<NodeInfo> nodes;  // index = node id, 0..clones
+  // The clones share the parent's network (CloneNetwork::shared): no subnet, bridge, addresses
+  // or cluster interfaces; those fields are empty.
+  bool shared_network = false;
 
   unsigned clones() const { return nodes.empty() ? 0 : static_cast<unsigned>(nodes.size() - 1); }
-  std::string subnet_cidr() const { return subnet.to_string(); }
+  std::string subnet_cidr() const { return shared_network ? std::string() : subnet.to_string(); }
 };
 
 // How many /24 slots a pool offers (capped at kMaxSlots); 0 if the pool is smaller than a /24.
@@ -66,5 +69,8 @@ std::string veth_name(unsigned slot, unsigned id);
 // The whole layout of a cluster of `clones` clones in `slot` of `pool`.
 Result<ClusterLayout> plan_layout(const Ipv4Net& pool, unsigned slot, unsigned clones,
                                   const std::string& parent_hostname);
+// Turns a planned layout into one whose clones share the parent's network: hostnames stay,
+// subnet, bridge, addresses and interfaces go.
+void share_parent_network(ClusterLayout& layout);
 
 }  // namespace sf

@@ -19,12 +19,21 @@ namespace sf {
 // parent had are there, writes stay private); empty: a fresh empty tmpfs.
 enum class TmpMode { overlay, empty };
 
+// The clones' network. cluster: a private cluster network of their own (the sandbox driver's
+// bridge with one address per clone, the VM drivers' private bridge). shared: the clones keep
+// the parent's network namespace, its interfaces and addresses, and only get their own PID,
+// UTS (hostname) and mount namespaces: for clones of a machine that already sits on a cluster
+// network, such as a node of a Slurm allocation, whose clones must reach the other nodes.
+// Sandbox driver only.
+enum class CloneNetwork { cluster, shared };
+
 struct ClusterSpec {
   unsigned clones = 0;            // granted clones
   unsigned procs_per_clone = 1;
   std::string subnet_pool = kDefaultSubnetPool;
   std::string parent_hostname;
   TmpMode tmp_mode = TmpMode::overlay;
+  CloneNetwork network = CloneNetwork::cluster;
   // How long clone() waits for every clone to report it is running before giving up.
   int start_timeout_ms = 30000;
 };
