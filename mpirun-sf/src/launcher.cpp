@@ -212,18 +212,24 @@ int run_on_clones(LaunchContext& ctx) {
 // The nodes of the Slurm allocation the launcher runs in: its own node's ranks here, the
 // others' through node agents that one srun starts.
 int run_on_allocation(LaunchContext& ctx, const SlurmAllocation& allocation) {
-  const JobSpec& spec = ctx.spec;
-  if (spec.clones > 0 && !clones_were_requested(spec.clones))
-    throw SetupError{"--clones inside a Slurm allocation: mpirun-sf runs on the allocation's "
-                     "nodes and does not clone them; leave --clones out, or add --allocator "
-                     "local to clone this node alone",
+  JobSpec& spec = ctx.spec;
+  // `--allocator slurm --clones N` asked Slurm for N nodes: here they are, not to be cloned.
+  if (spec.clones > 0 && clones_were_requested(spec.clones)) spec.clones = 0;
+  if (spec.clones > 1 && spec.driver != "auto" && spec.driver != "sandbox")
+    throw SetupError{"--clones inside a Slurm allocation forks each node into sandbox clones that "
+                     "share its network; --driver " + spec.driver + " cannot do that here: leave "
+                     "--driver out, or add --allocator local to clone this node alone",
                      1};
   ctx.plan = make_allocation_plan(spec, allocation.slots);
-  std::vector<std::string> hostnames(allocation.nodes.begin(),
-                                     allocation.nodes.begin() + ctx.plan.machines);
+  const bool cloned = !ctx.plan.machine_node.empty();
+  std::vector<std::string> node_names(allocation.nodes.begin(),
+                                      allocation.nodes.begin() + allocation_nodes_used(ctx.plan));
+  std::vector<std::string> hostnames = machine_hostnames(ctx.plan, node_names);
   const std::string here = slurm_node_name(::getenv);
+  // The launcher runs its own node's ranks, unless the nodes are cloned: then the agent srun
+  // starts on this node forks it like every other node, and the launcher only coordinates.
   int local_node = -1;
-  for (size_t n = 0; n < hostnames.size(); ++n)
+  for (size_t n = 0; n < hostnames.size() && !cloned; ++n)
     if (hostnames[n] == here) local_node = static_cast<int>(n);
   ctx.plan.cores_oversubscribed =
       local_node >= 0 && ctx.plan.node_ranks[static_cast<size_t>(local_node)] > host_cores();

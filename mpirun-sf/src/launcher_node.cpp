@@ -261,9 +261,11 @@ int LauncherNode::run(const std::string& session_dir) {
 }  // namespace
 
 int run_launcher_node(LaunchContext& ctx, int local_node, RemoteNodes* remote, Rendezvous* rv) {
+  // A launcher that runs no ranks (every node has an agent of its own) needs no session
+  // directory: none to leave behind when Slurm kills it at the end of a cancelled batch job.
   std::string session_dir;
   try {
-    session_dir = make_session_dir();
+    if (local_node >= 0) session_dir = make_session_dir();
   } catch (const std::exception& e) {
     fprintf(stderr, "mpirun-sf: %s\n", e.what());
     if (remote) {
@@ -281,13 +283,15 @@ int run_launcher_node(LaunchContext& ctx, int local_node, RemoteNodes* remote, R
     closing = node.closing();
     abandoned = node.abandoned();
   }
+  // The ranks here are gone: remove their directory before waiting for the other nodes, which
+  // can take seconds in which a cancelled batch job's launcher may be killed.
+  std::error_code ec;
+  if (!session_dir.empty()) fs::remove_all(session_dir, ec);
   if (remote) {
     // A node given up during teardown never got the shutdown: end it instead of waiting.
     if (abandoned) remote->kill();
     else remote->release();
   }
-  std::error_code ec;
-  fs::remove_all(session_dir, ec);
   if (!closing.empty()) fputs(closing.c_str(), stderr);
   return exit_code;
 }

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "clone-core/cluster_layout.hpp"
+
 namespace sf::mpirun {
 namespace {
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -66,8 +68,9 @@ Plan make_plan(const JobSpec& spec, const HostFacts& host) {
 Plan make_allocation_plan(const JobSpec& spec, const std::vector<int>& allocated) {
   Plan plan;
   if (allocated.empty()) throw UsageError("the allocation has no nodes");
+  const int clones = std::max(1, spec.clones);  // machines per node
   std::vector<int> slots = allocated;
-  if (spec.procs_per_clone > 0) std::fill(slots.begin(), slots.end(), spec.procs_per_clone);
+  if (spec.procs_per_clone > 0) std::fill(slots.begin(), slots.end(), spec.procs_per_clone * clones);
   int total = 0;
   for (int s : slots) total += s;
   for (const auto& app : spec.apps) {
@@ -99,13 +102,52 @@ Plan make_allocation_plan(const JobSpec& spec, const std::vector<int>& allocated
   }
   for (size_t i = 0; i < ranks.size(); ++i) {
     if (ranks[i] == 0) continue;  // nodes fill in order: the used ones come first
-    plan.node_ranks.push_back(ranks[i]);
-    plan.node_slots.push_back(slots[i]);
+    if (clones == 1) {
+      plan.node_ranks.push_back(ranks[i]);
+      plan.node_slots.push_back(slots[i]);
+      continue;
+    }
+    const int per = spec.procs_per_clone > 0 && !plan.oversubscribed
+                        ? spec.procs_per_clone
+                        : ceil_div(ranks[i], std::min(clones, ranks[i]));
+    for (int left = ranks[i], clone = 0; left > 0; left -= per, ++clone) {
+      plan.node_ranks.push_back(std::min(per, left));
+      plan.node_slots.push_back(ceil_div(slots[i], clones));
+      plan.machine_node.push_back(static_cast<int>(i));
+      plan.machine_clone.push_back(clone);
+    }
   }
   plan.machines = std::max<int>(1, static_cast<int>(plan.node_ranks.size()));
   plan.procs_per_machine = plan.node_ranks.empty() ? 1 : plan.node_ranks.front();
   plan.universe_size = total;
   return plan;
+}
+
+int allocation_nodes_used(const Plan& plan) {
+  if (plan.machine_node.empty()) return plan.machines;
+  return plan.machine_node.back() + 1;
+}
+
+std::vector<std::string> machine_hostnames(const Plan& plan, const std::vector<std::string>& node_names) {
+  std::vector<std::string> out;
+  for (int m = 0; m < plan.machines; ++m) {
+    if (plan.machine_node.empty()) {
+      out.push_back(node_names.at(static_cast<size_t>(m)));
+      continue;
+    }
+    const std::string& node = node_names.at(static_cast<size_t>(plan.machine_node[static_cast<size_t>(m)]));
+    const int clone = plan.machine_clone[static_cast<size_t>(m)];
+    out.push_back(clone == 0 ? node : sf::derive_hostname(node, static_cast<unsigned>(clone)));
+  }
+  return out;
+}
+
+int ranks_on_allocation_node(const Plan& plan, int node) {
+  if (plan.machine_node.empty()) return plan.node_ranks.at(static_cast<size_t>(node));
+  int n = 0;
+  for (size_t m = 0; m < plan.machine_node.size(); ++m)
+    if (plan.machine_node[m] == node) n += plan.node_ranks[m];
+  return n;
 }
 
 int node_of_rank(const Plan& plan, int rank) {

@@ -10,6 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -20,6 +21,7 @@
 
 #include "environment.hpp"
 #include "job_setup.hpp"
+#include "clone-core/clone.hpp"
 #include "mpirun-sf/plan.hpp"
 #include "subprocess.hpp"
 
@@ -33,6 +35,7 @@ constexpr const char* kPort = "SF_AGENT_PORT";
 constexpr const char* kNspace = "SF_AGENT_NSPACE";
 constexpr const char* kNodes = "SF_AGENT_NODES";  // the job's nodes, comma-separated
 constexpr const char* kSlots = "SF_AGENT_SLOTS";  // the allocation's slots per node
+constexpr const char* kClones = "SF_AGENT_CLONES";  // machines per node (the launcher's --clones)
 
 std::string join(const std::vector<std::string>& items, char sep) {
   std::string out;
@@ -60,6 +63,61 @@ std::string status_text(int status) {
                       : "exit status " + std::to_string(status);
 }
 
+// Nodes x clones: forks this allocated node into its machines (the node and sandbox clones
+// that share its network, so that they reach the coordinator and the other nodes as it does)
+// and runs each machine's node agent. Returns the node's status once its clones are joined.
+int run_cloned_node(const LaunchContext& ctx, int node, const std::string& node_name,
+                    const CoordinatorAddress& coordinator, const std::string& label) {
+  const Plan& plan = ctx.plan;
+  int first = -1, count = 0;
+  for (size_t m = 0; m < plan.machine_node.size(); ++m)
+    if (plan.machine_node[m] == node) {
+      if (first < 0) first = static_cast<int>(m);
+      ++count;
+    }
+  if (count <= 1) return run_remote_node(ctx, first, coordinator, label);
+  sf::TicketRequest req;
+  req.clones = static_cast<unsigned>(count - 1);
+  req.procs_per_clone = static_cast<unsigned>(plan.node_ranks.at(static_cast<size_t>(first)));
+  req.driver = "sandbox";
+  req.network = sf::CloneNetwork::shared;
+  req.parent_hostname = node_name;
+  auto ticket = sf::Ticket::request(req);
+  if (!ticket) {
+    fprintf(stderr, "mpirun-sf: %s: cannot fork this node into %d machines: %s\n", label.c_str(), count,
+            ticket.error().message.c_str());
+    return 1;
+  }
+  spdlog::debug("{}: forked into {} machines with the sandbox driver (network shared)", label, count);
+  fflush(stdout);
+  fflush(stderr);
+  auto id = ticket->clone();
+  if (!id) {
+    fprintf(stderr, "mpirun-sf: %s: cloning this node failed: %s\n", label.c_str(), id.error().message.c_str());
+    return 1;
+  }
+  if (*id > 0) {
+    int status = run_remote_node(ctx, first + static_cast<int>(*id), coordinator,
+                                 label + " clone " + std::to_string(*id));
+    (void)ticket->sync(status);  // ends the clone
+    _exit(status);
+  }
+  int status = run_remote_node(ctx, first, coordinator, label);
+  // The clones end with the job as this node does; if this node lost the job, end them now.
+  if (status != 0) {
+    (void)ticket->kill();
+    return status;
+  }
+  auto joined = ticket->join();
+  if (!joined) {
+    fprintf(stderr, "mpirun-sf: %s: %s\n", label.c_str(), joined.error().message.c_str());
+    return 1;
+  }
+  for (const auto& st : *joined)
+    if (!st.success() && status == 0) status = 1;
+  return status;
+}
+
 }  // namespace
 
 std::unique_ptr<SlurmNodes> SlurmNodes::start(const LaunchContext& ctx,
@@ -67,12 +125,20 @@ std::unique_ptr<SlurmNodes> SlurmNodes::start(const LaunchContext& ctx,
                                                const std::vector<int>& nodes,
                                                const std::string& nspace,
                                                const CoordinatorAddress& coordinator) {
-  std::vector<std::string> names;
-  for (int n : nodes) names.push_back(ctx.map.nodes.at(static_cast<size_t>(n)).hostname);
-  std::vector<std::string> job_nodes, slots;
-  for (const auto& node : ctx.map.nodes) job_nodes.push_back(node.hostname);
+  // The allocated nodes: every machine's own node (machine_node) with clones, else the machine.
+  const Plan& plan = ctx.plan;
+  auto node_of = [&](int machine) {
+    return plan.machine_node.empty() ? machine : plan.machine_node.at(static_cast<size_t>(machine));
+  };
+  std::vector<std::string> job_nodes(allocation.nodes.begin(),
+                                     allocation.nodes.begin() + allocation_nodes_used(plan));
+  std::vector<std::string> names, slots;
+  for (int n : nodes) {
+    const std::string& name = job_nodes.at(static_cast<size_t>(node_of(n)));
+    if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+  }
   for (int s : allocation.slots) slots.push_back(std::to_string(s));
-  const std::string count = std::to_string(nodes.size());
+  const std::string count = std::to_string(names.size());
   // One task per node, not bound to a CPU (the agent's ranks use the node's CPUs), output
   // ours, no stdin (the launcher forwards it), and every agent killed if one fails.
   std::vector<std::string> argv = {"srun", "--overlap", "--quiet", "--mpi=none", "--input=none",
@@ -90,6 +156,7 @@ std::unique_ptr<SlurmNodes> SlurmNodes::start(const LaunchContext& ctx,
   put_env(env, std::string(kNspace) + "=" + nspace);
   put_env(env, std::string(kNodes) + "=" + join(job_nodes, ','));
   put_env(env, std::string(kSlots) + "=" + join(slots, ','));
+  put_env(env, std::string(kClones) + "=" + std::to_string(ctx.spec.clones));
   pid_t pid = spawn_in_own_group(argv, env);
   spdlog::debug("started node agents on {} with srun (pid {})", join(names, ','), pid);
   return std::unique_ptr<SlurmNodes>(new SlurmNodes(pid, nodes, allocation.job_id, ctx));
@@ -170,6 +237,11 @@ void SlurmNodes::release() {
 }
 
 std::string SlurmNodes::describe(int node) const {
+  const Plan& plan = ctx_.plan;
+  if (!plan.machine_clone.empty() && plan.machine_clone.at(static_cast<size_t>(node)) > 0)
+    return " \tMachine: Slurm job " + job_id_ + ", clone " +
+           std::to_string(plan.machine_clone[static_cast<size_t>(node)]) +
+           " of its node, forked by the node agent\n";
   for (int n : nodes_)
     if (n == node) return " \tMachine: Slurm job " + job_id_ + ", node agent started by srun\n";
   return " \tMachine: Slurm job " + job_id_ + ", launcher\n";
@@ -185,7 +257,7 @@ int run_slurm_node_agent(const JobSpec& spec) {
   CoordinatorAddress coordinator;
   coordinator.token = take(kToken);
   std::string port = take(kPort), nspace = take(kNspace), nodes = take(kNodes),
-              slots = take(kSlots);
+              slots = take(kSlots), clones = take(kClones);
   const std::string here = slurm_node_name(::getenv);
   const std::string label = "node " + here;
   const char* launch_address = getenv("SLURM_LAUNCH_NODE_IPADDR");
@@ -199,22 +271,24 @@ int run_slurm_node_agent(const JobSpec& spec) {
   coordinator.port = static_cast<uint16_t>(atoi(port.c_str()));
   LaunchContext ctx;
   ctx.spec = spec;
+  ctx.spec.clones = atoi(clones.c_str());  // as the launcher read its --clones
   int node = -1;
   try {
     check_apps(ctx);
     std::vector<int> slot_counts;
     for (const auto& s : split(slots, ',')) slot_counts.push_back(atoi(s.c_str()));
-    ctx.plan = make_allocation_plan(spec, slot_counts);
-    std::vector<std::string> hostnames = split(nodes, ',');
-    if (static_cast<int>(hostnames.size()) != ctx.plan.machines)
+    ctx.plan = make_allocation_plan(ctx.spec, slot_counts);
+    std::vector<std::string> node_names = split(nodes, ',');
+    if (static_cast<int>(node_names.size()) != allocation_nodes_used(ctx.plan))
       throw std::runtime_error("the job's plan differs from the launcher's (" +
-                               std::to_string(ctx.plan.machines) + " nodes here, " +
-                               std::to_string(hostnames.size()) + " there)");
-    for (size_t n = 0; n < hostnames.size(); ++n)
-      if (hostnames[n] == here) node = static_cast<int>(n);
+                               std::to_string(allocation_nodes_used(ctx.plan)) + " nodes here, " +
+                               std::to_string(node_names.size()) + " there)");
+    for (size_t n = 0; n < node_names.size(); ++n)
+      if (node_names[n] == here) node = static_cast<int>(n);
     if (node < 0) throw std::runtime_error("this node is not one of the job's nodes " + nodes);
-    ctx.plan.cores_oversubscribed = ctx.plan.node_ranks[static_cast<size_t>(node)] > host_cores();
-    finish_context(ctx, nspace, hostnames);
+    // This node's machines (itself and, with --clones, its clones) share its cores.
+    ctx.plan.cores_oversubscribed = ranks_on_allocation_node(ctx.plan, node) > host_cores();
+    finish_context(ctx, nspace, machine_hostnames(ctx.plan, node_names));
   } catch (const SetupError& e) {
     fprintf(stderr, "mpirun-sf: %s: %s\n", label.c_str(), e.what());
     return e.exit_code();
@@ -223,7 +297,8 @@ int run_slurm_node_agent(const JobSpec& spec) {
     return 1;
   }
   signal(SIGPIPE, SIG_IGN);
-  return run_remote_node(ctx, node, coordinator, label);
+  if (ctx.plan.machine_node.empty()) return run_remote_node(ctx, node, coordinator, label);
+  return run_cloned_node(ctx, node, here, coordinator, label);
 }
 
 }  // namespace sf::mpirun

@@ -1,6 +1,9 @@
 // A job on the nodes of a Slurm allocation. The launcher runs its own node's ranks and starts
 // a node agent on every other node with one `srun` (SlurmNodes); each agent is mpirun-sf again,
 // in node-agent mode (run_slurm_node_agent), and joins the coordinator over TCP as a clone does.
+// With --clones (nodes x clones) the launcher runs no ranks: srun starts an agent on every node
+// used, its own included, and each agent forks its node into sandbox clones that share the
+// node's network; every machine joins the coordinator on its own.
 #pragma once
 
 #include <sys/types.h>
@@ -20,8 +23,10 @@ namespace sf::mpirun {
 
 class SlurmNodes : public RemoteNodes {
  public:
-  // Starts `srun` with one agent on each of `nodes` (indexes into ctx.map.nodes). Throws
-  // std::runtime_error if srun cannot be started.
+  // Starts `srun` with one agent on each allocated node that runs one of `nodes` (indexes into
+  // ctx.map.nodes: the machines, which are the nodes themselves or, with --clones, the nodes
+  // and their clones, which each node's agent forks). Throws std::runtime_error if srun cannot
+  // be started.
   static std::unique_ptr<SlurmNodes> start(const LaunchContext& ctx,
                                            const SlurmAllocation& allocation,
                                            const std::vector<int>& nodes,

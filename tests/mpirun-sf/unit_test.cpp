@@ -853,6 +853,51 @@ TEST(AllocationPlan, FillsEachNodesSlotsInOrder) {
   EXPECT_EQ(p.node_ranks, (std::vector<int>{1, 1, 1}));
 }
 
+TEST(AllocationPlan, ClonesForkEveryNodeUsedIntoMachinesByBlock) {
+  JobSpec s = job({8});
+  s.clones = 2;
+  Plan p = make_allocation_plan(s, {4, 4, 4});  // 8 ranks fill node 0 and node 1
+  EXPECT_EQ(p.machines, 4);
+  EXPECT_EQ(p.node_ranks, (std::vector<int>{2, 2, 2, 2}));
+  EXPECT_EQ(p.node_slots, (std::vector<int>{2, 2, 2, 2}));
+  EXPECT_EQ(p.machine_node, (std::vector<int>{0, 0, 1, 1}));
+  EXPECT_EQ(p.machine_clone, (std::vector<int>{0, 1, 0, 1}));
+  EXPECT_EQ(p.universe_size, 12);
+  EXPECT_EQ(allocation_nodes_used(p), 2);
+  EXPECT_EQ(ranks_on_allocation_node(p, 1), 4);
+  EXPECT_EQ(machine_hostnames(p, {"node1", "node2", "node3"}),
+            (std::vector<std::string>{"node1", "node1-sf1", "node2", "node2-sf1"}));
+  auto map = make_job_map(p, "ns", machine_hostnames(p, {"node1", "node2", "node3"}));
+  EXPECT_EQ(map.nodes[1].hostname, "node1-sf1");
+  EXPECT_EQ(map.nodes[1].ranks, (std::vector<int>{2, 3}));
+  EXPECT_EQ(map.ranks[3].local_rank, 1);
+
+  // A node with fewer ranks than C gets fewer machines; ceil(ranks / C) per machine, by block.
+  s = job({7});
+  s.clones = 3;
+  p = make_allocation_plan(s, {5, 2});
+  EXPECT_EQ(p.node_ranks, (std::vector<int>{2, 2, 1, 1, 1}));
+  EXPECT_EQ(p.machine_node, (std::vector<int>{0, 0, 0, 1, 1}));
+  EXPECT_EQ(p.machine_clone, (std::vector<int>{0, 1, 2, 0, 1}));
+
+  // --procs-per-clone P: P per machine, C x P slots per node.
+  s = job({-1});
+  s.clones = 2;
+  s.procs_per_clone = 3;
+  p = make_allocation_plan(s, {1, 1});
+  EXPECT_EQ(p.np, 12);
+  EXPECT_EQ(p.node_ranks, (std::vector<int>{3, 3, 3, 3}));
+  EXPECT_EQ(p.machine_node, (std::vector<int>{0, 0, 1, 1}));
+
+  // --clones 1 is the nodes themselves.
+  s = job({4});
+  s.clones = 1;
+  p = make_allocation_plan(s, {2, 2});
+  EXPECT_TRUE(p.machine_node.empty());
+  EXPECT_EQ(p.node_ranks, (std::vector<int>{2, 2}));
+  EXPECT_EQ(machine_hostnames(p, {"a", "b"}), (std::vector<std::string>{"a", "b"}));
+}
+
 TEST(AllocationPlan, MoreRanksThanSlotsNeedOversubscribeAndSpreadEvenly) {
   try {
     make_allocation_plan(job({9}), {2, 2, 2, 2});

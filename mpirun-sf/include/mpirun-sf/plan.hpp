@@ -35,6 +35,12 @@ struct Plan {
   // possibly the last has procs_per_machine ranks.
   std::vector<int> node_ranks;
   std::vector<int> node_slots;
+  // Nodes x clones (--clones C inside a Slurm allocation): each allocated node forks up to C
+  // machines, itself and sandbox clones sharing its network. Per machine (index as in
+  // node_ranks): the allocated node it runs on (an index into the allocation's nodes) and its
+  // clone id there (0: the node itself). Empty when the allocation's nodes are not cloned.
+  std::vector<int> machine_node;
+  std::vector<int> machine_clone;
 };
 
 // Throws UsageError (exit status 1) when the job cannot be placed, with mpirun's reasons.
@@ -46,7 +52,22 @@ Plan make_plan(const JobSpec& spec, const HostFacts& host);
 // taking one more. --npernode P (or ppr:P:node) makes every node's slots P. Nodes left
 // without ranks are not part of the plan. cores_oversubscribed is left false: whether a
 // node's ranks outnumber its cores is known on that node. Throws UsageError.
+//
+// With --clones C (C > 1) every node used is forked into C machines (fewer if it has fewer
+// ranks) and its ranks go by block onto them, ceil(ranks / C) each, as --clones spreads them
+// on one machine; --procs-per-clone P then means P per machine, so C x P slots per node.
 Plan make_allocation_plan(const JobSpec& spec, const std::vector<int>& slots);
+
+// The allocated nodes a plan uses (the first ones of the allocation).
+int allocation_nodes_used(const Plan& plan);
+
+// Every machine's hostname: node_names[i] for allocated node i itself, "<node>-sf<j>" for its
+// clone j (as the clones' own hostnames are derived). node_names must name at least the
+// allocation_nodes_used(plan) nodes.
+std::vector<std::string> machine_hostnames(const Plan& plan, const std::vector<std::string>& node_names);
+
+// The ranks the plan puts on allocated node `node`, its clones' included.
+int ranks_on_allocation_node(const Plan& plan, int node);
 
 // `hostnames[i]` is node i's hostname; there must be plan.machines of them.
 pmix::JobMap make_job_map(const Plan& plan, const std::string& nspace,
