@@ -434,6 +434,30 @@ TEST_P(SlurmJobs, ClonesOfEveryNodeRunRanksByBlockAndEndWithTheJob) {
   scancel_eight_sleeping_ranks(launcher(true) + " --clones 2 -np 8 sleep 600", 13);
 }
 
+// A clone of a node killed with SIGKILL (its PID namespace's init): its ranks die with it, the
+// job ends on every node with a message naming the lost machine, and nothing is left.
+TEST_P(SlurmJobs, ALostCloneOfANodeEndsTheJob) {
+  fs::path script = write_script("lost-clone.sh", launcher(true) + " --clones 2 -np 8 sleep 600");
+  RunningCommand job(on_login_node({"sbatch", "--wait", "-N4", "--ntasks-per-node=2", "-D", work_, "-o",
+                                    (fs::path(work_) / "lost.out").string(), "-e",
+                                    (fs::path(work_) / "lost.err").string(), script.string()}),
+                     options());
+  ASSERT_TRUE(wait_for_processes("sleep", 8, 30s)) << "the ranks did not start";
+  pid_t init = -1;
+  for (const auto& p : job_processes("mpirun-sf")) {
+    // NSpid: the pid here, then the pid in the clone's PID namespace, where its init is 1.
+    std::string status = read_file("/proc/" + std::to_string(p.pid) + "/status");
+    if (std::regex_search(status, std::regex(R"(\nNSpid:\s+[0-9]+\s+1\n)"))) init = p.pid;
+  }
+  ASSERT_GT(init, 0) << sf::test::describe(job_processes("mpirun-sf"));
+  ASSERT_EQ(kill(init, SIGKILL), 0);
+  CommandResult done = job.wait(60s);
+  EXPECT_FALSE(done.timed_out) << done.describe();
+  EXPECT_TRUE(done.exited_with(137)) << done.describe();  // its ranks count as killed
+  std::string err = read_file(fs::path(work_) / "lost.err");
+  EXPECT_TRUE(std::regex_search(err, std::regex(R"(node [0-9] \(node[1-4]-sf1\) was lost)"))) << err;
+}
+
 // salloc on the login node: the launcher runs no ranks itself; every node gets an agent.
 TEST_P(SlurmJobs, FromTheLoginNodeInSalloc) {
   std::vector<std::string> argv{"salloc", "-N4", "--ntasks-per-node=2"};
