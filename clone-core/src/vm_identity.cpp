@@ -58,6 +58,22 @@ bool is_nic(const netlink::LinkEntry& l) {
   return l.arptype == ARPHRD_ETHER && l.kind.empty() && l.name != "lo";
 }
 
+// Waits until link `index` is running (IFF_RUNNING: up with a carrier), for at most `limit`.
+Status wait_until_running(netlink::Socket& s, int index, const std::string& name, std::chrono::seconds limit) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    auto links = netlink::list_links(s);
+    if (!links) return links.error();
+    for (const auto& l : *links)
+      if (l.index == index && (l.flags & IFF_RUNNING)) return ok_status();
+    if (std::chrono::steady_clock::now() >= until)
+      return make_error(Errc::network_setup, "clone-core: " + name + " has no link " + std::to_string(limit.count()) +
+                                                 " s after it was set up (no carrier: the VM's NIC backend did not "
+                                                 "connect); the clone cannot reach the other machines");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 }  // namespace
 
 Result<std::array<std::uint8_t, 6>> parse_mac(const std::string& text) {
@@ -150,6 +166,10 @@ Status apply_vm_identity(const std::string& interface, const std::string& mac_te
     if (Status st = netlink::add_ipv4(*s, nic->index, cidr->address, cidr->prefix, interface); !st) return st.error();
   }
   if (Status st = netlink::set_up(*s, nic->index, interface); !st) return st.error();
+  // Up is not yet running: a restored PV NIC has a link only once its backend has reconnected
+  // (seconds on a loaded host), and until then nothing it sends arrives. Programs that reach
+  // the other machines as soon as sf_clone() returns (mpirun-sf's agents) need the link.
+  if (Status st = wait_until_running(*s, nic->index, interface, std::chrono::seconds(20)); !st) return st.error();
   if (!hostname.empty() && sethostname(hostname.data(), hostname.size()) != 0)
     return make_error(Errc::namespace_setup, "clone-core: setting the hostname to " + hostname + ": " + errno_text(errno));
   send_gratuitous_arp(nic->index, *mac, cidr->address);
