@@ -19,6 +19,7 @@ expect g0 "xca: ticket granted=3 subnet=10.213.0.0/24 parent=10.213.0.1"
 expect g0 "xca: parent memory=42 addr=10.213.0.1 clones running"
 for i in 1 2 3; do
   expect "g0-sf$i" "xca: clone $i host=g0-sf$i want_host=g0-sf$i addr=10.213.0.$((i + 1)) want_addr=10.213.0.$((i + 1)) memory=${i}000 ping_parent=ok"
+  console "g0-sf$i" | grep -F "xca: clone $i ping attempts=" || true  # for the record (docs/xen.md)
 done
 expect g0 "xca: status 1 synced 11"
 expect g0 "xca: status 2 exited 7"
