@@ -655,21 +655,18 @@ class SandboxDriver final : public Driver {
     if (!lock) return lock.error();
     auto layout = plan_layout(*pool, lock->slot(), spec.clones, spec.parent_hostname);
     if (!layout) return layout.error();
+    int bridge_index = 0;  // none when the clones share the parent's network
     if (shared) {
       share_parent_network(*layout);
-      slots::ClusterState state;
-      state.slot = layout->slot;
-      state.parent_pid = getpid();
-      (void)slots::write_state(state);
-      return std::unique_ptr<ClusterInstance>(
-          std::make_unique<SandboxCluster>(spec, std::move(*layout), std::move(*lock), std::move(*host), 0));
-    }
-    const std::uint8_t mac[6] = {0x02, 0x5f, 0x53, 0x46, 0x00, static_cast<std::uint8_t>(lock->slot())};
-    auto bridge = netlink::create_bridge(*host, layout->bridge, kLinkGroupBase + layout->slot, mac);
-    if (!bridge) return bridge.error();
-    if (Status st = netlink::add_ipv4(*host, *bridge, layout->nodes[0].address, layout->subnet.prefix, layout->bridge); !st) {
-      (void)netlink::delete_group(*host, kLinkGroupBase + layout->slot);
-      return st.error();
+    } else {
+      const std::uint8_t mac[6] = {0x02, 0x5f, 0x53, 0x46, 0x00, static_cast<std::uint8_t>(lock->slot())};
+      auto bridge = netlink::create_bridge(*host, layout->bridge, kLinkGroupBase + layout->slot, mac);
+      if (!bridge) return bridge.error();
+      if (Status st = netlink::add_ipv4(*host, *bridge, layout->nodes[0].address, layout->subnet.prefix, layout->bridge); !st) {
+        (void)netlink::delete_group(*host, kLinkGroupBase + layout->slot);
+        return st.error();
+      }
+      bridge_index = *bridge;
     }
     slots::ClusterState state;
     state.slot = layout->slot;
@@ -677,8 +674,9 @@ class SandboxDriver final : public Driver {
     state.bridge = layout->bridge;
     state.parent_pid = getpid();
     (void)slots::write_state(state);
-    auto cluster = std::make_unique<SandboxCluster>(spec, std::move(*layout), std::move(*lock), std::move(*host), *bridge);
-    if (Status st = cluster->build_networks(); !st) return st.error();  // the destructor removes what was built
+    auto cluster = std::make_unique<SandboxCluster>(spec, std::move(*layout), std::move(*lock), std::move(*host), bridge_index);
+    if (!shared)
+      if (Status st = cluster->build_networks(); !st) return st.error();  // the destructor removes what was built
     return std::unique_ptr<ClusterInstance>(std::move(cluster));
   }
 };
