@@ -123,30 +123,26 @@ Plan make_allocation_plan(const JobSpec& spec, const std::vector<int>& allocated
   return plan;
 }
 
-int allocation_nodes_used(const Plan& plan) {
-  if (plan.machine_node.empty()) return plan.machines;
-  return plan.machine_node.back() + 1;
+int allocation_node_of(const Plan& plan, int machine) {
+  return plan.machine_node.empty() ? machine : plan.machine_node.at(static_cast<size_t>(machine));
 }
+
+int allocation_nodes_used(const Plan& plan) { return allocation_node_of(plan, plan.machines - 1) + 1; }
 
 std::vector<std::string> machine_hostnames(const Plan& plan, const std::vector<std::string>& node_names) {
   std::vector<std::string> out;
   for (int m = 0; m < plan.machines; ++m) {
-    if (plan.machine_node.empty()) {
-      out.push_back(node_names.at(static_cast<size_t>(m)));
-      continue;
-    }
-    const std::string& node = node_names.at(static_cast<size_t>(plan.machine_node[static_cast<size_t>(m)]));
-    const int clone = plan.machine_clone[static_cast<size_t>(m)];
+    const std::string& node = node_names.at(static_cast<size_t>(allocation_node_of(plan, m)));
+    const int clone = plan.machine_clone.empty() ? 0 : plan.machine_clone[static_cast<size_t>(m)];
     out.push_back(clone == 0 ? node : sf::derive_hostname(node, static_cast<unsigned>(clone)));
   }
   return out;
 }
 
 int ranks_on_allocation_node(const Plan& plan, int node) {
-  if (plan.machine_node.empty()) return plan.node_ranks.at(static_cast<size_t>(node));
   int n = 0;
-  for (size_t m = 0; m < plan.machine_node.size(); ++m)
-    if (plan.machine_node[m] == node) n += plan.node_ranks[m];
+  for (int m = 0; m < plan.machines; ++m)
+    if (allocation_node_of(plan, m) == node) n += plan.node_ranks.at(static_cast<size_t>(m));
   return n;
 }
 

@@ -125,16 +125,12 @@ std::unique_ptr<SlurmNodes> SlurmNodes::start(const LaunchContext& ctx,
                                                const std::vector<int>& nodes,
                                                const std::string& nspace,
                                                const CoordinatorAddress& coordinator) {
-  // The allocated nodes: every machine's own node (machine_node) with clones, else the machine.
-  const Plan& plan = ctx.plan;
-  auto node_of = [&](int machine) {
-    return plan.machine_node.empty() ? machine : plan.machine_node.at(static_cast<size_t>(machine));
-  };
+  // The allocated nodes of the machines (with clones, several machines share one).
   std::vector<std::string> job_nodes(allocation.nodes.begin(),
-                                     allocation.nodes.begin() + allocation_nodes_used(plan));
+                                     allocation.nodes.begin() + allocation_nodes_used(ctx.plan));
   std::vector<std::string> names, slots;
   for (int n : nodes) {
-    const std::string& name = job_nodes.at(static_cast<size_t>(node_of(n)));
+    const std::string& name = job_nodes.at(static_cast<size_t>(allocation_node_of(ctx.plan, n)));
     if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
   }
   for (int s : allocation.slots) slots.push_back(std::to_string(s));

@@ -58,6 +58,9 @@ Plan make_plan(const JobSpec& spec, const HostFacts& host);
 // on one machine; --procs-per-clone P then means P per machine, so C x P slots per node.
 Plan make_allocation_plan(const JobSpec& spec, const std::vector<int>& slots);
 
+// The allocated node machine m runs on: machine_node[m] with clones, else m itself.
+int allocation_node_of(const Plan& plan, int machine);
+
 // The allocated nodes a plan uses (the first ones of the allocation).
 int allocation_nodes_used(const Plan& plan);
 
