@@ -199,17 +199,32 @@ class SlurmJobs : public ::testing::TestWithParam<Who> {
   // sbatch --wait of a script of one command, on 4 nodes with 2 tasks each (as in the user
   // guide's example).
   Job batch(const std::string& name, const std::string& command, std::vector<std::string> sbatch_args = {}) const {
+    Job j;
+    j.sbatch = sf::test::run_command(sbatch_wait(name, command, sbatch_args), options());
+    j.out = read_file(fs::path(work_) / (name + ".out"));
+    j.err = read_file(fs::path(work_) / (name + ".err"));
+    return j;
+  }
+  // The login node's `sbatch --wait` of the script `name`.sh of one command, on 4 nodes with 2
+  // tasks each (unless sbatch_args say otherwise), its output in `name`.out and `name`.err.
+  std::vector<std::string> sbatch_wait(const std::string& name, const std::string& command,
+                                       const std::vector<std::string>& sbatch_args = {}) const {
     fs::path script = write_script(name + ".sh", command);
-    fs::path out = fs::path(work_) / (name + ".out"), err = fs::path(work_) / (name + ".err");
     std::vector<std::string> argv{"sbatch", "--wait", "-N4", "--ntasks-per-node=2", "-D", work_,
-                                  "-o", out.string(), "-e", err.string()};
+                                  "-o", (fs::path(work_) / (name + ".out")).string(),
+                                  "-e", (fs::path(work_) / (name + ".err")).string()};
     argv.insert(argv.end(), sbatch_args.begin(), sbatch_args.end());
     argv.push_back(script.string());
-    Job j;
-    j.sbatch = sf::test::run_command(on_login_node(argv), options());
-    j.out = read_file(out);
-    j.err = read_file(err);
-    return j;
+    return on_login_node(argv);
+  }
+  // Kills `victim` (a process of the running batch job `job`, named `name`) with SIGKILL: the
+  // job ends with 137, its ranks counting as killed. Returns the job's stderr.
+  std::string kill_and_expect_lost(RunningCommand& job, pid_t victim, const std::string& name) const {
+    EXPECT_EQ(kill(victim, SIGKILL), 0);
+    CommandResult done = job.wait(60s);
+    EXPECT_FALSE(done.timed_out) << done.describe();
+    EXPECT_TRUE(done.exited_with(137)) << done.describe();
+    return read_file(fs::path(work_) / (name + ".err"));
   }
   static std::string describe(const Job& j) {
     return j.sbatch.describe() + "\njob stdout:\n" + j.out + "\njob stderr:\n" + j.err;
@@ -277,10 +292,7 @@ class SlurmJobs : public ::testing::TestWithParam<Who> {
   // checks that nothing of it is left on any node). Not by sbatch --wait's status: that can
   // return 0 while the cancelled job is still completing (Slurm 22.05).
   void scancel_eight_sleeping_ranks(const std::string& command, size_t launchers) const {
-    fs::path script = write_script("long.sh", command);
-    RunningCommand job(on_login_node({"sbatch", "--wait", "-N4", "--ntasks-per-node=2", "-D", work_, "-o",
-                                      (fs::path(work_) / "long.out").string(), script.string()}),
-                       options());
+    RunningCommand job(sbatch_wait("long", command), options());
     ASSERT_TRUE(wait_for_processes("sleep", 8, 30s)) << "the ranks did not start:\n"
                                                      << sf::test::describe(job_processes("sleep"));
     EXPECT_EQ(job_processes("mpirun-sf").size(), launchers) << sf::test::describe(job_processes("mpirun-sf"));
@@ -357,21 +369,13 @@ TEST_P(SlurmJobs, ScancelEndsEveryRankOnEveryNode) {
 
 // A node agent killed with SIGKILL: the job ends on every node with a message naming the node.
 TEST_P(SlurmJobs, ALostNodeAgentEndsTheJob) {
-  fs::path script = write_script("lost.sh", launcher(true) + " -np 8 sleep 600");
-  RunningCommand job(on_login_node({"sbatch", "--wait", "-N4", "--ntasks-per-node=2", "-D", work_, "-o",
-                                    (fs::path(work_) / "lost.out").string(), "-e",
-                                    (fs::path(work_) / "lost.err").string(), script.string()}),
-                     options());
+  RunningCommand job(sbatch_wait("lost", launcher(true) + " -np 8 sleep 600"), options());
   ASSERT_TRUE(wait_for_processes("sleep", 8, 30s)) << "the ranks did not start";
   pid_t agent = -1;
   for (const auto& p : job_processes("mpirun-sf"))
     if (p.command_line.find("--slurm-node-agent") != std::string::npos) agent = p.pid;
   ASSERT_GT(agent, 0) << sf::test::describe(job_processes("mpirun-sf"));
-  ASSERT_EQ(kill(agent, SIGKILL), 0);
-  CommandResult done = job.wait(60s);
-  EXPECT_FALSE(done.timed_out) << done.describe();
-  EXPECT_TRUE(done.exited_with(137)) << done.describe();  // its ranks count as killed
-  std::string err = read_file(fs::path(work_) / "lost.err");
+  std::string err = kill_and_expect_lost(job, agent, "lost");
   EXPECT_NE(err.find("was lost"), std::string::npos) << err;
   // A process killed with SIGKILL cannot remove its session and shared-memory directories
   // (nor can mpirun's orted); `mpirun-sf --cleanup` on that node does.
@@ -437,11 +441,7 @@ TEST_P(SlurmJobs, ClonesOfEveryNodeRunRanksByBlockAndEndWithTheJob) {
 // A clone of a node killed with SIGKILL (its PID namespace's init): its ranks die with it, the
 // job ends on every node with a message naming the lost machine, and nothing is left.
 TEST_P(SlurmJobs, ALostCloneOfANodeEndsTheJob) {
-  fs::path script = write_script("lost-clone.sh", launcher(true) + " --clones 2 -np 8 sleep 600");
-  RunningCommand job(on_login_node({"sbatch", "--wait", "-N4", "--ntasks-per-node=2", "-D", work_, "-o",
-                                    (fs::path(work_) / "lost.out").string(), "-e",
-                                    (fs::path(work_) / "lost.err").string(), script.string()}),
-                     options());
+  RunningCommand job(sbatch_wait("lost-clone", launcher(true) + " --clones 2 -np 8 sleep 600"), options());
   ASSERT_TRUE(wait_for_processes("sleep", 8, 30s)) << "the ranks did not start";
   pid_t init = -1;
   for (const auto& p : job_processes("mpirun-sf")) {
@@ -450,11 +450,7 @@ TEST_P(SlurmJobs, ALostCloneOfANodeEndsTheJob) {
     if (std::regex_search(status, std::regex(R"(\nNSpid:\s+[0-9]+\s+1\n)"))) init = p.pid;
   }
   ASSERT_GT(init, 0) << sf::test::describe(job_processes("mpirun-sf"));
-  ASSERT_EQ(kill(init, SIGKILL), 0);
-  CommandResult done = job.wait(60s);
-  EXPECT_FALSE(done.timed_out) << done.describe();
-  EXPECT_TRUE(done.exited_with(137)) << done.describe();  // its ranks count as killed
-  std::string err = read_file(fs::path(work_) / "lost.err");
+  std::string err = kill_and_expect_lost(job, init, "lost-clone");
   EXPECT_TRUE(std::regex_search(err, std::regex(R"(node [0-9] \(node[1-4]-sf1\) was lost)"))) << err;
 }
 
