@@ -6,10 +6,18 @@
 // ID from its own xenstore keys before it is unpaused. Clones that sync, exit, crash or
 // vanish are destroyed and reported to the parent; nothing outlives sfd-xen: a lifeline
 // process destroys the clones and removes the served keys even when sfd-xen is killed.
+//
+// With --host, some clones are restored on other Xen hosts: `sfd-xen host` there (the same
+// program in its other role, an agent) receives the image once by mcdist multicast, restores
+// its share of the clones, serves their requests and reports how they end over one TCP link
+// per ticket (host_link.hpp, docs/protocols/xen-hosts.md).
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -27,18 +35,26 @@ extern "C" {
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "clone-core/guest_control.hpp"
 #include "clone-core/vm_identity.hpp"
+#include "host_link.hpp"
+#include "mcdist/receiver.hpp"
+#include "mcdist/sender.hpp"
 #include "sfd/vm_network.hpp"
 
 namespace {
 
 namespace gc = sf::guest_control;
+namespace hl = sf::sfd::xen;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
 
 bool g_verbose = false;
 
@@ -144,13 +160,16 @@ class Lifeline {
 
 struct Clone {
   unsigned id = 0;
-  std::uint32_t domid = 0;
+  std::uint32_t domid = 0;  // on the host that restored it
   std::string name;
+  std::string mac;  // its first NIC's
+  int host = -1;    // where it runs: -1 here, else the index of its --host (origin only)
   bool ended = false;
   gc::CloneStatus status;
 };
 
-// A served domain and the clones of its ticket.
+// A served domain and the clones of its ticket; in a host agent, the clones one origin's
+// ticket placed here (`agent`, keyed above every domain ID, no parent domain on this host).
 struct Family {
   std::uint32_t domid = 0;
   std::string name;
@@ -158,7 +177,12 @@ struct Family {
   bool cloned = false;
   bool pending_join = false;
   std::vector<sf::sfd::NodeIdentity> nodes;
-  std::vector<Clone> clones;  // index id - 1
+  std::vector<Clone> clones;  // index id - 1 (origin); the ones placed here (agent)
+  std::vector<hl::HostLink> links;  // origin: one per --host, open while its clones are
+  bool agent = false;
+  bool authed = false;
+  std::string nonce;
+  hl::HostLink origin;  // agent: the origin that placed these clones
   bool all_ended() const {
     for (const auto& c : clones)
       if (!c.ended) return false;
@@ -171,12 +195,64 @@ struct Options {
   std::string save_dir;
   unsigned max_clones = 32;
   std::vector<std::string> domains;
+  // serve: other Xen hosts that restore clones, the link toward them, their shared key.
+  std::vector<std::string> hosts;
+  std::string host_iface;
+  std::string mcast = "239.255.78.1:7790";
+  // host: where to listen and receive images, and the network namespace of those sockets.
+  std::string listen;
+  std::string iface;
+  std::string netns;
+  sf::mcdist::ClusterKey key;  // --host-key-file (serve) or --key-file (host)
+};
+
+// A message's field, or null when it has none (operator[] of a const json must not miss).
+const json& field(const json& m, const char* key) {
+  static const json none;
+  return m.is_object() && m.contains(key) ? m[key] : none;
+}
+
+// A field's string, or `otherwise` when it is missing or not a string.
+std::string text(const json& m, const char* key, const std::string& otherwise) {
+  const json& v = field(m, key);
+  return v.is_string() ? v.get<std::string>() : otherwise;
+}
+
+// Domain IDs are below 0x7ff0; an agent's families are keyed from here up.
+constexpr std::uint32_t kAgentKeyBase = 0x10000;
+
+// Runs f with the calling thread in the network namespace `fd` (when fd >= 0): sockets made
+// and threads started there stay in it. Back in the thread's own namespace after.
+template <class F>
+auto in_netns(int fd, F f) -> decltype(f()) {
+  if (fd < 0) return f();
+  const int self = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (self < 0 || setns(fd, CLONE_NEWNET) != 0) {
+    log("cannot enter the network namespace of --netns: %s", std::strerror(errno));
+    if (self >= 0) ::close(self);
+    return f();
+  }
+  auto r = f();
+  if (setns(self, CLONE_NEWNET) != 0) log("cannot return to sfd-xen's network namespace: %s", std::strerror(errno));
+  ::close(self);
+  return r;
+}
+
+// The saved image mapped read-only while it is multicast.
+struct MappedImage {
+  const std::uint8_t* data = nullptr;
+  std::size_t size = 0;
+  ~MappedImage() {
+    if (data) ::munmap(const_cast<std::uint8_t*>(data), size);
+  }
 };
 
 class XenHost {
  public:
   XenHost(Options opt, Lifeline& lifeline) : opt_(std::move(opt)), lifeline_(lifeline) {}
   ~XenHost() {
+    if (listen_fd_ >= 0) ::close(listen_fd_);
+    if (netns_fd_ >= 0) ::close(netns_fd_);
     if (xs_) xs_close(xs_);
     if (ctx_) libxl_ctx_free(ctx_);
     if (logger_) xtl_logger_destroy(reinterpret_cast<xentoollog_logger*>(logger_));
@@ -225,11 +301,31 @@ class XenHost {
     return true;
   }
 
-  // The event loop: until every served domain is gone or a signal ends it.
+  // The event loop: until every served domain is gone (serve) or a signal ends it.
   int run(int sigfd) {
     for (;;) {
-      pollfd p[2] = {{xs_fileno(xs_), POLLIN, 0}, {sigfd, POLLIN, 0}};
-      if (::poll(p, 2, -1) < 0) {
+      // What to watch: xenstore, the signals, the agent's listening socket, and every open
+      // link (an origin's to its hosts, an agent's to its origins).
+      std::vector<pollfd> p = {{xs_fileno(xs_), POLLIN, 0}, {sigfd, POLLIN, 0}};
+      struct Source {
+        std::uint32_t family;
+        int link;  // -1: the agent's origin link
+      };
+      std::vector<Source> sources;
+      if (listen_fd_ >= 0) p.push_back({listen_fd_, POLLIN, 0});
+      const std::size_t first_link = p.size();
+      for (auto& [key, f] : families_) {
+        if (f.agent && f.origin.open()) {
+          p.push_back({f.origin.fd(), POLLIN, 0});
+          sources.push_back({key, -1});
+        }
+        for (std::size_t k = 0; k < f.links.size(); ++k) {
+          if (!f.links[k].open()) continue;
+          p.push_back({f.links[k].fd(), POLLIN, 0});
+          sources.push_back({key, static_cast<int>(k)});
+        }
+      }
+      if (::poll(p.data(), p.size(), -1) < 0) {
         if (errno == EINTR) continue;
         log("poll: %s", std::strerror(errno));
         return 1;
@@ -253,7 +349,18 @@ class XenHost {
           handle_request(static_cast<std::uint32_t>(std::strtoul(token.c_str() + 4, nullptr, 10)));
         }
       }
-      if (families_.empty()) {
+      for (std::size_t i = 0; i < sources.size(); ++i) {
+        if (!(p[first_link + i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        auto it = families_.find(sources[i].family);
+        if (it == families_.end()) continue;
+        if (sources[i].link < 0) {
+          origin_readable(it->second);
+        } else {
+          host_readable(it->second, static_cast<std::size_t>(sources[i].link));
+        }
+      }
+      if (listen_fd_ >= 0 && (p[2].revents & POLLIN)) accept_origin();
+      if (listen_fd_ < 0 && families_.empty()) {
         log("no served domain is left: stopping");
         return 0;
       }
@@ -261,13 +368,164 @@ class XenHost {
   }
 
   void shut_down() {
-    for (auto& [domid, f] : families_) {
+    for (auto& [key, f] : families_) {
       kill_clones(f);
-      stop_member(domid, true);
+      if (!f.agent) stop_member(key, true);
     }
     families_.clear();
   }
 
+  // Host agent: listens for origins (in --netns, if given).
+  bool listen() {
+    if (!opt_.netns.empty()) {
+      netns_fd_ = ::open(opt_.netns.c_str(), O_RDONLY | O_CLOEXEC);
+      if (netns_fd_ < 0 || setns_check() != 0) {
+        log("--netns %s: %s (a network namespace file such as /run/netns/NAME, and root)", opt_.netns.c_str(), std::strerror(errno));
+        return false;
+      }
+    }
+    auto fd = in_netns(netns_fd_, [&] { return hl::listen_on(opt_.listen); });
+    if (!fd) {
+      log("%s", fd.error().message.c_str());
+      return false;
+    }
+    listen_fd_ = *fd;
+    if (!xs_watch(xs_, "@releaseDomain", "release")) {
+      log("cannot watch @releaseDomain: %s", std::strerror(errno));
+      return false;
+    }
+    log("host agent: listening on %s, images on %s", opt_.listen.c_str(), opt_.iface.c_str());
+    return true;
+  }
+
+ private:
+  int setns_check() {
+    return in_netns(netns_fd_, [] { return 0; });
+  }
+
+  // ---- host agent: an origin's ticket placed some clones here ----
+  void accept_origin() {
+    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) return;
+    Family f;
+    f.agent = true;
+    f.domid = kAgentKeyBase + next_agent_++;
+    f.origin = hl::HostLink(fd);
+    f.origin.set_peer("origin " + std::to_string(f.domid - kAgentKeyBase));
+    f.nonce = hl::random_hex(16);
+    if (f.origin.send({{"sfd-xen-host", hl::kHostProtocolVersion}, {"nonce", f.nonce}})) families_[f.domid] = std::move(f);
+  }
+
+  void drop_origin(Family& f, const std::string& why) {
+    log("%s: %s; destroying its clones here", f.origin.peer().c_str(), why.c_str());
+    f.origin.close();
+    kill_clones(f);
+    families_.erase(f.domid);
+  }
+
+  void origin_readable(Family& f) {
+    auto msgs = f.origin.read_available();
+    if (!msgs) return drop_origin(f, msgs.error().message);
+    for (const auto& m : *msgs) {
+      const std::string op = text(m, "op", "");
+      if (!f.authed) {
+        if (op != "auth" || !m.contains("proof") || !field(m, "proof").is_string() ||
+            !hl::proof_matches(opt_.key, f.nonce, field(m, "proof").get<std::string>())) {
+          (void)f.origin.send({{"op", "error"}, {"message", "the origin does not hold this host's key (sfd-xen serve --host-key-file must name the same key as sfd-xen host --key-file)"}});
+          return drop_origin(f, "refused: it did not prove the hosts' key");
+        }
+        f.authed = true;
+        (void)f.origin.send({{"op", "ready"}});
+      } else if (op == "restore" && !f.cloned) {
+        if (auto r = agent_restore(f, m); !r) {
+          (void)f.origin.send({{"op", "failed"}, {"message", r.error().message}});
+          return drop_origin(f, r.error().message);
+        }
+      } else if (op == "unpause" && f.cloned) {
+        for (auto& c : f.clones)
+          if (!c.ended && libxl_domain_unpause(ctx_, c.domid, nullptr) != 0) log("cannot unpause %s", c.name.c_str());
+        log("%s: %zu clone(s) of %s running", f.origin.peer().c_str(), f.clones.size(), f.name.c_str());
+      } else if (op == "kill") {
+        for (auto& c : f.clones)
+          if (!c.ended && (!m.contains("id") || field(m, "id") == c.id)) end_clone(f, c, gc::CLONE_END_KILLED, 9);
+      } else {
+        return drop_origin(f, "it sent '" + op + "', which this host agent does not expect now");
+      }
+    }
+  }
+
+  // Receives the image by multicast into a temporary file and restores the clones placed
+  // here, paused; the origin unpauses every host's clones together.
+  sf::sfd::Status agent_restore(Family& f, const json& m) {
+    auto req = hl::parse_restore(m);
+    if (!req) return req.error();
+    f.name = req->family;
+    const std::uint64_t bytes = req->image_bytes;
+    for (const auto& rc : req->clones) {
+      Clone c;
+      c.id = rc.id;
+      c.name = rc.name;
+      c.mac = rc.mac;
+      c.status.set_id(c.id);
+      f.clones.push_back(c);
+    }
+    libxl_domain_config cfg;
+    libxl_domain_config_init(&cfg);
+    struct ConfigGuard {
+      libxl_domain_config* c;
+      ~ConfigGuard() { libxl_domain_config_dispose(c); }
+    } guard{&cfg};
+    if (libxl_domain_config_from_json(ctx_, &cfg, req->config.dump().c_str()) != 0)
+      return sf::sfd::make_error("a restore request with a configuration libxl cannot read");
+    std::uint64_t free_kb = 0;
+    const std::uint64_t need_kb = cfg.b_info.max_memkb * f.clones.size();
+    if (libxl_get_free_memory(ctx_, &free_kb) == 0 && free_kb < need_kb)
+      return sf::sfd::make_error("this host's Xen has " + std::to_string(free_kb / 1024) + " MiB free and " + std::to_string(f.clones.size()) +
+                                 " clone(s) need " + std::to_string(need_kb / 1024) + " MiB");
+    const int img = ::open(opt_.save_dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (img < 0) return sf::sfd::make_error("cannot make the image file in " + opt_.save_dir + ": " + std::strerror(errno));
+    struct FdGuard {
+      int fd;
+      ~FdGuard() { ::close(fd); }
+    } img_guard{img};
+    if (::ftruncate(img, static_cast<off_t>(bytes)) != 0)
+      return sf::sfd::make_error("cannot size the image file in " + opt_.save_dir + ": " + std::strerror(errno));
+    const auto t0 = now_ms();
+    sf::mcdist::ReceiverConfig rc;
+    rc.interface = opt_.iface;
+    rc.group = req->group;
+    rc.port = req->port;
+    rc.cluster_id = req->cluster;
+    rc.key = opt_.key;
+    rc.receiver_id = req->receiver;
+    rc.fetch_all = true;
+    rc.join_timeout = 60s;  // the origin restores its own clones while it sends
+    bool write_failed = false;
+    auto rx = in_netns(netns_fd_, [&] {
+      return sf::mcdist::MulticastReceiver::start(rc, [&](std::uint64_t page, std::span<const std::uint8_t> data) {
+        if (::pwrite(img, data.data(), std::min<std::uint64_t>(data.size(), bytes - page * 4096), static_cast<off_t>(page * 4096)) < 0)
+          write_failed = true;
+      });
+    });
+    if (!rx) return sf::sfd::make_error("cannot receive the image on " + opt_.iface + ": " + rx.error().message);
+    (void)f.origin.send({{"op", "joined"}});
+    auto done = (*rx)->wait_complete(300s);
+    (*rx)->stop();
+    if (!done) return sf::sfd::make_error("the image did not arrive: " + done.error().message);
+    if (write_failed) return sf::sfd::make_error("cannot write the image in " + opt_.save_dir + " (full?)");
+    log("%s: image of %s received (%lld MiB) in %lld ms", f.origin.peer().c_str(), f.name.c_str(), static_cast<long long>(bytes >> 20),
+        now_ms() - t0);
+    (void)f.origin.send({{"op", "received"}, {"ms", now_ms() - t0}});
+    f.cloned = true;
+    for (auto& c : f.clones) {
+      if (!restore(cfg, img, c)) return sf::sfd::make_error("cannot restore clone " + std::to_string(c.id) + " (" + c.name + ") with libxl on this host");
+      VLOG("%s: restored clone %u as %s (domain %" PRIu32 ")", f.name.c_str(), c.id, c.name.c_str(), c.domid);
+      if (auto s = f.origin.send({{"op", "restored"}, {"id", c.id}, {"domid", c.domid}}); !s) return s.error();
+    }
+    return sf::ok_status();
+  }
+
+ public:
  private:
   // ---- xenstore side of one member (a served parent or a clone) ----
   bool start_member(std::uint32_t domid) {
@@ -326,7 +584,7 @@ class XenHost {
         return true;
       }
       for (auto& c : f.clones) {
-        if (c.domid == domid && !c.ended) {
+        if (c.host < 0 && c.domid == domid && !c.ended) {
           *fam = &f;
           *clone = &c;
           return true;
@@ -408,9 +666,11 @@ class XenHost {
     }
     const std::uint64_t mem_kb = info.current_memkb + info.outstanding_memkb;
     libxl_dominfo_dispose(&info);
+    unsigned here = 0;  // the other hosts check their own memory
+    for (unsigned i = 1; i <= want; ++i) here += placement(i) < 0;
     std::uint64_t free_kb = 0;
-    if (libxl_get_free_memory(ctx_, &free_kb) == 0 && free_kb < mem_kb * want)
-      return refuse(f.domid, "cannot clone this domain " + std::to_string(want) + " times: " + std::to_string(want) + " x " +
+    if (libxl_get_free_memory(ctx_, &free_kb) == 0 && free_kb < mem_kb * here)
+      return refuse(f.domid, "cannot clone this domain " + std::to_string(here) + " times here: " + std::to_string(here) + " x " +
                                  std::to_string(mem_kb / 1024) + " MiB are needed and Xen has " + std::to_string(free_kb / 1024) +
                                  " MiB free; ask for fewer clones or free memory");
     const std::string host = t.hostname().empty() ? f.name : t.hostname();
@@ -453,7 +713,12 @@ class XenHost {
     return out;
   }
 
-  // Saves the parent once, resumes it, restores the image as each clone.
+  // Where clone i (1..N) runs: -1 on this host, else the index of its --host. Round robin over
+  // this host and the others, this host first.
+  int placement(unsigned i) const { return static_cast<int>((i - 1) % (opt_.hosts.size() + 1)) - 1; }
+
+  // Saves the parent once, resumes it, restores the image as each clone: here with libxl, on
+  // the other hosts by their agents, which receive the image once by multicast.
   void clone(Family& f) {
     const auto t0 = now_ms();
     libxl_domain_config cfg;
@@ -470,9 +735,30 @@ class XenHost {
                                    (cfg.disks[i].vdev ? cfg.disks[i].vdev : "?") +
                                    "): the clones would share it; give the guest read-only disks or none");
     }
+    f.clones.clear();
+    std::vector<unsigned> per_host(opt_.hosts.size(), 0);
+    for (unsigned i = 1; i <= f.granted; ++i) {
+      Clone c;
+      c.id = i;
+      c.name = f.name + "-sf" + std::to_string(i);
+      c.mac = f.nodes[i].mac;
+      c.host = placement(i);
+      c.status.set_id(i);
+      if (c.host >= 0) ++per_host[static_cast<std::size_t>(c.host)];
+      f.clones.push_back(c);
+    }
+    // The other hosts first: an unreachable one fails the clone before the parent is paused.
+    f.links.clear();
+    f.links.resize(opt_.hosts.size());
+    for (std::size_t k = 0; k < opt_.hosts.size(); ++k) {
+      if (per_host[k] == 0) continue;
+      auto link = connect_host(k);
+      if (!link) return fail_clone(f, link.error().message);
+      f.links[k] = std::move(*link);
+    }
     const int img = ::open(opt_.save_dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (img < 0) return refuse(f.domid, "cannot make the save image in " + opt_.save_dir + ": " + std::strerror(errno) +
-                                     " (sfd-xen --save-dir names another directory)");
+    if (img < 0) return fail_clone(f, "cannot make the save image in " + opt_.save_dir + ": " + std::strerror(errno) +
+                                          " (sfd-xen --save-dir names another directory)");
     struct FdGuard {
       int fd;
       ~FdGuard() { ::close(fd); }
@@ -480,7 +766,7 @@ class XenHost {
     // A PV guest acknowledges the suspend itself, so it must be running here, not paused.
     if (libxl_domain_suspend(ctx_, f.domid, img, 0, nullptr) != 0) {
       libxl_domain_resume(ctx_, f.domid, 1, nullptr);
-      return refuse(f.domid, "libxl could not save this domain (see sfd-xen's log)");
+      return fail_clone(f, "libxl could not save this domain (see sfd-xen's log)");
     }
     struct stat st {};
     ::fstat(img, &st);
@@ -489,32 +775,186 @@ class XenHost {
     log("%s: saved in %lld ms (%lld MiB); the parent goes on", f.name.c_str(), t_saved - t0,
         static_cast<long long>(st.st_size >> 20));
     f.cloned = true;
-    f.clones.clear();
-    for (unsigned i = 1; i <= f.granted; ++i) {
-      Clone c;
-      c.id = i;
-      c.name = f.name + "-sf" + std::to_string(i);
-      c.status.set_id(i);
-      if (!restore(f, cfg, img, c)) {
-        // What is already running is destroyed; the parent learns why.
-        f.clones.push_back(c);
-        kill_clones(f);
-        reset(f);
-        return refuse(f.domid, "cannot restore clone " + std::to_string(i) + " (" + c.name + ") with libxl (see sfd-xen's log)");
-      }
-      f.clones.push_back(c);
+    // The other hosts' agents join the image's multicast stream; it runs while this host
+    // restores its own clones.
+    MappedImage image;
+    std::unique_ptr<sf::mcdist::MulticastSender> sender;
+    unsigned receivers = 0;
+    for (auto& l : f.links) receivers += l.open();
+    if (receivers > 0) {
+      auto s = start_multicast(f, cfg, img, static_cast<std::uint64_t>(st.st_size), image);
+      if (!s) return fail_clone(f, s.error().message);
+      sender = std::move(*s);
     }
     for (auto& c : f.clones) {
-      if (libxl_domain_unpause(ctx_, c.domid, nullptr) != 0) log("%s: cannot unpause %s", f.name.c_str(), c.name.c_str());
+      if (c.host >= 0) continue;
+      if (!restore(cfg, img, c)) return fail_clone(f, "cannot restore clone " + std::to_string(c.id) + " (" + c.name + ") with libxl (see sfd-xen's log)");
+      VLOG("%s: restored clone %u as %s (domain %" PRIu32 ")", f.name.c_str(), c.id, c.name.c_str(), c.domid);
     }
-    log("%s: %u clone(s) running %lld ms after the request (domains %s)", f.name.c_str(), f.granted, now_ms() - t0,
-        clone_list(f).c_str());
+    if (sender) {
+      const bool sent = sender->wait_done(receivers, 3s, 300s);
+      const auto stats = sender->stats();
+      sender->stop();
+      if (!sent)
+        return fail_clone(f, "the image did not reach every other host within 300 s (" + std::to_string(stats.receivers_complete) + " of " +
+                                 std::to_string(receivers) + "); see the hosts' sfd-xen logs");
+      log("%s: image of %lld MiB multicast once to %u host(s): %.1f MiB sent", f.name.c_str(),
+          static_cast<long long>(st.st_size >> 20), receivers, static_cast<double>(stats.bytes_sent) / (1 << 20));
+      for (std::size_t k = 0; k < f.links.size(); ++k) {
+        if (!f.links[k].open()) continue;
+        if (auto r = await_restored(f, k); !r) return fail_clone(f, r.error().message);
+      }
+      for (auto& l : f.links) {
+        if (l.open()) (void)l.send({{"op", "unpause"}});
+      }
+    }
+    for (auto& c : f.clones) {
+      if (c.host < 0 && libxl_domain_unpause(ctx_, c.domid, nullptr) != 0) log("%s: cannot unpause %s", f.name.c_str(), c.name.c_str());
+    }
+    log("%s: %u clone(s) running %lld ms after the request (%s)", f.name.c_str(), f.granted, now_ms() - t0, clone_list(f).c_str());
     gc::HostMessage m = gc::make_host_message();
     m.mutable_clone()->set_id(0);
     send(f.domid, m);
   }
 
-  bool restore(Family& f, const libxl_domain_config& parent, int img, Clone& c) {
+  // A clone request that failed: what runs is destroyed (here; the other hosts' agents
+  // destroy theirs when the link closes) and the parent learns why.
+  void fail_clone(Family& f, const std::string& why) {
+    kill_clones(f);
+    reset(f);
+    refuse(f.domid, why);
+  }
+
+  // Connects to --host k and proves the shared key.
+  sf::sfd::Result<hl::HostLink> connect_host(std::size_t k) {
+    const std::string& ep = opt_.hosts[k];
+    auto fd = hl::connect_to(ep, 10s);
+    if (!fd) return sf::sfd::make_error("cannot reach Xen host " + ep + ": " + fd.error().message);
+    hl::HostLink link(*fd);
+    link.set_peer("Xen host " + ep);
+    auto hello = link.receive(10s);
+    if (!hello) return hello.error();
+    if (!hello->contains("sfd-xen-host") || (*hello)["sfd-xen-host"] != hl::kHostProtocolVersion || !(*hello)["nonce"].is_string())
+      return sf::sfd::make_error(link.peer() + " is not an sfd-xen host agent of protocol version " +
+                                 std::to_string(hl::kHostProtocolVersion) + " (it said " + hello->dump() + ")");
+    if (auto s = link.send({{"op", "auth"}, {"proof", hl::auth_proof(opt_.key, (*hello)["nonce"].get<std::string>())}}); !s)
+      return s.error();
+    auto ready = link.receive(10s);
+    if (!ready) return ready.error();
+    if ((*ready)["op"] != "ready")
+      return sf::sfd::make_error(link.peer() + " refused: " + text(*ready, "message", ready->dump()));
+    return link;
+  }
+
+  // Sends each linked host its restore request, waits until it has joined the stream, and
+  // starts multicasting the image.
+  sf::sfd::Result<std::unique_ptr<sf::mcdist::MulticastSender>> start_multicast(Family& f, libxl_domain_config& cfg, int img,
+                                                                                  std::uint64_t bytes, MappedImage& image) {
+    void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, img, 0);
+    if (p == MAP_FAILED) return sf::sfd::make_error(std::string("cannot map the save image: ") + std::strerror(errno));
+    image.data = static_cast<const std::uint8_t*>(p);
+    image.size = bytes;
+    char* cj = libxl_domain_config_to_json(ctx_, &cfg);
+    if (!cj) return sf::sfd::make_error("libxl could not write this domain's configuration as JSON");
+    json config = json::parse(cj, nullptr, false);
+    std::free(cj);
+    auto group = hl::parse_endpoint(opt_.mcast);
+    std::uint64_t cluster = 0;
+    while (cluster == 0) cluster = std::stoull(hl::random_hex(8), nullptr, 16);
+    for (std::size_t k = 0; k < f.links.size(); ++k) {
+      if (!f.links[k].open()) continue;
+      hl::RestoreRequest req;
+      req.family = f.name;
+      req.group = group->first;
+      req.port = group->second;
+      req.cluster = cluster;
+      req.receiver = static_cast<std::uint32_t>(k + 1);
+      req.image_bytes = bytes;
+      req.config = config;
+      for (const auto& c : f.clones) {
+        if (c.host == static_cast<int>(k)) req.clones.push_back({c.id, c.name, c.mac});
+      }
+      if (auto s = f.links[k].send(hl::encode_restore(req)); !s) return s.error();
+    }
+    for (auto& l : f.links) {
+      if (!l.open()) continue;
+      auto m = l.receive(30s);
+      if (!m) return m.error();
+      if ((*m)["op"] != "joined") return sf::sfd::make_error(l.peer() + ": " + text(*m, "message", m->dump()));
+    }
+    sf::mcdist::SenderConfig sc;
+    sc.interface = opt_.host_iface;
+    sc.group = group->first;
+    sc.port = group->second;
+    sc.cluster_id = cluster;
+    sc.key = opt_.key;
+    sc.image_bytes = bytes;
+    sc.page_size = 4096;
+    sc.push = true;
+    const std::uint8_t* base = image.data;
+    auto sender = sf::mcdist::MulticastSender::start(sc, [base, bytes](std::uint64_t page) {
+      const std::uint64_t off = page * 4096;
+      return std::span<const std::uint8_t>(base + off, std::min<std::uint64_t>(4096, bytes - off));
+    });
+    if (!sender) return sf::sfd::make_error("cannot multicast the image on " + opt_.host_iface + ": " + sender.error().message);
+    return std::move(*sender);
+  }
+
+  // Reads host k's answers until it has restored every clone placed there.
+  sf::sfd::Status await_restored(Family& f, std::size_t k) {
+    hl::HostLink& l = f.links[k];
+    unsigned left = 0;
+    for (const auto& c : f.clones) left += c.host == static_cast<int>(k);
+    while (left > 0) {
+      auto m = l.receive(300s);
+      if (!m) return m.error();
+      const std::string op = (*m)["op"];
+      if (op == "received") continue;
+      if (op == "failed") return sf::sfd::make_error(l.peer() + ": " + text(*m, "message", "failed"));
+      if (op != "restored") return sf::sfd::make_error(l.peer() + " sent '" + op + "' while restoring");
+      Clone* c = remote_clone(f, k, *m);
+      if (!c || !(*m)["domid"].is_number_unsigned()) return sf::sfd::make_error(l.peer() + " restored a clone it was not given");
+      c->domid = (*m)["domid"].get<std::uint32_t>();
+      VLOG("%s: %s restored clone %u as %s (domain %" PRIu32 " there)", f.name.c_str(), l.peer().c_str(), c->id, c->name.c_str(), c->domid);
+      --left;
+    }
+    return sf::ok_status();
+  }
+
+  // The clone of f on host k that message m names by "id".
+  static Clone* remote_clone(Family& f, std::size_t k, const json& m) {
+    if (!m.contains("id") || !field(m, "id").is_number_unsigned()) return nullptr;
+    const auto id = field(m, "id").get<unsigned>();
+    if (id == 0 || id > f.clones.size() || f.clones[id - 1].host != static_cast<int>(k)) return nullptr;
+    return &f.clones[id - 1];
+  }
+
+  // Origin: a message (or the end) on the link to host k after the clones run.
+  void host_readable(Family& f, std::size_t k) {
+    hl::HostLink& l = f.links[k];
+    auto msgs = l.read_available();
+    if (msgs) {
+      for (const auto& m : *msgs) {
+        Clone* c = remote_clone(f, k, m);
+        if (field(m, "op") == "ended" && c && field(m, "end").is_number_integer() && gc::CloneEnd_IsValid(field(m, "end").get<int>())) {
+          end_clone(f, *c, static_cast<gc::CloneEnd>(field(m, "end").get<int>()), field(m, "value").is_number_integer() ? field(m, "value").get<int>() : 0);
+        } else {
+          log("%s: %s sent an unexpected message: %s", f.name.c_str(), l.peer().c_str(), m.dump().c_str());
+        }
+      }
+      return;
+    }
+    // The host (or the link) is gone: its clones are lost.
+    log("%s: %s", f.name.c_str(), msgs.error().message.c_str());
+    l.close();
+    for (auto& c : f.clones) {
+      if (c.host == static_cast<int>(k) && !c.ended) end_clone(f, c, gc::CLONE_END_LOST, 0);
+    }
+  }
+
+  // Restores the image in img as clone c (paused), with its name, a new UUID and its MAC, and
+  // writes its clone ID where it will read it.
+  bool restore(const libxl_domain_config& parent, int img, Clone& c) {
     libxl_domain_config cfg;
     libxl_domain_config_init(&cfg);
     libxl_domain_config_copy(ctx_, &cfg, &parent);
@@ -527,7 +967,7 @@ class XenHost {
       // NIC 0 gets the clone's cluster MAC; others a random one from libxl (all zeros).
       std::memset(cfg.nics[j].mac, 0, sizeof cfg.nics[j].mac);
       if (j == 0) {
-        if (auto mac = sf::parse_mac(f.nodes[c.id].mac)) std::memcpy(cfg.nics[j].mac, mac->data(), mac->size());
+        if (auto mac = sf::parse_mac(c.mac)) std::memcpy(cfg.nics[j].mac, mac->data(), mac->size());
       }
     }
     libxl_domain_restore_params params;
@@ -549,20 +989,30 @@ class XenHost {
     gc::HostMessage m = gc::make_host_message();
     m.mutable_clone()->set_id(c.id);
     send(domid, m);
-    VLOG("%s: restored clone %u as %s (domain %" PRIu32 ")", f.name.c_str(), c.id, c.name.c_str(), domid);
     return true;
   }
 
+  // Clone c ended: destroyed if it runs here (a kill is passed on to the host it runs on), and
+  // reported to the parent (an agent reports to its origin instead).
   void end_clone(Family& f, Clone& c, gc::CloneEnd end, int value) {
     if (c.ended) return;
     c.ended = true;
     c.status.set_end(end);
     c.status.set_value(value);
-    stop_member(c.domid, false);
-    libxl_domain_destroy(ctx_, c.domid, nullptr);
-    lifeline_.tell('-', c.domid);
+    if (c.host < 0 && c.domid != 0) {  // 0: never restored (and dom0 is never destroyed)
+      stop_member(c.domid, false);
+      libxl_domain_destroy(ctx_, c.domid, nullptr);
+      lifeline_.tell('-', c.domid);
+    } else if (end == gc::CLONE_END_KILLED && c.domid != 0) {
+      auto& l = f.links[static_cast<std::size_t>(c.host)];
+      if (l.open()) (void)l.send({{"op", "kill"}, {"id", c.id}});
+    }
     log("%s: clone %u (%s) ended: %s %d", f.name.c_str(), c.id, c.name.c_str(),
         sf::clone_end_name(*gc::from_wire(end)), value);
+    if (f.agent) {
+      if (f.origin.open()) (void)f.origin.send({{"op", "ended"}, {"id", c.id}, {"end", static_cast<int>(end)}, {"value", value}});
+      return;
+    }
     gc::HostMessage m = gc::make_host_message();
     *m.mutable_ended() = c.status;
     send(f.domid, m);
@@ -583,6 +1033,7 @@ class XenHost {
     f.cloned = false;
     f.pending_join = false;
     f.nodes.clear();
+    for (auto& l : f.links) l.close();  // the hosts' agents end what is left of the ticket
   }
 
   void kill_clones(Family& f) {
@@ -603,12 +1054,12 @@ class XenHost {
   void check_domains() {
     std::vector<std::uint32_t> gone;
     for (auto& [domid, f] : families_) {
-      if (!alive(domid)) {
+      if (!f.agent && !alive(domid)) {
         gone.push_back(domid);
         continue;
       }
       for (auto& c : f.clones) {
-        if (!c.ended && c.domid != 0 && !alive(c.domid)) end_clone(f, c, gc::CLONE_END_LOST, 0);
+        if (!c.ended && c.host < 0 && c.domid != 0 && !alive(c.domid)) end_clone(f, c, gc::CLONE_END_LOST, 0);
       }
     }
     for (auto domid : gone) {
@@ -629,9 +1080,10 @@ class XenHost {
     return ok;
   }
 
-  static std::string clone_list(const Family& f) {
+  std::string clone_list(const Family& f) const {
     std::string s;
-    for (const auto& c : f.clones) s += (s.empty() ? "" : ",") + std::to_string(c.domid);
+    for (const auto& c : f.clones)
+      s += (s.empty() ? "domains " : ",") + std::to_string(c.domid) + (c.host < 0 ? "" : " on " + opt_.hosts[static_cast<std::size_t>(c.host)]);
     return s;
   }
   static long long now_ms() {
@@ -647,18 +1099,39 @@ class XenHost {
   xs_handle* xs_ = nullptr;
   std::map<std::uint32_t, Family> families_;
   std::map<std::uint32_t, std::uint32_t> seq_;
+  int listen_fd_ = -1;  // host agent
+  int netns_fd_ = -1;
+  std::uint32_t next_agent_ = 0;
 };
 
 void usage(FILE* out) {
   std::fputs(
-      "usage: sfd-xen serve [--subnet CIDR] [--save-dir DIR] [--max-clones N] [-v] DOMAIN...\n"
-      "Serves clone requests of the named Xen guests (run as root in dom0). Inside a served guest\n"
-      "the clone API and mpirun-sf pick the xen driver; see sfd-xen(8) in docs/xen.md.\n"
-      "  --subnet CIDR     the clusters' network (default 10.213.0.0/24)\n"
-      "  --save-dir DIR    where the save image is written while cloning (default $TMPDIR or /var/tmp)\n"
-      "  --max-clones N    most clones per ticket (default 32)\n"
-      "  -v                log every request and libxl's progress\n",
+      "usage: sfd-xen serve [--subnet CIDR] [--save-dir DIR] [--max-clones N]\n"
+      "                     [--host ADDR:PORT]... [--host-iface IFACE --host-key-file FILE] [--mcast GROUP:PORT]\n"
+      "                     [-v] DOMAIN...\n"
+      "       sfd-xen host --listen ADDR:PORT --iface IFACE --key-file FILE [--save-dir DIR] [--netns PATH] [-v]\n"
+      "serve: serves clone requests of the named Xen guests (run as root in dom0). Inside a served\n"
+      "guest the clone API and mpirun-sf pick the xen driver; see docs/xen.md.\n"
+      "  --subnet CIDR       the clusters' network (default 10.213.0.0/24)\n"
+      "  --save-dir DIR      where the save image is written while cloning (default $TMPDIR or /var/tmp)\n"
+      "  --max-clones N      most clones per ticket (default 32)\n"
+      "  --host ADDR:PORT    another Xen host's `sfd-xen host` agent: clones are placed round robin on\n"
+      "                      this host and the others (repeatable, up to 16)\n"
+      "  --host-iface IFACE  the link toward the other hosts: the image is multicast there, once\n"
+      "  --host-key-file F   the hosts' shared key (64 hex digits), the same as each agent's --key-file\n"
+      "  --mcast GROUP:PORT  the image's multicast group (default 239.255.78.1:7790)\n"
+      "host: restores the clones other hosts' sfd-xen place here (run as root in this host's dom0).\n"
+      "  --listen ADDR:PORT  where the origins connect\n"
+      "  --iface IFACE       the link on which the images arrive by multicast\n"
+      "  --key-file FILE     the hosts' shared key (64 hex digits)\n"
+      "  --netns PATH        open the agent's sockets in this network namespace (a test bed's host)\n"
+      "  -v                  log every request and libxl's progress\n",
       out);
+}
+
+[[noreturn]] void usage_error(const std::string& what) {
+  std::fprintf(stderr, "sfd-xen: %s\n", what.c_str());
+  std::exit(2);
 }
 
 }  // namespace
@@ -672,47 +1145,65 @@ int main(int argc, char** argv) {
     usage(args.empty() ? stderr : stdout);
     return args.empty() ? 2 : 0;
   }
-  if (args[0] != "serve") {
+  const bool agent = args[0] == "host";
+  if (args[0] != "serve" && !agent) {
     std::fprintf(stderr, "sfd-xen: unknown command '%s'\n", args[0].c_str());
     usage(stderr);
     return 2;
   }
+  std::string key_file;
   for (std::size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto value = [&](const char* what) -> std::string {
-      if (i + 1 >= args.size()) {
-        std::fprintf(stderr, "sfd-xen: %s needs a value\n", what);
-        std::exit(2);
-      }
+      if (i + 1 >= args.size()) usage_error(std::string(what) + " needs a value");
       return args[++i];
     };
     if (a == "-v") g_verbose = true;
-    else if (a == "--subnet") opt.subnet = value("--subnet");
     else if (a == "--save-dir") opt.save_dir = value("--save-dir");
-    else if (a == "--max-clones") {
+    else if (!agent && a == "--subnet") opt.subnet = value("--subnet");
+    else if (!agent && a == "--max-clones") {
       const std::string v = value("--max-clones");
       char* end = nullptr;
       const unsigned long n = std::strtoul(v.c_str(), &end, 10);
-      if (v.empty() || *end || n == 0 || n > 32) {
-        std::fprintf(stderr, "sfd-xen: --max-clones %s: expected 1 to 32\n", v.c_str());
-        return 2;
-      }
+      if (v.empty() || *end || n == 0 || n > 32) usage_error("--max-clones " + v + ": expected 1 to 32");
       opt.max_clones = static_cast<unsigned>(n);
-    } else if (!a.empty() && a[0] == '-') {
-      std::fprintf(stderr, "sfd-xen: unknown option %s\n", a.c_str());
+    } else if (!agent && a == "--host") opt.hosts.push_back(value("--host"));
+    else if (!agent && a == "--host-iface") opt.host_iface = value("--host-iface");
+    else if (!agent && a == "--host-key-file") key_file = value("--host-key-file");
+    else if (!agent && a == "--mcast") opt.mcast = value("--mcast");
+    else if (agent && a == "--listen") opt.listen = value("--listen");
+    else if (agent && a == "--iface") opt.iface = value("--iface");
+    else if (agent && a == "--key-file") key_file = value("--key-file");
+    else if (agent && a == "--netns") opt.netns = value("--netns");
+    else if (!a.empty() && a[0] == '-') {
+      std::fprintf(stderr, "sfd-xen: unknown option %s for sfd-xen %s\n", a.c_str(), args[0].c_str());
       usage(stderr);
       return 2;
-    } else {
+    } else if (!agent) {
       opt.domains.push_back(a);
+    } else {
+      usage_error("host: takes no domain names (" + a + "); the origins say what to restore");
     }
   }
-  if (opt.domains.empty()) {
-    std::fprintf(stderr, "sfd-xen: serve: name the guest domain(s) to serve\n");
-    return 2;
+  if (agent) {
+    if (opt.listen.empty() || opt.iface.empty() || key_file.empty()) usage_error("host: needs --listen ADDR:PORT, --iface IFACE and --key-file FILE");
+    if (auto ep = hl::parse_endpoint(opt.listen); !ep) usage_error("--listen: " + ep.error().message);
+  } else {
+    if (opt.domains.empty()) usage_error("serve: name the guest domain(s) to serve");
+    if (auto n = sf::sfd::vm_node_identity(1, "check", opt.subnet); !n) usage_error("--subnet " + opt.subnet + ": " + n.error().message);
+    if (opt.hosts.size() > hl::kMaxHosts) usage_error("at most " + std::to_string(hl::kMaxHosts) + " --host");
+    for (const auto& h : opt.hosts)
+      if (auto ep = hl::parse_endpoint(h); !ep) usage_error("--host: " + ep.error().message);
+    if (auto ep = hl::parse_endpoint(opt.mcast); !ep) usage_error("--mcast: " + ep.error().message);
+    if (!opt.hosts.empty() && (opt.host_iface.empty() || key_file.empty()))
+      usage_error("--host needs --host-iface (the link toward the other hosts) and --host-key-file (their shared key)");
+    if (opt.hosts.empty() && (!opt.host_iface.empty() || !key_file.empty()))
+      usage_error("--host-iface and --host-key-file are for clones on other hosts: name them with --host ADDR:PORT");
   }
-  if (auto n = sf::sfd::vm_node_identity(1, "check", opt.subnet); !n) {
-    std::fprintf(stderr, "sfd-xen: --subnet %s: %s\n", opt.subnet.c_str(), n.error().message.c_str());
-    return 2;
+  if (!key_file.empty()) {
+    auto key = sf::mcdist::ClusterKey::from_file(key_file);
+    if (!key) usage_error(key_file + ": " + key.error().message);
+    opt.key = *key;
   }
 
   sigset_t set;
@@ -726,11 +1217,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   sigprocmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
   const int sigfd = signalfd(-1, &set, SFD_CLOEXEC);
   int rc = 1;
   {
     XenHost host(opt, lifeline);
-    if (host.open() && host.serve()) {
+    if (host.open() && (agent ? host.listen() : host.serve())) {
       rc = host.run(sigfd);
     } else {
       host.shut_down();

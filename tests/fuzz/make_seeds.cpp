@@ -16,6 +16,7 @@
 #include "clone-core/free_pages.hpp"
 #include "clone-core/guest_control.hpp"
 #include "control_frame.hpp"
+#include "host_link.hpp"
 #include "mcdist/packet.hpp"
 #include "memtap/image.hpp"
 #include "memtap/protocol.hpp"
@@ -343,6 +344,29 @@ void mpirun_cli() {
   put("mpirun_cli", "help", args({"--help"}));
 }
 
+// The origin/host-agent link: both directions of a ticket's conversation, one JSON per line.
+void xen_host_link() {
+  namespace hl = sf::sfd::xen;
+  hl::RestoreRequest r;
+  r.family = "g0";
+  r.group = "239.255.78.1";
+  r.port = 7790;
+  r.cluster = 0x5eed5eed5eed5eedull;
+  r.receiver = 1;
+  r.image_bytes = 134479872;
+  r.clones = {{2, "g0-sf2", "52:54:00:53:46:02"}};
+  r.config = json::parse(R"({"c_info":{"type":"pv","name":"g0"},"b_info":{"max_memkb":131072,"target_memkb":131072},"nics":[{"mac":"00:16:3e:00:00:01","bridge":"xenbr0"}]})");
+  auto line = [](const json& j) { return j.dump() + "\n"; };
+  put("xen_host_link", "origin-says", line({{"op", "auth"}, {"proof", std::string(64, 'a')}}) + line(hl::encode_restore(r)) +
+                                          line({{"op", "unpause"}}) + line({{"op", "kill"}, {"id", 2}}));
+  put("xen_host_link", "agent-says", line({{"sfd-xen-host", 1}, {"nonce", std::string(32, 'b')}}) + line({{"op", "ready"}}) +
+                                         line({{"op", "joined"}}) + line({{"op", "received"}, {"ms", 812}}) +
+                                         line({{"op", "restored"}, {"id", 2}, {"domid", 7}}) +
+                                         line({{"op", "ended"}, {"id", 2}, {"end", 1}, {"value", 11}}));
+  put("xen_host_link", "refused", line({{"sfd-xen-host", 1}, {"nonce", std::string(32, 'c')}}) +
+                                      line({{"op", "error"}, {"message", "the origin does not hold this host's key"}}));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -359,5 +383,6 @@ int main(int argc, char** argv) {
   guest_control();
   qmp_reply();
   mpirun_cli();
+  xen_host_link();
   return 0;
 }

@@ -28,12 +28,15 @@ await() {
   done
 }
 # start_served NAME MIB [sf-xen-guest options]: creates guest NAME paused with a NIC, starts
-# sfd-xen serving it (log /tmp/sfd-xen-NAME.log, pid in $sfd_pid) and unpauses it.
+# sfd-xen serving it (log /tmp/sfd-xen-NAME.log, pid in $sfd_pid; more sfd-xen options in
+# $serve_options) and unpauses it.
 sfd_pid=
+serve_options=
 start_served() {
   name=$1 mib=$2; shift 2
   sf-xen-guest --paused --vif --hostname "$name" "$@" "$name" "$mib" || fail "xl create $name"
-  sfd-xen serve -v "$name" 2>"/tmp/sfd-xen-$name.log" &
+  # shellcheck disable=SC2086 # options, split on purpose
+  sfd-xen serve -v $serve_options "$name" 2>"/tmp/sfd-xen-$name.log" &
   sfd_pid=$!
   domid=$(xl domid "$name")
   await 30 "xenstore-exists /local/domain/$domid/data/sf-ctl/version" || fail "sfd-xen did not start serving $name"
