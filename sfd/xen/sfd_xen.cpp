@@ -43,6 +43,7 @@ extern "C" {
 #include <vector>
 
 #include "clone-core/guest_control.hpp"
+#include "clone-core/netlink_links.hpp"
 #include "clone-core/vm_identity.hpp"
 #include "host_link.hpp"
 #include "mcdist/receiver.hpp"
@@ -237,6 +238,27 @@ auto in_netns(int fd, F f) -> decltype(f()) {
   ::close(self);
   return r;
 }
+
+// A libxl domain configuration, disposed at the end of its scope.
+struct DomainConfig {
+  libxl_domain_config c;
+  DomainConfig() { libxl_domain_config_init(&c); }
+  ~DomainConfig() { libxl_domain_config_dispose(&c); }
+  DomainConfig(const DomainConfig&) = delete;
+  DomainConfig& operator=(const DomainConfig&) = delete;
+};
+
+// A descriptor closed at the end of its scope (the images are unnamed O_TMPFILE files, so
+// closing is all their cleanup).
+struct FileDescriptor {
+  int fd;
+  explicit FileDescriptor(int f) : fd(f) {}
+  ~FileDescriptor() {
+    if (fd >= 0) ::close(fd);
+  }
+  FileDescriptor(const FileDescriptor&) = delete;
+  FileDescriptor& operator=(const FileDescriptor&) = delete;
+};
 
 // The saved image mapped read-only while it is multicast.
 struct MappedImage {
@@ -469,12 +491,8 @@ class XenHost {
       c.status.set_id(c.id);
       f.clones.push_back(c);
     }
-    libxl_domain_config cfg;
-    libxl_domain_config_init(&cfg);
-    struct ConfigGuard {
-      libxl_domain_config* c;
-      ~ConfigGuard() { libxl_domain_config_dispose(c); }
-    } guard{&cfg};
+    DomainConfig config;
+    libxl_domain_config& cfg = config.c;
     if (libxl_domain_config_from_json(ctx_, &cfg, req->config.dump().c_str()) != 0)
       return sf::sfd::make_error("a restore request with a configuration libxl cannot read");
     std::uint64_t free_kb = 0;
@@ -482,12 +500,9 @@ class XenHost {
     if (libxl_get_free_memory(ctx_, &free_kb) == 0 && free_kb < need_kb)
       return sf::sfd::make_error("this host's Xen has " + std::to_string(free_kb / 1024) + " MiB free and " + std::to_string(f.clones.size()) +
                                  " clone(s) need " + std::to_string(need_kb / 1024) + " MiB");
-    const int img = ::open(opt_.save_dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    const FileDescriptor image(::open(opt_.save_dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+    const int img = image.fd;
     if (img < 0) return sf::sfd::make_error("cannot make the image file in " + opt_.save_dir + ": " + std::strerror(errno));
-    struct FdGuard {
-      int fd;
-      ~FdGuard() { ::close(fd); }
-    } img_guard{img};
     if (::ftruncate(img, static_cast<off_t>(bytes)) != 0)
       return sf::sfd::make_error("cannot size the image file in " + opt_.save_dir + ": " + std::strerror(errno));
     const auto t0 = now_ms();
@@ -721,12 +736,8 @@ class XenHost {
   // the other hosts by their agents, which receive the image once by multicast.
   void clone(Family& f) {
     const auto t0 = now_ms();
-    libxl_domain_config cfg;
-    libxl_domain_config_init(&cfg);
-    struct ConfigGuard {
-      libxl_domain_config* c;
-      ~ConfigGuard() { libxl_domain_config_dispose(c); }
-    } guard{&cfg};
+    DomainConfig config;
+    libxl_domain_config& cfg = config.c;
     if (libxl_retrieve_domain_configuration(ctx_, f.domid, &cfg, nullptr) != 0)
       return refuse(f.domid, "cannot read this domain's configuration from libxl");
     for (int i = 0; i < cfg.num_disks; ++i) {
@@ -756,13 +767,10 @@ class XenHost {
       if (!link) return fail_clone(f, link.error().message);
       f.links[k] = std::move(*link);
     }
-    const int img = ::open(opt_.save_dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    const FileDescriptor saved(::open(opt_.save_dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+    const int img = saved.fd;
     if (img < 0) return fail_clone(f, "cannot make the save image in " + opt_.save_dir + ": " + std::strerror(errno) +
                                           " (sfd-xen --save-dir names another directory)");
-    struct FdGuard {
-      int fd;
-      ~FdGuard() { ::close(fd); }
-    } img_guard{img};
     // A PV guest acknowledges the suspend itself, so it must be running here, not paused.
     if (libxl_domain_suspend(ctx_, f.domid, img, 0, nullptr) != 0) {
       libxl_domain_resume(ctx_, f.domid, 1, nullptr);
@@ -955,8 +963,8 @@ class XenHost {
   // Restores the image in img as clone c (paused), with its name, a new UUID and its MAC, and
   // writes its clone ID where it will read it.
   bool restore(const libxl_domain_config& parent, int img, Clone& c) {
-    libxl_domain_config cfg;
-    libxl_domain_config_init(&cfg);
+    DomainConfig config;
+    libxl_domain_config& cfg = config.c;
     libxl_domain_config_copy(ctx_, &cfg, &parent);
     std::free(cfg.c_info.name);
     cfg.c_info.name = strdup(c.name.c_str());
@@ -979,17 +987,41 @@ class XenHost {
     int rc = fd < 0 ? -1 : libxl_domain_create_restore(ctx_, &cfg, &domid, fd, -1, &params, nullptr, nullptr);
     if (fd >= 0) ::close(fd);
     libxl_domain_restore_params_dispose(&params);
-    libxl_domain_config_dispose(&cfg);
     if (domid != static_cast<std::uint32_t>(INVALID_DOMID) && domid != 0) {
       c.domid = domid;
       lifeline_.tell('+', domid);
     }
     if (rc != 0) return false;
+    pin_first_vif(c, parent.num_nics > 0 ? parent.nics[0].devid : -1);
     if (!start_member(domid)) return false;
     gc::HostMessage m = gc::make_host_message();
     m.mutable_clone()->set_id(c.id);
     send(domid, m);
     return true;
+  }
+
+  // Until its guest side has applied the clone's own MAC, a restored clone still sends with
+  // its parent's: a bridge that learned from those frames would send the parent's traffic to
+  // the clone. So, before it is unpaused, the clone's first vif (libxl names it
+  // vif<domid>.<devid>) gets a static FDB entry for the clone's MAC and no learning, as sfd
+  // does for a VM clone's tap. A NIC on something other than a Linux bridge is left alone.
+  void pin_first_vif(const Clone& c, int devid) {
+    if (devid < 0) return;
+    auto mac = sf::parse_mac(c.mac);
+    if (!mac) return;
+    if (!nl_.get()) {
+      auto s = sf::netlink::Socket::open();
+      if (!s) {
+        log("%s: cannot open a netlink socket to pin its vif: %s", c.name.c_str(), s.error().message.c_str());
+        return;
+      }
+      nl_ = std::move(*s);
+    }
+    const std::string vif = "vif" + std::to_string(c.domid) + "." + std::to_string(devid);
+    auto index = sf::netlink::link_index(nl_, vif);
+    auto pinned = index ? sf::netlink::pin_bridge_port(nl_, *index, *mac, vif) : sf::Status(index.error());
+    if (!pinned) log("%s: its vif %s keeps MAC learning: %s", c.name.c_str(), vif.c_str(), pinned.error().message.c_str());
+    else VLOG("%s: %s pinned to %s, learning off", c.name.c_str(), c.mac.c_str(), vif.c_str());
   }
 
   // Clone c ended: destroyed if it runs here (a kill is passed on to the host it runs on), and
@@ -1099,6 +1131,7 @@ class XenHost {
   xs_handle* xs_ = nullptr;
   std::map<std::uint32_t, Family> families_;
   std::map<std::uint32_t, std::uint32_t> seq_;
+  sf::netlink::Socket nl_;  // opened at the first clone
   int listen_fd_ = -1;  // host agent
   int netns_fd_ = -1;
   std::uint32_t next_agent_ = 0;

@@ -4,28 +4,18 @@
 // calls sfd makes (stop, query-status, query-migrate, wait_event). Any bytes may come back as
 // an Error; none may crash sfd. Replies carry ids 1, 2, ... in order, so the seeds are real
 // conversations.
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 
 #include "sfd/qmp_client.hpp"
+#include "socket_input.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size > 32768) return 0;  // the socket buffer holds it all: no writer thread needed
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) std::abort();
-  std::size_t off = 0;
-  while (off < size) {
-    const ssize_t n = write(sv[1], data + off, size - off);
-    if (n <= 0) std::abort();
-    off += static_cast<std::size_t>(n);
-  }
-  close(sv[1]);  // after the input, QEMU "closed the connection"
-  auto client = sf::sfd::QmpClient::adopt(sv[0]);
+  const int fd = socket_with_input(data, size);
+  auto client = sf::sfd::QmpClient::adopt(fd);
   if (!client) std::abort();
   auto& c = **client;
   constexpr std::chrono::milliseconds t{200};

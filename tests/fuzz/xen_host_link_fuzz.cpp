@@ -3,28 +3,18 @@
 // HostLink adopts the other end and reads messages until the end, as both roles do, and every
 // message is checked as the agent checks a restore request (parse_restore). Any bytes may come
 // back as an Error; none may crash sfd-xen. Seeds are real conversations.
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 
 #include "host_link.hpp"
+#include "socket_input.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size > 32768) return 0;  // the socket buffer holds it all: no writer thread needed
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) std::abort();
-  std::size_t off = 0;
-  while (off < size) {
-    const ssize_t n = write(sv[1], data + off, size - off);
-    if (n <= 0) std::abort();
-    off += static_cast<std::size_t>(n);
-  }
-  close(sv[1]);
-  sf::sfd::xen::HostLink link(sv[0]);
+  const int fd = socket_with_input(data, size);
+  sf::sfd::xen::HostLink link(fd);
   link.set_peer("peer");
   for (int i = 0; i < 64; ++i) {
     auto m = link.receive(std::chrono::milliseconds(100));

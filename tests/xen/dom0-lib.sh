@@ -48,7 +48,62 @@ stop_served() {
   await 60 "! kill -0 $sfd_pid 2>/dev/null" || fail "sfd-xen did not stop after $1 was destroyed"
   wait "$sfd_pid" || fail "sfd-xen exited with status $? after $1 was destroyed"
 }
+# statuses_ok NAME: serves guest NAME running `xen_clone_api statuses` and checks its three
+# clones (hostname and address by clone ID, private memory, a ping to the parent) and the
+# statuses its sf_join reports (synced 11, exited 7, signaled 11); no clone is left.
+statuses_ok() {
+  start_served "$1" 128 --args statuses
+  sf-xen-await "$1" 'xca: done|xca: FAIL|sf-guest: command exit' 900 >/dev/null || fail "$1's program did not finish"
+  expect "$1" "xca: ticket granted=3 subnet=10.213.0.0/24 parent=10.213.0.1"
+  expect "$1" "xca: parent memory=42 addr=10.213.0.1 clones running"
+  for i in 1 2 3; do
+    expect "$1-sf$i" "xca: clone $i host=$1-sf$i want_host=$1-sf$i addr=10.213.0.$((i + 1)) want_addr=10.213.0.$((i + 1)) memory=${i}000 ping_parent=ok"
+    console "$1-sf$i" | grep -F "xca: clone $i ping attempts=" || true  # for the record (docs/xen.md)
+  done
+  expect "$1" "xca: status 1 synced 11"
+  expect "$1" "xca: status 2 exited 7"
+  expect "$1" "xca: status 3 signaled 11"
+  expect "$1" "xca: done"
+  [ -z "$(clones_of "$1")" ] || fail "clone domains left after join: $(clones_of "$1")"
+}
+# pinned DOMAIN...: each domain's first vif is a bridge port with MAC learning off (sfd-xen
+# pins the clone's MAC there before it unpauses it).
+pinned() {
+  for d in "$@"; do
+    f=/sys/class/net/vif$(xl domid "$d").0/brport/learning
+    [ "$(cat "$f" 2>/dev/null)" = 0 ] || fail "$d's vif learns MACs ($f: $(cat "$f" 2>&1))"
+  done
+}
 # only_dom0: xl lists nothing but Domain-0, or the test fails.
 only_dom0() {
   [ "$(xl list | awk 'NR > 1 { print $1 }')" = Domain-0 ] || fail "domains left: $(xl list)"
+}
+# start_namespace_hosts N: N more "Xen hosts" h1..hN as network namespaces, each with a veth
+# (eth0, 10.214.0.<i+1>) on the hosts' bridge sfhosts (10.214.0.1), a shared key in
+# /root/hosts.key and an `sfd-xen host` agent on 10.214.0.<i+1>:7791 (log
+# /tmp/sfd-xen-h<i>.log, pid in agent_<i>; start_agent I restarts one). Needs iproute2's ip
+# at /usr/local/sbin/ip (busybox's has no netns). $host_options is what sfd-xen serve then
+# needs besides the --host options.
+ip2=/usr/local/sbin/ip
+host_options="--host-iface sfhosts --host-key-file /root/hosts.key"
+start_agent() {
+  sfd-xen host -v --listen "10.214.0.$(($1 + 1)):7791" --iface eth0 --key-file /root/hosts.key \
+    --netns "/run/netns/h$1" 2>>"/tmp/sfd-xen-h$1.log" &
+  eval "agent_$1=\$!"
+  await 30 "grep -q 'listening on' /tmp/sfd-xen-h$1.log" || fail "the agent of h$1 did not start"
+}
+start_namespace_hosts() {
+  [ -x $ip2 ] || fail "no iproute2 ip at $ip2 (the run's --program)"
+  head -c 32 /dev/urandom | xxd -p -c 64 >/root/hosts.key
+  $ip2 link add sfhosts type bridge && $ip2 addr add 10.214.0.1/24 dev sfhosts && $ip2 link set sfhosts up ||
+    fail "bridge sfhosts"
+  for h in $(seq 1 "$1"); do
+    $ip2 netns add "h$h" || fail "netns h$h"
+    $ip2 link add "h$h-0" type veth peer name eth0 netns "h$h" || fail "veth of h$h"
+    $ip2 link set "h$h-0" master sfhosts up
+    $ip2 -n "h$h" addr add "10.214.0.$((h + 1))/24" dev eth0
+    $ip2 -n "h$h" link set eth0 up
+    $ip2 -n "h$h" link set lo up
+    start_agent "$h"
+  done
 }

@@ -10,51 +10,21 @@
 #     two hosts) and each agent received it; no clone domain is left.
 #  2. g1, 2 clones with --host h1: h1's agent is killed (its lifeline destroys clone 2), the
 #     parent sees clone 2 lost and kills clone 1; nothing left.
-#  3. g2, 2 clones with --host h1: the origin sfd-xen is killed; its lifeline destroys clone 1
-#     and h1's agent, seeing the link end, destroys clone 2.
+#  3. g2, 2 clones with --host h1: both vifs have MAC learning off (the origin and the agent
+#     pin them); the origin sfd-xen is killed; its lifeline destroys clone 1 and h1's agent,
+#     seeing the link end, destroys clone 2.
 #  4. a wrong key: the agent refuses the origin, the parent's clone() fails with the reason,
 #     nothing is left.
 # Prints "xen hosts test: ok" at the end; any failure prints the consoles and logs.
 set -u
 . /root/dom0-lib.sh
-ip=/usr/local/sbin/ip  # iproute2's (netns); busybox's ip has no netns
-
-head -c 32 /dev/urandom | xxd -p -c 64 >/root/hosts.key
+start_namespace_hosts 2
 head -c 32 /dev/urandom | xxd -p -c 64 >/root/wrong.key
-$ip link add sfhosts type bridge && $ip addr add 10.214.0.1/24 dev sfhosts && $ip link set sfhosts up || fail "bridge sfhosts"
-for h in 1 2; do
-  $ip netns add "h$h" || fail "netns h$h"
-  $ip link add "h$h-0" type veth peer name eth0 netns "h$h" || fail "veth of h$h"
-  $ip link set "h$h-0" master sfhosts up
-  $ip -n "h$h" addr add "10.214.0.$((h + 1))/24" dev eth0
-  $ip -n "h$h" link set eth0 up
-  $ip -n "h$h" link set lo up
-done
-# start_agent N: sfd-xen host for hN (log /tmp/sfd-xen-hN.log, pid in agent_N).
-start_agent() {
-  sfd-xen host -v --listen "10.214.0.$(($1 + 1)):7791" --iface eth0 --key-file /root/hosts.key \
-    --netns "/run/netns/h$1" 2>>"/tmp/sfd-xen-h$1.log" &
-  eval "agent_$1=\$!"
-  await 30 "grep -q 'listening on' /tmp/sfd-xen-h$1.log" || fail "the agent of h$1 did not start"
-}
-start_agent 1
-start_agent 2
-hosts="--host-iface sfhosts --host-key-file /root/hosts.key"
+hosts=$host_options
 
 # 1. three clones on three hosts
 serve_options="--host 10.214.0.2:7791 --host 10.214.0.3:7791 $hosts"
-start_served g0 128 --args statuses
-sf-xen-await g0 'xca: done|xca: FAIL|sf-guest: command exit' 900 >/dev/null || fail "g0's program did not finish"
-expect g0 "xca: ticket granted=3 subnet=10.213.0.0/24 parent=10.213.0.1"
-expect g0 "xca: parent memory=42 addr=10.213.0.1 clones running"
-for i in 1 2 3; do
-  expect "g0-sf$i" "xca: clone $i host=g0-sf$i want_host=g0-sf$i addr=10.213.0.$((i + 1)) want_addr=10.213.0.$((i + 1)) memory=${i}000 ping_parent=ok"
-done
-expect g0 "xca: status 1 synced 11"
-expect g0 "xca: status 2 exited 7"
-expect g0 "xca: status 3 signaled 11"
-expect g0 "xca: done"
-[ -z "$(clones_of g0)" ] || fail "clone domains left after join: $(clones_of g0)"
+statuses_ok g0
 for h in 1 2; do
   grep -q 'image of g0 received' "/tmp/sfd-xen-h$h.log" || fail "h$h's agent did not log the image"
 done
@@ -86,6 +56,7 @@ echo "2: killed host agent: ok"
 start_served g2 128 --args wait,keep
 sf-xen-await g2 'xca: parent .*clones running|xca: FAIL' 900 >/dev/null || fail "g2 did not clone"
 [ "$(clones_of g2 | wc -l)" = 2 ] || fail "g2 does not have 2 clones running: $(clones_of g2)"
+pinned g2-sf1 g2-sf2
 kill -9 "$sfd_pid"
 wait "$sfd_pid" 2>/dev/null
 await 120 '[ -z "$(clones_of g2)" ]' || fail "clone domains left after the origin sfd-xen was killed: $(clones_of g2)"
