@@ -806,8 +806,9 @@ class XenHost {
       if (!sent)
         return fail_clone(f, "the image did not reach every other host within 300 s (" + std::to_string(stats.receivers_complete) + " of " +
                                  std::to_string(receivers) + "); see the hosts' sfd-xen logs");
-      log("%s: image of %lld MiB multicast once to %u host(s): %.1f MiB sent", f.name.c_str(),
-          static_cast<long long>(st.st_size >> 20), receivers, static_cast<double>(stats.bytes_sent) / (1 << 20));
+      log("%s: image of %lld MiB multicast once to %u host(s): %.1f MiB sent, %llu reported it complete", f.name.c_str(),
+          static_cast<long long>(st.st_size >> 20), receivers, static_cast<double>(stats.bytes_sent) / (1 << 20),
+          static_cast<unsigned long long>(stats.receivers_complete));
       for (std::size_t k = 0; k < f.links.size(); ++k) {
         if (!f.links[k].open()) continue;
         if (auto r = await_restored(f, k); !r) return fail_clone(f, r.error().message);

@@ -18,12 +18,13 @@ expect() {
 # clones_of NAME: the clone domains of NAME that xl lists.
 clones_of() { xl list | awk -v p="^$1-sf" '$1 ~ p { print $1 }'; }
 # await SECONDS CONDITION: polls (10 ms steps) until the shell condition holds.
+# (Its variables have names of their own: sh has no locals, and callers loop over n and t.)
 await() {
-  t=$1; shift
-  n=0
+  _await_limit=$(($1 * 100)); shift
+  _await_n=0
   until eval "$@"; do
-    n=$((n + 1))
-    [ $n -lt $((t * 100)) ] || return 1
+    _await_n=$((_await_n + 1))
+    [ $_await_n -lt $_await_limit ] || return 1
     sleep 0.01
   done
 }
@@ -79,7 +80,7 @@ only_dom0() {
   [ "$(xl list | awk 'NR > 1 { print $1 }')" = Domain-0 ] || fail "domains left: $(xl list)"
 }
 # start_namespace_hosts N: N more "Xen hosts" h1..hN as network namespaces, each with a veth
-# (eth0, 10.214.0.<i+1>) on the hosts' bridge sfhosts (10.214.0.1), a shared key in
+# (eth0, 10.214.0.<i+1>) on the hosts' bridge sfhosts (10.214.0.1; MTU 9000), a shared key in
 # /root/hosts.key and an `sfd-xen host` agent on 10.214.0.<i+1>:7791 (log
 # /tmp/sfd-xen-h<i>.log, pid in agent_<i>; start_agent I restarts one). Needs iproute2's ip
 # at /usr/local/sbin/ip (busybox's has no netns). $host_options is what sfd-xen serve then
@@ -95,11 +96,12 @@ start_agent() {
 start_namespace_hosts() {
   [ -x $ip2 ] || fail "no iproute2 ip at $ip2 (the run's --program)"
   head -c 32 /dev/urandom | xxd -p -c 64 >/root/hosts.key
-  $ip2 link add sfhosts type bridge && $ip2 addr add 10.214.0.1/24 dev sfhosts && $ip2 link set sfhosts up ||
+  # Jumbo frames, as a hosts' link for images should have: a 4 KiB page is one datagram.
+  $ip2 link add sfhosts mtu 9000 type bridge && $ip2 addr add 10.214.0.1/24 dev sfhosts && $ip2 link set sfhosts up ||
     fail "bridge sfhosts"
   for h in $(seq 1 "$1"); do
     $ip2 netns add "h$h" || fail "netns h$h"
-    $ip2 link add "h$h-0" type veth peer name eth0 netns "h$h" || fail "veth of h$h"
+    $ip2 link add "h$h-0" mtu 9000 type veth peer name eth0 mtu 9000 netns "h$h" || fail "veth of h$h"
     $ip2 link set "h$h-0" master sfhosts up
     $ip2 -n "h$h" addr add "10.214.0.$((h + 1))/24" dev eth0
     $ip2 -n "h$h" link set eth0 up

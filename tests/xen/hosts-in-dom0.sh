@@ -32,8 +32,10 @@ grep -q 'restored clone 2 as g0-sf2' /tmp/sfd-xen-h1.log || fail "clone 2 was no
 grep -q 'restored clone 3 as g0-sf3' /tmp/sfd-xen-h2.log || fail "clone 3 was not restored by h2's agent"
 line=$(grep 'multicast once to 2 host(s)' /tmp/sfd-xen-g0.log) || fail "sfd-xen did not multicast the image to 2 hosts"
 echo "$line"
-# "... image of M MiB multicast once to 2 host(s): S MiB sent": once means S well under 2 x M.
-echo "$line" | awk '{ for (i = 1; i <= NF; i++) { if ($i == "image" && $(i+1) == "of") m = $(i+2); if ($i == "sent") s = $(i-2) } }
+# "... image of M MiB multicast once to 2 host(s): S MiB sent, 2 reported it complete": once
+# means S well under 2 x M.
+echo "$line" | grep -q ' MiB sent, 2 reported it complete$' || fail "not both hosts reported the image complete: $line"
+echo "$line" | awk '{ for (i = 1; i <= NF; i++) { if ($i == "image" && $(i+1) == "of") m = $(i+2); if ($i == "sent,") s = $(i-2) } }
                     END { exit !(m > 0 && s < 1.25 * m) }' || fail "the image was not sent once: $line"
 stop_served g0
 echo "1: three hosts, statuses, identity, memory, network: ok"
