@@ -6,7 +6,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -18,6 +17,7 @@
 #include <cstring>
 
 #include "clone-core/vm_identity.hpp"
+#include "sf-common/random.hpp"
 
 namespace sf::sfd::xen {
 
@@ -38,17 +38,6 @@ Result<sockaddr_in> socket_address(const std::string& endpoint) {
   sa.sin_port = htons(ep->second);
   inet_pton(AF_INET, ep->first.c_str(), &sa.sin_addr);
   return sa;
-}
-
-std::string to_hex(const unsigned char* p, std::size_t n) {
-  static const char* digits = "0123456789abcdef";
-  std::string s;
-  s.reserve(2 * n);
-  for (std::size_t i = 0; i < n; ++i) {
-    s.push_back(digits[p[i] >> 4]);
-    s.push_back(digits[p[i] & 15]);
-  }
-  return s;
 }
 
 // A JSON number that is a whole number >= 0 (parsed text gives unsigned; built values int).
@@ -129,12 +118,10 @@ Result<int> connect_to(const std::string& endpoint, std::chrono::milliseconds ti
 
 std::string random_hex(std::size_t bytes) {
   std::vector<unsigned char> b(bytes);
-  std::size_t got = 0;
-  while (got < bytes) {
-    const ssize_t n = ::getrandom(b.data() + got, bytes - got, 0);
-    if (n > 0) got += static_cast<std::size_t>(n);
-  }
-  return to_hex(b.data(), b.size());
+  // getrandom(2) blocks until the kernel's pool is ready and random_bytes retries EINTR, so
+  // this loop, like the one it replaced, only guards against the impossible.
+  while (!sf::random_bytes(b.data(), b.size())) continue;
+  return sf::to_hex(b.data(), b.size());
 }
 
 std::string auth_proof(const sf::mcdist::ClusterKey& key, std::string_view nonce) {
@@ -143,7 +130,7 @@ std::string auth_proof(const sf::mcdist::ClusterKey& key, std::string_view nonce
   unsigned int len = 0;
   HMAC(EVP_sha256(), key.bytes.data(), static_cast<int>(key.bytes.size()),
        reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), mac, &len);
-  return to_hex(mac, len);
+  return sf::to_hex(mac, len);
 }
 
 bool proof_matches(const sf::mcdist::ClusterKey& key, std::string_view nonce, std::string_view proof) {
@@ -163,6 +150,11 @@ Result<std::optional<std::string>> LineBuffer::next() {
   return std::optional<std::string>{std::move(line)};
 }
 
+const nlohmann::json& field(const nlohmann::json& m, const char* key) {
+  static const nlohmann::json none;
+  return m.is_object() && m.contains(key) ? m[key] : none;
+}
+
 Result<nlohmann::json> parse_message(std::string_view line) {
   auto j = nlohmann::json::parse(line, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return make_error("a line that is not a JSON object");
@@ -180,32 +172,28 @@ nlohmann::json encode_restore(const RestoreRequest& r) {
 
 Result<RestoreRequest> parse_restore(const nlohmann::json& m) {
   auto bad = [](const std::string& what) { return make_error("a restore request with " + what); };
-  auto field = [&m](const char* k) -> const nlohmann::json& {
-    static const nlohmann::json none;
-    return m.is_object() && m.contains(k) ? m[k] : none;
-  };
   for (const char* k : {"family", "group"})
-    if (!field(k).is_string()) return bad(std::string("no string \"") + k + "\"");
+    if (!field(m, k).is_string()) return bad(std::string("no string \"") + k + "\"");
   for (const char* k : {"port", "cluster", "receiver", "image_bytes"})
-    if (!whole(field(k))) return bad(std::string("no unsigned \"") + k + "\"");
-  if (!field("clones").is_array()) return bad("no \"clones\" array");
-  if (!field("config").is_object()) return bad("no \"config\" object");
+    if (!whole(field(m, k))) return bad(std::string("no unsigned \"") + k + "\"");
+  if (!field(m, "clones").is_array()) return bad("no \"clones\" array");
+  if (!field(m, "config").is_object()) return bad("no \"config\" object");
   RestoreRequest r;
-  r.family = field("family").get<std::string>();
-  r.group = field("group").get<std::string>();
+  r.family = field(m, "family").get<std::string>();
+  r.group = field(m, "group").get<std::string>();
   in_addr g{};
   if (inet_pton(AF_INET, r.group.c_str(), &g) != 1 || !IN_MULTICAST(ntohl(g.s_addr)))
     return bad("a group that is not an IPv4 multicast address (" + r.group + ")");
-  const auto port = field("port").get<std::uint64_t>();
+  const auto port = field(m, "port").get<std::uint64_t>();
   if (port == 0 || port > 65535) return bad("port " + std::to_string(port));
   r.port = static_cast<std::uint16_t>(port);
-  r.cluster = field("cluster").get<std::uint64_t>();
-  const auto receiver = field("receiver").get<std::uint64_t>();
+  r.cluster = field(m, "cluster").get<std::uint64_t>();
+  const auto receiver = field(m, "receiver").get<std::uint64_t>();
   if (receiver == 0 || receiver > kMaxHosts) return bad("receiver " + std::to_string(receiver));
   r.receiver = static_cast<std::uint32_t>(receiver);
-  r.image_bytes = field("image_bytes").get<std::uint64_t>();
+  r.image_bytes = field(m, "image_bytes").get<std::uint64_t>();
   if (r.image_bytes == 0 || r.image_bytes > kMaxImageBytes) return bad("an image of " + std::to_string(r.image_bytes) + " bytes");
-  const auto& clones = field("clones");
+  const auto& clones = field(m, "clones");
   if (clones.empty() || clones.size() > kMaxClonesPerHost) return bad(std::to_string(clones.size()) + " clones (1 to 32)");
   for (const auto& jc : clones) {
     if (!jc.is_object() || !jc.contains("id") || !whole(jc["id"]) || !jc.contains("name") || !jc["name"].is_string() ||
@@ -221,7 +209,7 @@ Result<RestoreRequest> parse_restore(const nlohmann::json& m) {
     if (!sf::parse_mac(c.mac)) return bad("the MAC '" + c.mac + "'");
     r.clones.push_back(std::move(c));
   }
-  r.config = field("config");
+  r.config = field(m, "config");
   return r;
 }
 

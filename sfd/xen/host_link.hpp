@@ -52,6 +52,10 @@ class LineBuffer {
   std::string buf_;
 };
 
+// A message's field, or null when it has none or is not an object (operator[] of a const
+// json must not miss).
+const nlohmann::json& field(const nlohmann::json& m, const char* key);
+
 // Parses one line as a message: a JSON object with a string "op" (the agent's greeting has
 // "sfd-xen-host" instead). The error names what is wrong.
 Result<nlohmann::json> parse_message(std::string_view line);
