@@ -38,6 +38,7 @@ extern "C" {
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -48,6 +49,7 @@ extern "C" {
 #include "host_link.hpp"
 #include "mcdist/receiver.hpp"
 #include "mcdist/sender.hpp"
+#include "sf-common/random.hpp"
 #include "sfd/vm_network.hpp"
 
 namespace {
@@ -207,15 +209,9 @@ struct Options {
   sf::mcdist::ClusterKey key;  // --host-key-file (serve) or --key-file (host)
 };
 
-// A message's field, or null when it has none (operator[] of a const json must not miss).
-const json& field(const json& m, const char* key) {
-  static const json none;
-  return m.is_object() && m.contains(key) ? m[key] : none;
-}
-
 // A field's string, or `otherwise` when it is missing or not a string.
 std::string text(const json& m, const char* key, const std::string& otherwise) {
-  const json& v = field(m, key);
+  const json& v = hl::field(m, key);
   return v.is_string() ? v.get<std::string>() : otherwise;
 }
 
@@ -223,15 +219,17 @@ std::string text(const json& m, const char* key, const std::string& otherwise) {
 constexpr std::uint32_t kAgentKeyBase = 0x10000;
 
 // Runs f with the calling thread in the network namespace `fd` (when fd >= 0): sockets made
-// and threads started there stay in it. Back in the thread's own namespace after.
+// and threads started there stay in it. Back in the thread's own namespace after. Nothing
+// (errno set) when the thread cannot enter it: f never runs in the wrong namespace.
 template <class F>
-auto in_netns(int fd, F f) -> decltype(f()) {
+auto in_netns(int fd, F f) -> std::optional<decltype(f())> {
   if (fd < 0) return f();
   const int self = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
   if (self < 0 || setns(fd, CLONE_NEWNET) != 0) {
-    log("cannot enter the network namespace of --netns: %s", std::strerror(errno));
+    const int e = errno;
     if (self >= 0) ::close(self);
-    return f();
+    errno = e;
+    return std::nullopt;
   }
   auto r = f();
   if (setns(self, CLONE_NEWNET) != 0) log("cannot return to sfd-xen's network namespace: %s", std::strerror(errno));
@@ -399,19 +397,18 @@ class XenHost {
 
   // Host agent: listens for origins (in --netns, if given).
   bool listen() {
-    if (!opt_.netns.empty()) {
-      netns_fd_ = ::open(opt_.netns.c_str(), O_RDONLY | O_CLOEXEC);
-      if (netns_fd_ < 0 || setns_check() != 0) {
-        log("--netns %s: %s (a network namespace file such as /run/netns/NAME, and root)", opt_.netns.c_str(), std::strerror(errno));
-        return false;
-      }
-    }
-    auto fd = in_netns(netns_fd_, [&] { return hl::listen_on(opt_.listen); });
+    std::optional<sf::sfd::Result<int>> fd;  // nothing: --netns cannot be entered
+    if (opt_.netns.empty() || (netns_fd_ = ::open(opt_.netns.c_str(), O_RDONLY | O_CLOEXEC)) >= 0)
+      fd = in_netns(netns_fd_, [&] { return hl::listen_on(opt_.listen); });
     if (!fd) {
-      log("%s", fd.error().message.c_str());
+      log("--netns %s: %s (a network namespace file such as /run/netns/NAME, and root)", opt_.netns.c_str(), std::strerror(errno));
       return false;
     }
-    listen_fd_ = *fd;
+    if (!*fd) {
+      log("%s", fd->error().message.c_str());
+      return false;
+    }
+    listen_fd_ = **fd;
     if (!xs_watch(xs_, "@releaseDomain", "release")) {
       log("cannot watch @releaseDomain: %s", std::strerror(errno));
       return false;
@@ -421,10 +418,6 @@ class XenHost {
   }
 
  private:
-  int setns_check() {
-    return in_netns(netns_fd_, [] { return 0; });
-  }
-
   // ---- host agent: an origin's ticket placed some clones here ----
   void accept_origin() {
     const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
@@ -451,8 +444,8 @@ class XenHost {
     for (const auto& m : *msgs) {
       const std::string op = text(m, "op", "");
       if (!f.authed) {
-        if (op != "auth" || !m.contains("proof") || !field(m, "proof").is_string() ||
-            !hl::proof_matches(opt_.key, f.nonce, field(m, "proof").get<std::string>())) {
+        if (op != "auth" || !hl::field(m, "proof").is_string() ||
+            !hl::proof_matches(opt_.key, f.nonce, hl::field(m, "proof").get<std::string>())) {
           (void)f.origin.send({{"op", "error"}, {"message", "the origin does not hold this host's key (sfd-xen serve --host-key-file must name the same key as sfd-xen host --key-file)"}});
           return drop_origin(f, "refused: it did not prove the hosts' key");
         }
@@ -469,7 +462,7 @@ class XenHost {
         log("%s: %zu clone(s) of %s running", f.origin.peer().c_str(), f.clones.size(), f.name.c_str());
       } else if (op == "kill") {
         for (auto& c : f.clones)
-          if (!c.ended && (!m.contains("id") || field(m, "id") == c.id)) end_clone(f, c, gc::CLONE_END_KILLED, 9);
+          if (!c.ended && (!m.contains("id") || hl::field(m, "id") == c.id)) end_clone(f, c, gc::CLONE_END_KILLED, 9);
       } else {
         return drop_origin(f, "it sent '" + op + "', which this host agent does not expect now");
       }
@@ -516,12 +509,14 @@ class XenHost {
     rc.fetch_all = true;
     rc.join_timeout = 60s;  // the origin restores its own clones while it sends
     bool write_failed = false;
-    auto rx = in_netns(netns_fd_, [&] {
+    auto entered = in_netns(netns_fd_, [&] {
       return sf::mcdist::MulticastReceiver::start(rc, [&](std::uint64_t page, std::span<const std::uint8_t> data) {
         if (::pwrite(img, data.data(), std::min<std::uint64_t>(data.size(), bytes - page * 4096), static_cast<off_t>(page * 4096)) < 0)
           write_failed = true;
       });
     });
+    if (!entered) return sf::sfd::make_error("cannot enter the network namespace of --netns: " + std::string(std::strerror(errno)));
+    auto& rx = *entered;
     if (!rx) return sf::sfd::make_error("cannot receive the image on " + opt_.iface + ": " + rx.error().message);
     (void)f.origin.send({{"op", "joined"}});
     auto done = (*rx)->wait_complete(300s);
@@ -540,7 +535,6 @@ class XenHost {
     return sf::ok_status();
   }
 
- public:
  private:
   // ---- xenstore side of one member (a served parent or a clone) ----
   bool start_member(std::uint32_t domid) {
@@ -869,7 +863,8 @@ class XenHost {
     std::free(cj);
     auto group = hl::parse_endpoint(opt_.mcast);
     std::uint64_t cluster = 0;
-    while (cluster == 0) cluster = std::stoull(hl::random_hex(8), nullptr, 16);
+    while (cluster == 0)
+      if (!sf::random_bytes(&cluster, sizeof cluster)) return sf::sfd::make_error(std::string("no random cluster ID: ") + std::strerror(errno));
     for (std::size_t k = 0; k < f.links.size(); ++k) {
       if (!f.links[k].open()) continue;
       hl::RestoreRequest req;
@@ -932,8 +927,8 @@ class XenHost {
 
   // The clone of f on host k that message m names by "id".
   static Clone* remote_clone(Family& f, std::size_t k, const json& m) {
-    if (!m.contains("id") || !field(m, "id").is_number_unsigned()) return nullptr;
-    const auto id = field(m, "id").get<unsigned>();
+    if (!hl::field(m, "id").is_number_unsigned()) return nullptr;
+    const auto id = hl::field(m, "id").get<unsigned>();
     if (id == 0 || id > f.clones.size() || f.clones[id - 1].host != static_cast<int>(k)) return nullptr;
     return &f.clones[id - 1];
   }
@@ -945,8 +940,10 @@ class XenHost {
     if (msgs) {
       for (const auto& m : *msgs) {
         Clone* c = remote_clone(f, k, m);
-        if (field(m, "op") == "ended" && c && field(m, "end").is_number_integer() && gc::CloneEnd_IsValid(field(m, "end").get<int>())) {
-          end_clone(f, *c, static_cast<gc::CloneEnd>(field(m, "end").get<int>()), field(m, "value").is_number_integer() ? field(m, "value").get<int>() : 0);
+        const json& end = hl::field(m, "end");
+        const json& value = hl::field(m, "value");
+        if (hl::field(m, "op") == "ended" && c && end.is_number_integer() && gc::CloneEnd_IsValid(end.get<int>())) {
+          end_clone(f, *c, static_cast<gc::CloneEnd>(end.get<int>()), value.is_number_integer() ? value.get<int>() : 0);
         } else {
           log("%s: %s sent an unexpected message: %s", f.name.c_str(), l.peer().c_str(), m.dump().c_str());
         }

@@ -15,6 +15,7 @@
 #     seeing the link end, destroys clone 2.
 #  4. a wrong key: the agent refuses the origin, the parent's clone() fails with the reason,
 #     nothing is left.
+#  5. a --netns that is not a network namespace: the agent refuses to start.
 # Prints "xen hosts test: ok" at the end; any failure prints the consoles and logs.
 set -u
 . /root/dom0-lib.sh
@@ -76,6 +77,14 @@ console g3 | grep -q "does not hold this host's key" || fail "the guest's clone(
 [ -z "$(clones_of g3)" ] || fail "clone domains left after the refusal: $(clones_of g3)"
 stop_served g3
 echo "4: wrong key: ok"
+
+# 5. a --netns that is not a network namespace: the agent refuses to start (it must never
+#    listen in dom0's own namespace instead)
+if sfd-xen host --listen 10.214.0.2:7792 --iface eth0 --key-file /root/hosts.key --netns /root/hosts.key 2>/tmp/sfd-xen-badns.log; then
+  fail "sfd-xen host started with a --netns that is not a network namespace"
+fi
+grep -q -- '--netns /root/hosts.key: Invalid argument' /tmp/sfd-xen-badns.log || fail "no clear --netns error: $(cat /tmp/sfd-xen-badns.log)"
+echo "5: bad --netns: ok"
 
 kill "$agent_1" "$agent_2"
 wait "$agent_1" "$agent_2" || fail "an agent did not stop cleanly on SIGTERM"
